@@ -1,0 +1,2 @@
+// Filled in by the daemon wiring.
+@main struct EchodMain { static func main() {} }
