@@ -1,10 +1,14 @@
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include "CEchoShims.h"
 
 #include <fcntl.h>
 #include <sched.h>
 #include <unistd.h>
 #include <sys/syscall.h>
+#include <pthread.h>
+#include <string.h>
 
 int CEchoShims_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
     return accept4(fd, addr, len, flags);
@@ -35,4 +39,11 @@ int CEchoShims_available_cpus(void) {
 
 int CEchoShims_gettid(void) {
     return (int)syscall(SYS_gettid);
+}
+
+void CEchoShims_set_thread_name(const char *name) {
+    char buf[16];
+    strncpy(buf, name, sizeof(buf) - 1);
+    buf[sizeof(buf) - 1] = 0;
+    pthread_setname_np(pthread_self(), buf);
 }

@@ -32,6 +32,8 @@ int CEchoShims_dup3(int oldfd, int newfd, int flags);
 int CEchoShims_available_cpus(void);
 /// The calling thread's kernel id (gettid(2)).
 int CEchoShims_gettid(void);
+/// Names the calling thread (pthread_setname_np(3)); at most 15 bytes are kept.
+void CEchoShims_set_thread_name(const char *name);
 
 // Macro constants whose import is unreliable or typed awkwardly.
 static const uint32_t CEchoShims_EPOLLIN = EPOLLIN;
@@ -46,5 +48,9 @@ static const int CEchoShims_SOCK_CLOEXEC = SOCK_CLOEXEC;
 static const int CEchoShims_SOCK_STREAM = SOCK_STREAM;
 static const int CEchoShims_SOCK_DGRAM = SOCK_DGRAM;
 static const int CEchoShims_IP_BIND_ADDRESS_NO_PORT = 24;
+static const int CEchoShims_RLIMIT_NOFILE = RLIMIT_NOFILE;
+static const int CEchoShims_RLIMIT_NPROC = RLIMIT_NPROC;
+static const int CEchoShims_RLIMIT_CORE = RLIMIT_CORE;
+static const int CEchoShims_RLIMIT_STACK = RLIMIT_STACK;
 
 #endif

@@ -1,0 +1,379 @@
+// The daemon's life: start (rlimits, listeners, workers), READY=1, periodic STATUS=, reload on
+// SIGHUP, graceful stop on SIGTERM/SIGINT. Signals arrive through a signalfd read by the control
+// thread (the thread that called `run`), never through asynchronous handlers.
+import CEchoShims
+import Glibc
+import Logging
+
+/// Exit statuses from sysexits.h that echod uses.
+public enum ExitStatus {
+    public static let success: Int32 = 0
+    /// A runtime failure (a socket that cannot be bound, threads that cannot start).
+    public static let failure: Int32 = 1
+    /// EX_CONFIG: the configuration is wrong.
+    public static let config: Int32 = 78
+}
+
+/// A start-up failure: what went wrong, the errno if one applies, and the exit status.
+public struct StartupError: Error, CustomStringConvertible, Sendable {
+    public var message: String
+    public var errno: Int32?
+    public var exitStatus: Int32
+
+    public init(_ message: String, errno: Int32? = nil, exitStatus: Int32 = ExitStatus.failure) {
+        self.message = message
+        self.errno = errno
+        self.exitStatus = exitStatus
+    }
+
+    public var description: String { message }
+}
+
+/// Signals the control thread handles; block them (`Signals.block`) before any thread starts.
+public let daemonSignals: [Int32] = [SIGHUP, SIGTERM, SIGINT]
+
+/// Where the configuration came from, so a reload can read it again.
+public struct ConfigurationSource: Sendable {
+    public var path: String
+    public var explicitlyRequested: Bool
+
+    public init(path: String, explicitlyRequested: Bool) {
+        self.path = path
+        self.explicitlyRequested = explicitlyRequested
+    }
+}
+
+/// The echo daemon: owns the listeners and the serving model, and answers signals.
+public final class Daemon {
+    /// The daemon's lifecycle; each case carries what exists in that state.
+    enum State {
+        case idle
+        case running(WorkerPool)
+        case stopped
+    }
+
+    private var configuration: Configuration
+    private let source: ConfigurationSource
+    private let notifier: ServiceNotifier
+    private var logger: Logger
+    private let logLevel: LogLevelSetting
+    private let passed: [PassedDescriptor]
+    private var state: State = .idle {
+        didSet { logger.debug("state changed", metadata: ["state": "\(state)"]) }
+    }
+    /// Listening sockets, owned here (closed by `closeListeners`).
+    private var listeners: [Int32] = []
+    private var workerCount = 0
+    private var maxConnections = 0
+
+    /// How often `STATUS=` is refreshed.
+    public var statusInterval: Duration = .seconds(2)
+
+    /// - Parameters:
+    ///   - configuration: the validated configuration.
+    ///   - source: where it came from (re-read on SIGHUP).
+    ///   - passed: descriptors from socket activation; when non-empty, `Listen=` is not used.
+    ///   - notifier: the service manager channel.
+    ///   - logLevel: the shared log level, changed by reloads.
+    ///   - logger: the daemon's logger.
+    public init(
+        configuration: Configuration, source: ConfigurationSource, passed: [PassedDescriptor],
+        notifier: ServiceNotifier, logLevel: LogLevelSetting, logger: Logger
+    ) {
+        self.configuration = configuration
+        self.source = source
+        self.passed = passed
+        self.notifier = notifier
+        self.logLevel = logLevel
+        self.logger = logger
+    }
+
+    /// Runs until SIGTERM or SIGINT and a graceful stop.
+    ///
+    /// The caller must have blocked `daemonSignals` in this thread before starting any thread.
+    /// - Throws: `StartupError` if the daemon cannot start; it has then told the service
+    ///   manager why (`STATUS=` and `ERRNO=`).
+    public func run() throws(StartupError) {
+        let signals = try makeSignalFD()
+        let pool: WorkerPool
+        do throws(StartupError) {
+            try applyResourceLimits(configuration)
+            try openListeners()
+            maxConnections = effectiveMaxConnections(configuration)
+            workerCount = configuration.workers > 0 ? configuration.workers : Int(CEchoShims_available_cpus())
+            do {
+                pool = try WorkerPool(
+                    listeners: listeners, workerCount: workerCount,
+                    maxConnections: maxConnections, logger: logger)
+                try pool.start()
+            } catch {
+                throw StartupError("cannot start workers: \(error)", errno: error.errno)
+            }
+        } catch {
+            closeListeners()
+            let errnoLine = error.errno.map { "\nERRNO=\($0)" } ?? ""
+            notifier.notify("STATUS=Failed to start: \(error.message)\(errnoLine)")
+            throw error
+        }
+        state = .running(pool)
+        logger.info(
+            "serving",
+            metadata: [
+                "model": "\(configuration.model.rawValue)", "workers": "\(workerCount)",
+                "max_connections": "\(maxConnections)", "listeners": "\(listeners.count)",
+            ])
+        var status = StatusReporter(model: configuration.model.rawValue, workers: workerCount)
+        notifier.notify("READY=1\nSTATUS=\(status.line(pool.snapshot()))")
+
+        controlLoop(signals: signals, pool: pool, status: &status)
+
+        notifier.notify("STOPPING=1\nSTATUS=Stopping: finishing open connections")
+        let left = pool.snapshot().open
+        logger.info("stopping", metadata: ["connections.open": "\(left)"])
+        let timeout = configuration.stopTimeout.components
+        let timeoutNanos = timeout.seconds * 1_000_000_000 + timeout.attoseconds / 1_000_000_000
+        pool.stop(deadline: monotonicNanoseconds() + timeoutNanos)
+        pool.join()
+        closeListeners()
+        state = .stopped
+        let final = pool.snapshot()
+        logger.info(
+            "stopped",
+            metadata: ["connections.accepted": "\(final.accepted)", "bytes.echoed": "\(final.bytesEchoed)"])
+    }
+
+    private func makeSignalFD() throws(StartupError) -> SignalFD {
+        do {
+            return try SignalFD(daemonSignals)
+        } catch {
+            let message = "cannot create signalfd: \(error)"
+            notifier.notify("STATUS=Failed to start: \(message)\nERRNO=\(error.errno)")
+            throw StartupError(message, errno: error.errno)
+        }
+    }
+
+    // MARK: - Control loop
+
+    private func controlLoop(signals: borrowing SignalFD, pool: WorkerPool, status: inout StatusReporter) {
+        let interval = statusInterval.components
+        let intervalNanos = interval.seconds * 1_000_000_000 + interval.attoseconds / 1_000_000_000
+        var nextStatus = monotonicNanoseconds() + intervalNanos
+        var pfd = pollfd(fd: signals.descriptor.rawValue, events: Int16(POLLIN), revents: 0)
+        while true {
+            let now = monotonicNanoseconds()
+            if now >= nextStatus {
+                notifier.notify("STATUS=\(status.line(pool.snapshot()))")
+                nextStatus = now + intervalNanos
+            }
+            let timeout = Int32(max(0, (nextStatus - now) / 1_000_000) + 1)
+            _ = poll(&pfd, 1, timeout)
+            while let signal = try? signals.next() {
+                switch signal {
+                case SIGHUP:
+                    reload(pool: pool, status: &status)
+                case SIGTERM, SIGINT:
+                    logger.info("stop requested", metadata: ["signal": "\(signalName(signal))"])
+                    return
+                default:
+                    break
+                }
+            }
+        }
+    }
+
+    // MARK: - Reload
+
+    private func reload(pool: WorkerPool, status: inout StatusReporter) {
+        notifier.notify("RELOADING=1\nSTATUS=Reloading configuration")
+        logger.info("reloading configuration", metadata: ["config.path": "\(source.path)"])
+        let new: Configuration
+        do {
+            let (loaded, warnings) = try ConfigurationLoader.load(
+                path: source.path, explicitlyRequested: source.explicitlyRequested)
+            for w in warnings { logger.warning("configuration warning", metadata: ["diagnostic": "\(w)"]) }
+            new = loaded
+        } catch {
+            for d in error.diagnostics { logger.error("configuration error", metadata: ["diagnostic": "\(d)"]) }
+            logger.error("reload failed; keeping the running configuration")
+            notifier.notify("READY=1\nSTATUS=Reload failed, running on previous configuration: \(error.diagnostics.first.map { "\($0)" } ?? "")")
+            return
+        }
+        let old = configuration
+        var needsRestart: [String] = []
+        if new.model != old.model { needsRestart.append("Model=") }
+        if new.workers != old.workers { needsRestart.append("Workers=") }
+        if passed.isEmpty && new.listen != old.listen { needsRestart.append("Listen=") }
+        if passed.isEmpty && new.backlog != old.backlog { needsRestart.append("Backlog=") }
+        if !needsRestart.isEmpty {
+            logger.warning(
+                "changed settings take effect only after a restart",
+                metadata: ["keys": "\(needsRestart.joined(separator: " "))"])
+        }
+        var applied = new
+        // Keep what needs a restart as it is running, so a later reload compares against reality.
+        applied.model = old.model
+        applied.workers = old.workers
+        applied.listen = old.listen
+        applied.backlog = old.backlog
+        do {
+            if new.noFile != old.noFile { try applyResourceLimits(new) }
+        } catch {
+            logger.error("reload: cannot apply [Limits]; keeping the previous limits", metadata: ["error": "\(error)"])
+            applied.noFile = old.noFile
+        }
+        logLevel.level = new.logLevel
+        let limit = effectiveMaxConnections(applied)
+        if limit != maxConnections {
+            maxConnections = limit
+            pool.setMaxConnections(limit)
+        }
+        configuration = applied
+        logger.info("configuration reloaded", metadata: ["max_connections": "\(maxConnections)"])
+        notifier.notify("READY=1\nSTATUS=\(status.line(pool.snapshot()))")
+    }
+
+    // MARK: - Start-up steps
+
+    /// Applies `[Limits] NoFile=` to the soft RLIMIT_NOFILE and logs what was applied.
+    private func applyResourceLimits(_ config: Configuration) throws(StartupError) {
+        let current: ResourceLimit
+        do {
+            current = try ResourceLimits.get(ResourceLimits.noFile)
+        } catch {
+            throw StartupError("cannot read RLIMIT_NOFILE: \(error)", errno: error.errno)
+        }
+        var wanted = current
+        switch config.noFile {
+        case .max:
+            wanted.soft = current.hard
+        case .value(let v):
+            guard v <= current.hard else {
+                let origin = config.origins["Limits.NoFile"].map { "\($0): " } ?? ""
+                throw StartupError(
+                    "\(origin)NoFile=\(v) is above the hard limit (\(ResourceLimit.format(current.hard))); "
+                        + "raise LimitNOFILE= in the unit or use NoFile=max",
+                    errno: EPERM, exitStatus: ExitStatus.config)
+            }
+            wanted.soft = v
+        }
+        if wanted != current {
+            do {
+                try ResourceLimits.set(ResourceLimits.noFile, wanted)
+            } catch {
+                throw StartupError("cannot set RLIMIT_NOFILE to \(wanted): \(error)", errno: error.errno)
+            }
+        }
+        logger.info(
+            "resource limits applied",
+            metadata: ["limit.nofile": "\(ResourceLimit.format(wanted.soft))", "limit.nofile.hard": "\(ResourceLimit.format(wanted.hard))"])
+    }
+
+    /// Descriptors kept back from `MaxConnections=auto` for listeners, epoll, logs and the like.
+    static let descriptorReserve = 64
+
+    private func effectiveMaxConnections(_ config: Configuration) -> Int {
+        switch config.maxConnections {
+        case .limit(let n): return n
+        case .auto:
+            let soft = (try? ResourceLimits.get(ResourceLimits.noFile).soft) ?? 1024
+            let usable = soft == UInt64.max ? UInt64(Int32.max) : soft
+            return max(1, Int(min(usable, UInt64(Int32.max))) - Self.descriptorReserve)
+        }
+    }
+
+    /// Closes our copies of the listeners (systemd keeps its own for the next activation).
+    private func closeListeners() {
+        for fd in listeners { closeNoRetry(fd) }
+        listeners.removeAll()
+    }
+
+    private func openListeners() throws(StartupError) {
+        if !passed.isEmpty {
+            for p in passed {
+                let kind = Socket.kind(of: p.fd)
+                guard kind == .listeningStream else {
+                    throw StartupError(
+                        "passed descriptor \(p.fd) (\(p.name)) is \(kind), not a listening stream socket; "
+                            + "check ListenStream= in the socket unit",
+                        errno: EINVAL)
+                }
+                do {
+                    try Socket.makeNonBlockingCloseOnExec(p.fd)
+                    try Socket.setOption(p.fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1, "setsockopt(TCP_NODELAY)")
+                } catch {
+                    throw StartupError("cannot prepare passed descriptor \(p.fd) (\(p.name)): \(error)", errno: error.errno)
+                }
+                let address = (try? Socket.localAddress(p.fd)).flatMap { $0 }.map { "\($0)" } ?? "unknown"
+                logger.info(
+                    "listening",
+                    metadata: ["listen.address": "\(address)", "listen.source": "systemd", "listen.name": "\(p.name)"])
+                listeners.append(p.fd)
+            }
+            if !configuration.listen.isEmpty, configuration.origins["Server.Listen"] != nil {
+                logger.debug("Listen= ignored: sockets were passed by the service manager")
+            }
+            return
+        }
+        for address in configuration.listen {
+            do {
+                let fd = try Socket.listen(on: address, backlog: configuration.backlog)
+                // Accepted sockets inherit TCP_NODELAY from the listener: echoes go out at once
+                // without a setsockopt per connection.
+                try Socket.setOption(fd.rawValue, Int32(IPPROTO_TCP), TCP_NODELAY, 1, "setsockopt(TCP_NODELAY)")
+                let bound = (try? Socket.localAddress(fd.rawValue)).flatMap { $0 } ?? address
+                logger.info("listening", metadata: ["listen.address": "\(bound)", "listen.source": "config"])
+                listeners.append(fd.release())
+            } catch {
+                let origin = configuration.origins["Server.Listen"].map { " (\($0))" } ?? ""
+                throw StartupError("cannot listen on \(address)\(origin): \(error)", errno: error.errno)
+            }
+        }
+    }
+}
+
+/// Formats the `STATUS=` line, with the echo rate since the previous line.
+struct StatusReporter {
+    let model: String
+    let workers: Int
+    private var lastBytes: UInt64 = 0
+    private var lastTime = monotonicNanoseconds()
+
+    init(model: String, workers: Int) {
+        self.model = model
+        self.workers = workers
+    }
+
+    mutating func line(_ s: PoolSnapshot) -> String {
+        let now = monotonicNanoseconds()
+        let seconds = Double(max(1, now - lastTime)) / 1e9
+        let rate = Double(s.bytesEchoed &- lastBytes) / seconds
+        lastBytes = s.bytesEchoed
+        lastTime = now
+        return "\(model) model, \(workers) worker\(workers == 1 ? "" : "s"): \(s.open) open, "
+            + "\(s.accepted) accepted, \(formatBytes(Double(s.bytesEchoed))) echoed, \(formatBytes(rate))/s"
+    }
+}
+
+/// `1.5 MiB`-style binary units.
+func formatBytes(_ bytes: Double) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var v = bytes
+    var i = 0
+    while v >= 1024 && i < units.count - 1 {
+        v /= 1024
+        i += 1
+    }
+    if i == 0 { return "\(Int(v)) B" }
+    let tenths = Int((v * 10).rounded())
+    return "\(tenths / 10).\(tenths % 10) \(units[i])"
+}
+
+/// `SIGTERM`-style names for the signals echod handles.
+func signalName(_ signal: Int32) -> String {
+    switch signal {
+    case SIGHUP: return "SIGHUP"
+    case SIGTERM: return "SIGTERM"
+    case SIGINT: return "SIGINT"
+    default: return "signal \(signal)"
+    }
+}

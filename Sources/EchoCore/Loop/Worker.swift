@@ -1,0 +1,452 @@
+// The event model's worker: one thread, one epoll instance, its own connections.
+//
+// Every worker registers every listening socket with EPOLLEXCLUSIVE, so a new connection wakes
+// one idle worker rather than all of them, and that worker accepts until EAGAIN. A connection
+// stays with the worker that accepted it for its whole life: no locks on the echo path.
+//
+// Echo path (level-triggered): EPOLLIN -> recv into the worker's buffer -> send. If send takes
+// less than was read, the rest is copied into a pooled buffer, the connection's interest becomes
+// EPOLLOUT only, and it is not read again until the rest has gone out. Nothing is allocated per
+// message; an idle connection owns 32 bytes in the worker's table.
+import CEchoShims
+import Glibc
+import Logging
+
+/// Size of each worker's read buffer, and so the most a connection ever holds in user space.
+public let echoBufferSize = 64 * 1024
+
+final class Worker: @unchecked Sendable {
+    // @unchecked: after `start`, every field but the immutable ones and the atomics in
+    // `counters`/`control` is touched only by this worker's thread.
+
+    let index: Int
+    let counters: WorkerCounters
+    private let control: PoolControl
+    private let epoll: Epoll
+    /// Wakes this worker for stop, limit and reload changes.
+    let wakeup: EventFD
+    private let listeners: [Int32]
+    /// Wake-up descriptors of all workers, for resuming those paused at the connection limit.
+    private var peers: [Int32] = []
+    private var logger: Logger
+
+    private var table = ConnectionTable()
+    private let readBuffer: UnsafeMutableRawPointer
+    private var bufferPool: [UnsafeMutableRawPointer] = []
+    private static let bufferPoolLimit = 16
+    /// Draining connections that may still have unread input but produced no EAGAIN yet.
+    private var drainAgain: [Int32] = []
+
+    // Accepting state; `reconcileListening` makes the epoll registrations match.
+    private var listenersRegistered = false
+    private var pausedAtLimit = false
+    private var backoffUntil: Int64? = nil
+    private var draining = false
+
+    // Totals kept in plain variables and published once per batch.
+    private var accepted: UInt64 = 0
+    private var bytesEchoed: UInt64 = 0
+    private var lastWarning: Int64 = 0
+
+    private static let listenerTag: UInt64 = 1 << 63
+    private static let wakeupTag: UInt64 = 1 << 62
+
+    init(index: Int, listeners: [Int32], control: PoolControl, logger: Logger) throws(SystemError) {
+        self.index = index
+        self.listeners = listeners
+        self.control = control
+        self.counters = WorkerCounters()
+        self.epoll = try Epoll()
+        self.wakeup = try EventFD()
+        var logger = logger
+        logger[metadataKey: "worker.index"] = "\(index)"
+        self.logger = logger
+        self.readBuffer = .allocate(byteCount: echoBufferSize, alignment: 16)
+        bufferPool.reserveCapacity(Self.bufferPoolLimit)
+        drainAgain.reserveCapacity(64)
+        try epoll.add(wakeup.descriptor.rawValue, events: .input, token: Self.wakeupTag)
+        try reconcileListening()
+    }
+
+    deinit {
+        for slot in table.usedSlots() { close(slot) }
+        readBuffer.deallocate()
+        for b in bufferPool { b.deallocate() }
+    }
+
+    func setPeers(_ peers: [Int32]) { self.peers = peers }
+
+    // MARK: - The loop
+
+    /// Runs until a stop has drained every connection or hit the stop deadline.
+    func run() {
+        let capacity = 256
+        let events = UnsafeMutableBufferPointer<epoll_event>.allocate(capacity: capacity)
+        defer { events.deallocate() }
+        while true {
+            counters.heartbeat.add(1, ordering: .relaxed)
+            let timeout = nextTimeout()
+            let n: Int
+            do {
+                n = try epoll._blockingWaitForEvents(into: events, timeoutMilliseconds: timeout)
+            } catch {
+                logger.critical("epoll_wait failed; worker stops", metadata: ["error": "\(error)"])
+                break
+            }
+            for i in 0..<n {
+                let event = events[i]
+                let token = event.data.u64
+                if token & Self.listenerTag != 0 {
+                    acceptConnections(from: listeners[Int(token & 0xFFFF)])
+                } else if token & Self.wakeupTag != 0 {
+                    wakeup.drain()
+                    handleControlChange()
+                } else {
+                    let slot = Int32(truncatingIfNeeded: token & 0xFFFF_FFFF)
+                    let generation = UInt32(truncatingIfNeeded: token >> 32)
+                    if let entry = table.entry(slot, generation: generation) {
+                        service(slot, entry)
+                    }
+                }
+            }
+            if !drainAgain.isEmpty { retryDraining() }
+            publish()
+            if backoffUntil != nil || draining {
+                if tick() { break }
+            }
+        }
+        publish()
+    }
+
+    private func nextTimeout() -> Int32 {
+        // Wake at least once a second so the heartbeat shows the worker alive even when idle.
+        var timeout: Int64 = 1000
+        if !drainAgain.isEmpty { return 0 }
+        let now = monotonicNanoseconds()
+        if let until = backoffUntil { timeout = min(timeout, max(0, (until - now) / 1_000_000 + 1)) }
+        if draining {
+            let deadline = control.stopDeadline.load(ordering: .relaxed)
+            timeout = min(timeout, max(0, (deadline - now) / 1_000_000 + 1))
+        }
+        return Int32(timeout)
+    }
+
+    /// Time-driven work: end of an accept back-off, the stop deadline.
+    /// - Returns: true when the worker is done.
+    private func tick() -> Bool {
+        let now = monotonicNanoseconds()
+        if let until = backoffUntil, now >= until {
+            backoffUntil = nil
+            try? reconcileListening()
+        }
+        if draining {
+            if table.count == 0 { return true }
+            if now >= control.stopDeadline.load(ordering: .relaxed) {
+                let left = table.count
+                for slot in table.usedSlots() { close(slot) }
+                logger.warning(
+                    "stop timeout reached; closed remaining connections",
+                    metadata: ["connections.closed": "\(left)"])
+                return true
+            }
+        }
+        return false
+    }
+
+    private func publish() {
+        counters.accepted.store(accepted, ordering: .relaxed)
+        counters.bytesEchoed.store(bytesEchoed, ordering: .relaxed)
+        counters.open.store(table.count, ordering: .relaxed)
+    }
+
+    // MARK: - Accepting
+
+    /// Registers or unregisters the listeners so that the worker accepts exactly when it should:
+    /// not stopping, not at the connection limit, not backing off after EMFILE.
+    private func reconcileListening() throws(SystemError) {
+        let want = !draining && !pausedAtLimit && backoffUntil == nil
+        guard want != listenersRegistered else { return }
+        for (i, fd) in listeners.enumerated() {
+            if want {
+                try epoll.add(fd, events: [.input, .exclusive], token: Self.listenerTag | UInt64(i))
+            } else {
+                try epoll.delete(fd)
+            }
+        }
+        listenersRegistered = want
+    }
+
+    private func acceptConnections(from listener: Int32) {
+        // A stale event for a listener unregistered earlier in this batch.
+        guard listenersRegistered else { return }
+        while true {
+            guard control.reserveConnection() else {
+                pauseAtLimit()
+                return
+            }
+            let result: IOResult<Int32>
+            do {
+                result = try Socket.accept(listener)
+            } catch {
+                _ = control.releaseConnection()
+                if handleAcceptError(error) { continue }
+                return
+            }
+            switch result {
+            case .wouldBlock:
+                _ = control.releaseConnection()
+                return
+            case .processed(let fd):
+                let slot = table.allocate(fd: fd)
+                let generation = table.entry(slot).pointee.generation
+                do {
+                    try epoll.add(fd, events: .input, token: Self.token(slot, generation))
+                } catch {
+                    warnRateLimited("cannot watch new connection; closing it", error)
+                    close(slot)
+                    continue
+                }
+                accepted &+= 1
+            }
+        }
+    }
+
+    /// - Returns: true to go on accepting.
+    private func handleAcceptError(_ error: SystemError) -> Bool {
+        switch error.errno {
+        case ECONNABORTED, EPROTO, EPERM, ENETDOWN, ENOPROTOOPT, EHOSTDOWN, ENONET, EHOSTUNREACH, EOPNOTSUPP,
+            ENETUNREACH:
+            // The connection died in the queue, or a firewall refused it: the next one may be fine.
+            return true
+        default:
+            // EMFILE, ENFILE, ENOBUFS, ENOMEM: accepting again at once would spin. Stop polling
+            // the listeners for a second; connections wait in the kernel's backlog meanwhile.
+            counters.acceptBackoffs.add(1, ordering: .relaxed)
+            warnRateLimited("accept failed; pausing accepts for 1s", error)
+            backoffUntil = monotonicNanoseconds() + 1_000_000_000
+            try? reconcileListening()
+            return false
+        }
+    }
+
+    private func pauseAtLimit() {
+        guard !pausedAtLimit else { return }
+        pausedAtLimit = true
+        control.pausedWorkers.add(1, ordering: .sequentiallyConsistent)
+        try? reconcileListening()
+        // A connection may have closed between the failed reservation and the count above,
+        // without anyone to wake us: look again now.
+        if control.hasRoom { resumeIfRoom() }
+    }
+
+    private func resumeIfRoom() {
+        guard pausedAtLimit, control.hasRoom else { return }
+        pausedAtLimit = false
+        control.pausedWorkers.subtract(1, ordering: .sequentiallyConsistent)
+        try? reconcileListening()
+    }
+
+    private func handleControlChange() {
+        if control.stopping.load(ordering: .acquiring) && !draining {
+            beginDraining()
+        }
+        resumeIfRoom()
+    }
+
+    // MARK: - Echo
+
+    @inline(__always)
+    private static func token(_ slot: Int32, _ generation: UInt32) -> UInt64 {
+        UInt64(generation) << 32 | UInt64(UInt32(bitPattern: slot))
+    }
+
+    /// Handles readiness of a connection, whatever the event bits: the next read or write says
+    /// what happened (data, EOF, reset).
+    @inline(__always)
+    private func service(_ slot: Int32, _ c: UnsafeMutablePointer<Connection>) {
+        if c.pointee.pending != nil {
+            flushPending(slot, c)
+            return
+        }
+        switch c.pointee.phase {
+        case .echoing: echoOnce(slot, c)
+        case .draining: drainStep(slot, c)
+        case .lingering: discardInput(slot, c)
+        }
+    }
+
+    /// One read and its echo.
+    /// - Returns: true if a read returned data and all of it was written back.
+    @inline(__always)
+    @discardableResult
+    private func echoOnce(_ slot: Int32, _ c: UnsafeMutablePointer<Connection>) -> EchoOutcome {
+        let fd = c.pointee.fd
+        let n = recv(fd, readBuffer, echoBufferSize, 0)
+        if n > 0 {
+            return writeBack(slot, c, count: n)
+        }
+        if n == 0 {
+            // The peer shut down its sending side; everything it sent has been echoed (a
+            // connection is never read while bytes are pending), so close now: FIN follows the data.
+            close(slot)
+            return .closed
+        }
+        let err = errno
+        if err == EAGAIN || err == EINTR { return .wouldBlock }
+        // ECONNRESET, ETIMEDOUT, ...: the peer is gone.
+        close(slot)
+        return .closed
+    }
+
+    enum EchoOutcome { case echoed, wouldBlock, pending, closed }
+
+    @inline(__always)
+    private func writeBack(_ slot: Int32, _ c: UnsafeMutablePointer<Connection>, count n: Int) -> EchoOutcome {
+        let fd = c.pointee.fd
+        var written = send(fd, readBuffer, n, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+        if written == n {
+            bytesEchoed &+= UInt64(n)
+            return .echoed
+        }
+        if written < 0 {
+            let err = errno
+            guard err == EAGAIN || err == EINTR else {
+                close(slot)
+                return .closed
+            }
+            written = 0
+        }
+        bytesEchoed &+= UInt64(written)
+        // Keep the rest (at most one read's worth) and stop reading until it has gone out.
+        let rest = n - written
+        let buffer = bufferPool.popLast() ?? .allocate(byteCount: echoBufferSize, alignment: 16)
+        buffer.copyMemory(from: readBuffer + written, byteCount: rest)
+        c.pointee.pending = buffer
+        c.pointee.pendingStart = 0
+        c.pointee.pendingEnd = Int32(rest)
+        do {
+            try epoll.modify(fd, events: .output, token: Self.token(slot, c.pointee.generation))
+        } catch {
+            warnRateLimited("cannot wait for a connection to drain; closing it", error)
+            close(slot)
+            return .closed
+        }
+        return .pending
+    }
+
+    private func flushPending(_ slot: Int32, _ c: UnsafeMutablePointer<Connection>) {
+        let fd = c.pointee.fd
+        let start = Int(c.pointee.pendingStart)
+        let end = Int(c.pointee.pendingEnd)
+        let written = send(fd, c.pointee.pending! + start, end - start, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+        if written < 0 {
+            let err = errno
+            if err == EAGAIN || err == EINTR { return }
+            close(slot)
+            return
+        }
+        bytesEchoed &+= UInt64(written)
+        if start + written < end {
+            c.pointee.pendingStart = Int32(start + written)
+            return
+        }
+        releasePending(c)
+        do {
+            try epoll.modify(fd, events: .input, token: Self.token(slot, c.pointee.generation))
+        } catch {
+            warnRateLimited("cannot resume reading a connection; closing it", error)
+            close(slot)
+            return
+        }
+        if c.pointee.phase == .draining { drainStep(slot, c) }
+    }
+
+    private func releasePending(_ c: UnsafeMutablePointer<Connection>) {
+        guard let buffer = c.pointee.pending else { return }
+        c.pointee.pending = nil
+        c.pointee.pendingStart = 0
+        c.pointee.pendingEnd = 0
+        if bufferPool.count < Self.bufferPoolLimit {
+            bufferPool.append(buffer)
+        } else {
+            buffer.deallocate()
+        }
+    }
+
+    private func close(_ slot: Int32) {
+        let c = table.entry(slot)
+        releasePending(c)
+        // close(2) also removes the descriptor from this epoll instance (it is not dup'ed).
+        closeNoRetry(c.pointee.fd)
+        table.free(slot)
+        if control.releaseConnection(), control.pausedWorkers.load(ordering: .sequentiallyConsistent) > 0 {
+            for peer in peers { wake(peer) }
+        }
+    }
+
+    private func wake(_ fd: Int32) {
+        var one: UInt64 = 1
+        _ = Glibc.write(fd, &one, 8)
+    }
+
+    // MARK: - Graceful stop
+
+    private func beginDraining() {
+        draining = true
+        try? reconcileListening()
+        for slot in table.usedSlots() {
+            let c = table.entry(slot)
+            guard c.pointee.phase == .echoing else { continue }
+            c.pointee.phase = .draining
+            if c.pointee.pending == nil { drainStep(slot, c) }
+        }
+        publish()
+    }
+
+    /// Echoes what has already arrived; once a read finds nothing more, shuts the write side and
+    /// lingers until the peer closes. Bounded per call so one busy peer cannot starve the others.
+    private func drainStep(_ slot: Int32, _ c: UnsafeMutablePointer<Connection>) {
+        for _ in 0..<16 {
+            switch echoOnce(slot, c) {
+            case .echoed: continue
+            case .pending, .closed: return
+            case .wouldBlock:
+                shutdown(c.pointee.fd, Int32(SHUT_WR))
+                c.pointee.phase = .lingering
+                return
+            }
+        }
+        // Still data after 16 reads: look again after this batch, as epoll may not report the
+        // connection again if the last read emptied it exactly.
+        drainAgain.append(slot)
+    }
+
+    private func retryDraining() {
+        let slots = drainAgain
+        drainAgain.removeAll(keepingCapacity: true)
+        for slot in slots {
+            let c = table.entry(slot)
+            guard c.pointee.fd >= 0, c.pointee.phase == .draining, c.pointee.pending == nil else { continue }
+            drainStep(slot, c)
+        }
+    }
+
+    private func discardInput(_ slot: Int32, _ c: UnsafeMutablePointer<Connection>) {
+        for _ in 0..<16 {
+            let n = recv(c.pointee.fd, readBuffer, echoBufferSize, 0)
+            if n > 0 { continue }
+            if n < 0 && (errno == EAGAIN || errno == EINTR) { return }
+            close(slot)
+            return
+        }
+    }
+
+    // MARK: - Diagnostics
+
+    private func warnRateLimited(_ message: Logger.Message, _ error: SystemError) {
+        let now = monotonicNanoseconds()
+        guard now - lastWarning >= 1_000_000_000 else { return }
+        lastWarning = now
+        logger.warning(message, metadata: ["error": "\(error)"])
+    }
+}

@@ -1,0 +1,114 @@
+import Glibc
+import Logging
+
+/// The event model's pool of epoll workers sharing the listening sockets.
+public final class WorkerPool: @unchecked Sendable {
+    // @unchecked: `threads` is written by `start` and read by `join`, both on the control thread.
+
+    private let workers: [Worker]
+    private let control: PoolControl
+    private var threads: [JoinableThread] = []
+    private let startedLatch: EventFD
+
+    /// Per-worker counters, for status lines and the watchdog.
+    public var counters: [WorkerCounters] { workers.map(\.counters) }
+
+    /// Creates the workers and registers the listeners with each (nothing runs yet).
+    ///
+    /// - Parameters:
+    ///   - listeners: listening sockets, non-blocking; owned by the caller and kept open while
+    ///     the pool runs.
+    ///   - workerCount: number of worker threads (at least 1).
+    ///   - maxConnections: the limit on open connections across all workers.
+    ///   - logger: base logger; workers add `worker.index`.
+    /// - Throws: `SystemError` if an epoll instance or eventfd cannot be made.
+    public init(listeners: [Int32], workerCount: Int, maxConnections: Int, logger: Logger) throws(SystemError) {
+        precondition(workerCount >= 1)
+        precondition(listeners.count <= 0xFFFF)
+        control = PoolControl(maxConnections: maxConnections)
+        var workers: [Worker] = []
+        for i in 0..<workerCount {
+            workers.append(try Worker(index: i, listeners: listeners, control: control, logger: logger))
+        }
+        let wakeups = workers.map { $0.wakeup.descriptor.rawValue }
+        for w in workers { w.setPeers(wakeups) }
+        self.workers = workers
+        startedLatch = try EventFD()
+    }
+
+    /// Starts one thread per worker and returns once every one of them is running its loop, so a
+    /// caller may report readiness (`READY=1`) knowing every listener is being served.
+    ///
+    /// - Throws: `SystemError` if a thread cannot be started (threads already started are stopped).
+    public func start() throws(SystemError) {
+        for w in workers {
+            let latch = startedLatch.descriptor.rawValue
+            do {
+                threads.append(
+                    try JoinableThread(name: "echod-w\(w.index)") {
+                        var one: UInt64 = 1
+                        _ = Glibc.write(latch, &one, 8)
+                        w.run()
+                    })
+            } catch {
+                stop(deadline: monotonicNanoseconds())
+                join()
+                throw error
+            }
+        }
+        // Each worker adds 1 to the eventfd as its thread starts; wait for all of them.
+        var started: UInt64 = 0
+        var pfd = pollfd(fd: startedLatch.descriptor.rawValue, events: Int16(POLLIN), revents: 0)
+        while started < UInt64(workers.count) {
+            _ = poll(&pfd, 1, 1000)
+            var value: UInt64 = 0
+            if Glibc.read(startedLatch.descriptor.rawValue, &value, 8) == 8 { started += value }
+        }
+    }
+
+    /// Asks every worker to stop accepting, echo what it has received, and close.
+    /// - Parameter deadline: CLOCK_MONOTONIC nanoseconds after which remaining connections are closed.
+    public func stop(deadline: Int64) {
+        control.stopDeadline.store(deadline, ordering: .relaxed)
+        control.stopping.store(true, ordering: .releasing)
+        for w in workers { w.wakeup.wake() }
+    }
+
+    /// Waits for every worker thread to finish.
+    public func join() {
+        for t in threads { t.join() }
+        threads.removeAll()
+    }
+
+    /// Changes the connection limit while running (a reload).
+    public func setMaxConnections(_ limit: Int) {
+        control.maxConnections.store(limit, ordering: .relaxed)
+        for w in workers { w.wakeup.wake() }
+    }
+
+    /// Snapshot of the totals across workers.
+    public func snapshot() -> PoolSnapshot {
+        var s = PoolSnapshot()
+        for c in counters {
+            s.accepted &+= c.accepted.load(ordering: .relaxed)
+            s.open += c.open.load(ordering: .relaxed)
+            s.bytesEchoed &+= c.bytesEchoed.load(ordering: .relaxed)
+            s.acceptBackoffs &+= c.acceptBackoffs.load(ordering: .relaxed)
+        }
+        return s
+    }
+
+    /// Heartbeat counter of each worker, for detecting a hung worker.
+    public func heartbeats() -> [UInt64] {
+        workers.map { $0.counters.heartbeat.load(ordering: .relaxed) }
+    }
+}
+
+/// Totals across a pool's workers at one moment.
+public struct PoolSnapshot: Equatable, Sendable {
+    public var accepted: UInt64 = 0
+    public var open: Int = 0
+    public var bytesEchoed: UInt64 = 0
+    public var acceptBackoffs: UInt64 = 0
+    public init() {}
+}

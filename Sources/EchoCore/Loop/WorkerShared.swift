@@ -1,0 +1,75 @@
+import Glibc
+import Synchronization
+
+/// State every worker of a pool reads and the control thread writes: the connection limit,
+/// the stop request, and the count of open connections that enforces `MaxConnections=`.
+public final class PoolControl: Sendable {
+    /// Connections open across all workers.
+    let openConnections = Atomic<Int>(0)
+    /// The `MaxConnections=` in force (changed by a reload).
+    let maxConnections: Atomic<Int>
+    /// Set once when a graceful stop begins.
+    let stopping = Atomic<Bool>(false)
+    /// Monotonic deadline (nanoseconds, CLOCK_MONOTONIC) after which draining workers close
+    /// whatever is left.
+    let stopDeadline = Atomic<Int64>(Int64.max)
+    /// Workers that stopped accepting at the limit and wait to be woken when a slot frees.
+    let pausedWorkers = Atomic<Int>(0)
+
+    init(maxConnections: Int) {
+        self.maxConnections = Atomic(maxConnections)
+    }
+
+    /// Takes one connection slot if the limit allows.
+    /// - Returns: false when at the limit (the caller stops accepting).
+    @inline(__always)
+    func reserveConnection() -> Bool {
+        var current = openConnections.load(ordering: .relaxed)
+        let limit = maxConnections.load(ordering: .relaxed)
+        while current < limit {
+            let (exchanged, original) = openConnections.compareExchange(
+                expected: current, desired: current + 1, ordering: .relaxed)
+            if exchanged { return true }
+            current = original
+        }
+        return false
+    }
+
+    /// Gives a slot back.
+    /// - Returns: true when the pool was at its limit before, so paused workers should resume.
+    @inline(__always)
+    func releaseConnection() -> Bool {
+        let before = openConnections.subtract(1, ordering: .relaxed).oldValue
+        return before >= maxConnections.load(ordering: .relaxed)
+    }
+
+    /// True while a new connection would fit under the limit.
+    var hasRoom: Bool {
+        openConnections.load(ordering: .relaxed) < maxConnections.load(ordering: .relaxed)
+    }
+}
+
+/// A worker's running totals, written by the worker once per event batch (not per message) and
+/// read by the control thread for `STATUS=` and the watchdog.
+public final class WorkerCounters: Sendable {
+    /// Connections accepted since start.
+    public let accepted = Atomic<UInt64>(0)
+    /// Connections currently open in this worker.
+    public let open = Atomic<Int>(0)
+    /// Bytes written back to clients since start.
+    public let bytesEchoed = Atomic<UInt64>(0)
+    /// Incremented on each pass through the worker loop; a worker that stops advancing it is hung.
+    public let heartbeat = Atomic<UInt64>(0)
+    /// Errors from accept that made the worker back off (EMFILE and friends).
+    public let acceptBackoffs = Atomic<UInt64>(0)
+
+    public init() {}
+}
+
+/// Monotonic clock in nanoseconds (`CLOCK_MONOTONIC`).
+@inline(__always)
+public func monotonicNanoseconds() -> Int64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+}
