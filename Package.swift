@@ -5,11 +5,13 @@ let package = Package(
     name: "echod",
     products: [
         .executable(name: "echod", targets: ["echod"]),
+        .executable(name: "echoload", targets: ["echoload"]),
         .library(name: "EchoCore", targets: ["EchoCore"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
     ],
     targets: [
         // The only C in the product: forwarders for what Glibc does not import
@@ -44,9 +46,30 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The load engine: links EchoCore for sockets, never the server models.
+        .target(
+            name: "EchoLoad",
+            dependencies: [
+                "EchoCore",
+                "CEchoShims",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
+        ),
+        .executableTarget(
+            name: "echoload",
+            dependencies: [
+                "EchoLoad",
+                "EchoCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
         .testTarget(
             name: "EchoCoreTests",
-            dependencies: ["EchoCore", "CEchoShims"]
+            dependencies: ["EchoCore", "CEchoShims", .product(name: "Logging", package: "swift-log")]
+        ),
+        .testTarget(
+            name: "EchoLoadTests",
+            dependencies: ["EchoLoad", "EchoCore", "CEchoShims"]
         ),
         .testTarget(
             name: "EchoSystemdTests",

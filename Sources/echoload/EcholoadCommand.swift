@@ -1,0 +1,1 @@
+@main struct EcholoadMain { static func main() {} }
