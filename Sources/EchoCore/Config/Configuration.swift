@@ -1,0 +1,101 @@
+import Glibc
+import Logging
+
+/// echod's settings, as read from `/etc/echod/echod.conf` and its drop-ins.
+///
+/// `init()` gives the built-in defaults; `ConfigurationLoader` layers files on top. The keys,
+/// their syntax and their defaults are listed in the shipped `etc/echod.conf`.
+///
+/// Equality compares every stored property, `origins` and `sources` included; clear those two to
+/// compare settings only.
+public struct Configuration: Sendable, Equatable {
+    /// `[Server] Model=`: how connections are served. Default `event`.
+    public var model: ConcurrencyModel
+    /// `[Server] Listen=`: addresses echod binds itself when systemd passes no sockets.
+    /// Default `[127.0.0.1:7007]`. Empty when the files end with a bare `Listen=`.
+    public var listen: [SocketAddress]
+    /// `[Server] Workers=`: worker threads, 0 to 1024; 0 (the default) means one per CPU.
+    public var workers: Int
+    /// `[Server] MaxConnections=`: connections open at once. Default `.auto`.
+    public var maxConnections: ConnectionLimit
+    /// `[Server] Backlog=`: the `listen(2)` backlog for sockets echod binds, 1 to 1,000,000.
+    /// Default 4096; the kernel caps it at `net.core.somaxconn`.
+    public var backlog: Int32
+    /// `[Server] StopTimeoutSec=`: how long a graceful stop may take before the remaining
+    /// connections are closed. More than 0, at most 1 hour; default 10 seconds.
+    public var stopTimeout: Duration
+    /// `[Server] LogLevel=`: the least severe level logged. Default `info`.
+    public var logLevel: Logger.Level
+    /// `[Limits] NoFile=`: the soft `RLIMIT_NOFILE` applied at start. Default `.max` (the hard limit).
+    public var noFile: ResourceLimitValue
+    /// Where each key's effective value came from, keyed "Section.Key" (e.g. "Limits.NoFile");
+    /// absent = default.
+    ///
+    /// List keys also get one entry per element, keyed "Section.Key[index]" (e.g.
+    /// "Server.Listen[0]"); their plain "Section.Key" entry is the last line that changed the list.
+    /// An empty assignment to a single-valued key restores the default and removes its entry.
+    public var origins: [String: SourceLocation]
+    /// The file paths that were read, in order (main file if it existed, then drop-ins).
+    public var sources: [String]
+
+    /// The built-in defaults, with no origins and no sources.
+    public init() {
+        model = .event
+        listen = Configuration.defaultListen
+        workers = 0
+        maxConnections = .auto
+        backlog = 4096
+        stopTimeout = .seconds(10)
+        logLevel = .info
+        noFile = .max
+        origins = [:]
+        sources = []
+    }
+
+    /// `127.0.0.1:7007`, built without parsing so that the default cannot fail.
+    static let defaultListen: [SocketAddress] = {
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = UInt16(7007).bigEndian
+        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        return [.v4(address)]
+    }()
+
+    /// The effective configuration in the file's own syntax, every key present, for
+    /// `echod --check-config`.
+    ///
+    /// Before each key line, a comment says where the value came from: `# from path:line` or
+    /// `# default`. A list key has one line per element, or a bare `Key=` when it is empty.
+    /// Applying the text to `Configuration()` gives back these settings (origins aside).
+    ///
+    /// - Returns: the text, ending with a newline.
+    public func rendered() -> String {
+        var out = "# Effective configuration of echod.\n"
+        if sources.isEmpty {
+            out += "# No configuration file was read: built-in defaults.\n"
+        } else {
+            out += "# Read from, in order: \(sources.joined(separator: ", "))\n"
+        }
+        for section in ConfigurationKey.sections {
+            out += "\n[\(section)]\n"
+            for key in ConfigurationKey.all where key.section == section {
+                let values = key.render(self)
+                if !key.isList {
+                    out += originComment(key.id) + "\(key.name)=\(values.first ?? "")\n"
+                } else if values.isEmpty {
+                    out += originComment(key.id) + "\(key.name)=\n"
+                } else {
+                    for (index, value) in values.enumerated() {
+                        out += originComment(ConfigurationKey.elementID(key.id, index)) + "\(key.name)=\(value)\n"
+                    }
+                }
+            }
+        }
+        return out
+    }
+
+    private func originComment(_ id: String) -> String {
+        if let origin = origins[id] { return "# from \(origin)\n" }
+        return "# default\n"
+    }
+}

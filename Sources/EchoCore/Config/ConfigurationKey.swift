@@ -1,0 +1,159 @@
+// The table of configuration keys. Adding a key is adding an entry to `ConfigurationKey.all`
+// (plus its field in `Configuration`, its default in `Configuration.init()`, and its
+// documentation in etc/echod.conf); the parser, the layering of drop-ins, the duplicate check,
+// the origins and `rendered()` all work from this table.
+import Logging
+
+/// One key of the configuration file: where it lives, and how its value is parsed, reset and printed.
+struct ConfigurationKey: Sendable {
+    /// The section name without brackets, e.g. "Server".
+    let section: String
+    /// The key name, case-sensitive, e.g. "Workers".
+    let name: String
+    /// Whether assignments accumulate (and an empty assignment empties the list) instead of replacing.
+    let isList: Bool
+    /// Parses a non-empty value and stores it; a list key appends it.
+    let assign: @Sendable (inout Configuration, String) throws(ConfigurationValueError) -> Void
+    /// Restores the built-in default (single-valued key) or empties the list (list key).
+    let reset: @Sendable (inout Configuration) -> Void
+    /// The current value in file syntax; one string per element for a list key.
+    let render: @Sendable (Configuration) -> [String]
+
+    /// "Section.Key", the key of `Configuration.origins`.
+    var id: String { "\(section).\(name)" }
+
+    /// "Section.Key[index]", the origin of one element of a list key.
+    static func elementID(_ id: String, _ index: Int) -> String { "\(id)[\(index)]" }
+
+    /// A key holding one value; a later assignment replaces it.
+    static func single<Value>(
+        _ section: String,
+        _ name: String,
+        _ path: WritableKeyPath<Configuration, Value> & Sendable,
+        parse: @escaping @Sendable (String) throws(ConfigurationValueError) -> Value,
+        format: @escaping @Sendable (Value) -> String
+    ) -> ConfigurationKey {
+        ConfigurationKey(
+            section: section,
+            name: name,
+            isList: false,
+            assign: { (config, text) throws(ConfigurationValueError) in config[keyPath: path] = try parse(text) },
+            reset: { config in config[keyPath: path] = Configuration()[keyPath: path] },
+            render: { config in [format(config[keyPath: path])] }
+        )
+    }
+
+    /// A key holding a list; each assignment appends, and an empty assignment empties the list.
+    ///
+    /// The first assignment anywhere replaces the built-in default list rather than appending
+    /// to it (the parser resets the list when it has no origin yet).
+    static func list<Element>(
+        _ section: String,
+        _ name: String,
+        _ path: WritableKeyPath<Configuration, [Element]> & Sendable,
+        parse: @escaping @Sendable (String) throws(ConfigurationValueError) -> Element,
+        format: @escaping @Sendable (Element) -> String
+    ) -> ConfigurationKey {
+        ConfigurationKey(
+            section: section,
+            name: name,
+            isList: true,
+            assign: { (config, text) throws(ConfigurationValueError) in config[keyPath: path].append(try parse(text)) },
+            reset: { config in config[keyPath: path] = [] },
+            render: { config in config[keyPath: path].map(format) }
+        )
+    }
+
+    /// Every key, in the order `rendered()` prints them.
+    static let all: [ConfigurationKey] = [
+        .single(
+            "Server", "Model", \.model,
+            parse: { (text) throws(ConfigurationValueError) in
+                try ConfigurationValueParser.choice(text, of: ConcurrencyModel.self)
+            },
+            format: { $0.rawValue }
+        ),
+        .list(
+            "Server", "Listen", \.listen,
+            parse: { (text) throws(ConfigurationValueError) in
+                do throws(SocketAddress.ParseError) {
+                    return try SocketAddress(parsing: text)
+                } catch {
+                    throw ConfigurationValueError(error.reason)
+                }
+            },
+            format: { $0.description }
+        ),
+        .single(
+            "Server", "Workers", \.workers,
+            parse: { (text) throws(ConfigurationValueError) in
+                try ConfigurationValueParser.integer(text, in: 0...1024)
+            },
+            format: { String($0) }
+        ),
+        .single(
+            "Server", "MaxConnections", \.maxConnections,
+            parse: { (text) throws(ConfigurationValueError) in
+                if text == "auto" { return .auto }
+                return .limit(try ConfigurationValueParser.integer(text, in: 1...10_000_000, or: " or 'auto'"))
+            },
+            format: { limit in
+                switch limit {
+                case .auto: return "auto"
+                case .limit(let n): return String(n)
+                }
+            }
+        ),
+        .single(
+            "Server", "Backlog", \.backlog,
+            parse: { (text) throws(ConfigurationValueError) in
+                Int32(try ConfigurationValueParser.integer(text, in: 1...1_000_000))
+            },
+            format: { String($0) }
+        ),
+        .single(
+            "Server", "StopTimeoutSec", \.stopTimeout,
+            parse: { (text) throws(ConfigurationValueError) in
+                guard let micros = ConfigurationValueParser.timeSpanMicroseconds(text), micros > 0,
+                    micros <= 3_600_000_000
+                else {
+                    throw ConfigurationValueError(
+                        "expected a time span greater than 0 and at most 1h, e.g. '10', '2.5s', '500ms', '1min'")
+                }
+                return .microseconds(micros)
+            },
+            format: { ConfigurationValueParser.formatTimeSpan($0) }
+        ),
+        .single(
+            "Server", "LogLevel", \.logLevel,
+            parse: { (text) throws(ConfigurationValueError) in
+                try ConfigurationValueParser.choice(text, of: Logger.Level.self)
+            },
+            format: { $0.rawValue }
+        ),
+        .single(
+            "Limits", "NoFile", \.noFile,
+            parse: { (text) throws(ConfigurationValueError) in
+                if text == "max" { return .max }
+                guard let n = ConfigurationValueParser.unsigned(text, in: 1...UInt64(UInt32.max)) else {
+                    throw ConfigurationValueError("expected a number from 1 to \(UInt32.max) or 'max'")
+                }
+                return .value(n)
+            },
+            format: { $0.description }
+        ),
+    ]
+
+    /// Section names in first-appearance order of `all`.
+    static let sections: [String] = all.reduce(into: []) { sections, key in
+        if !sections.contains(key.section) { sections.append(key.section) }
+    }
+
+    private static let byID: [String: ConfigurationKey] = Dictionary(
+        uniqueKeysWithValues: all.map { ($0.id, $0) })
+
+    /// The key `name` of `[section]`, if there is one.
+    static func find(section: String, name: String) -> ConfigurationKey? {
+        byID["\(section).\(name)"]
+    }
+}

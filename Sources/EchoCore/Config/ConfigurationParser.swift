@@ -1,0 +1,291 @@
+// The systemd INI dialect (systemd.syntax(7)), applied to a `Configuration` one file at a time.
+//
+// Lexing follows systemd's config_parse() in src/shared/conf-parser.c: comment lines are
+// dropped before continuation handling, so a `#` line inside a continued line is skipped;
+// a line whose last character is an unescaped backslash continues on the next one, with the
+// backslash replaced by a space; a UTF-8 byte order mark at the start is ignored. Errors do
+// not stop parsing, so one run reports every mistake in a file.
+
+/// Diagnostics collected while reading files, put in file and line order at the end.
+struct ConfigurationDiagnosticLog {
+    private var entries: [(file: String?, diagnostic: ConfigurationDiagnostic)] = []
+
+    /// Records an error at `location`.
+    mutating func error(_ message: String, at location: SourceLocation?) {
+        entries.append(
+            (location?.file, ConfigurationDiagnostic(severity: .error, location: location, message: message)))
+    }
+
+    /// Records a warning at `location`.
+    mutating func warning(_ message: String, at location: SourceLocation?) {
+        entries.append(
+            (location?.file, ConfigurationDiagnostic(severity: .warning, location: location, message: message)))
+    }
+
+    /// Records an error about a whole file; `message` should start with the path.
+    mutating func fileError(_ message: String, file: String) {
+        entries.append((file, ConfigurationDiagnostic(severity: .error, location: nil, message: message)))
+    }
+
+    /// Records a warning about a whole file; `message` should start with the path.
+    mutating func fileWarning(_ message: String, file: String) {
+        entries.append((file, ConfigurationDiagnostic(severity: .warning, location: nil, message: message)))
+    }
+
+    /// The diagnostics ordered by the position of their file in `fileOrder`, then by line
+    /// (file-level ones first), then by the order they were recorded.
+    func sorted(fileOrder: [String]) -> [ConfigurationDiagnostic] {
+        func rank(_ file: String?) -> Int {
+            guard let file else { return -1 }
+            return fileOrder.firstIndex(of: file) ?? Int.max
+        }
+        return entries.enumerated().sorted { a, b in
+            let keyA = (rank(a.element.file), a.element.diagnostic.location?.line ?? 0, a.offset)
+            let keyB = (rank(b.element.file), b.element.diagnostic.location?.line ?? 0, b.offset)
+            return keyA < keyB
+        }.map(\.element.diagnostic)
+    }
+}
+
+/// Parses configuration text and checks the result.
+enum ConfigurationParser {
+    /// A line after comment removal and continuation joining.
+    struct LogicalLine: Equatable {
+        /// The 1-based number of its first physical line.
+        var line: Int
+        /// The text, trimmed of blanks at both ends; `nil` if it is not valid UTF-8.
+        var text: String?
+    }
+
+    private static func isBlank(_ byte: UInt8) -> Bool {
+        byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") || byte == UInt8(ascii: "\r")
+            || byte == UInt8(ascii: "\n")
+    }
+
+    /// Splits file contents into logical lines: comments and blank lines dropped, continued
+    /// lines joined.
+    static func logicalLines(_ bytes: [UInt8]) -> [LogicalLine] {
+        var body = bytes[...]
+        if body.starts(with: [0xEF, 0xBB, 0xBF]) { body = body.dropFirst(3) }
+
+        var result: [LogicalLine] = []
+        var pending: [UInt8]?
+        var pendingLine = 0
+
+        func emit(_ raw: [UInt8], line: Int) {
+            guard let first = raw.firstIndex(where: { !isBlank($0) }), let last = raw.lastIndex(where: { !isBlank($0) })
+            else { return }
+            result.append(LogicalLine(line: line, text: String(validating: raw[first...last], as: UTF8.self)))
+        }
+
+        for (offset, physical) in body.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
+            .enumerated()
+        {
+            let lineNumber = offset + 1
+            var raw = physical
+            if raw.last == UInt8(ascii: "\r") { raw = raw.dropLast() }
+            if let first = raw.first(where: { !isBlank($0) }), first == UInt8(ascii: "#") || first == UInt8(ascii: ";")
+            {
+                continue
+            }
+            var joined: [UInt8]
+            if let previous = pending {
+                joined = previous + raw
+            } else {
+                joined = Array(raw)
+                pendingLine = lineNumber
+            }
+            // Only an unescaped final backslash continues the line: `\\` at the end does not.
+            var escaped = false
+            for byte in joined {
+                escaped = escaped ? false : byte == UInt8(ascii: "\\")
+            }
+            if escaped {
+                joined[joined.count - 1] = UInt8(ascii: " ")
+                pending = joined
+                continue
+            }
+            pending = nil
+            emit(joined, line: pendingLine)
+        }
+        if let pending { emit(pending, line: pendingLine) }
+        return result
+    }
+
+    private enum SectionState {
+        case none
+        case known(String)
+        /// After an unknown or malformed section header: its keys are skipped silently, since
+        /// the header was already reported.
+        case ignored
+    }
+
+    /// Applies one file's contents on top of `config` and appends `file` to `config.sources`.
+    ///
+    /// Checks that need every file (duplicate addresses, unimplemented model) are left to
+    /// `validate(_:log:)`.
+    ///
+    /// - Parameters:
+    ///   - bytes: the file's contents.
+    ///   - file: the path used in diagnostics and origins.
+    ///   - config: the configuration to update; a key with an invalid value keeps its old value.
+    ///   - log: where problems go.
+    static func apply(
+        _ bytes: [UInt8], file: String, to config: inout Configuration, log: inout ConfigurationDiagnosticLog
+    ) {
+        config.sources.append(file)
+        var section = SectionState.none
+        // Single-valued keys set in this file, with their line: a second assignment in one file
+        // is a mistake, while a later file overriding an earlier one is what drop-ins are for.
+        var firstSet: [String: Int] = [:]
+
+        for logical in logicalLines(bytes) {
+            let location = SourceLocation(file: file, line: logical.line)
+            guard let text = logical.text else {
+                log.error("line is not valid UTF-8", at: location)
+                continue
+            }
+
+            if text.hasPrefix("[") {
+                section = .ignored
+                guard let close = text.firstIndex(of: "]") else {
+                    log.error("missing ']' in section header", at: location)
+                    continue
+                }
+                guard text.index(after: close) == text.endIndex else {
+                    log.error("unexpected text after ']' in section header", at: location)
+                    continue
+                }
+                let name = String(text[text.index(after: text.startIndex)..<close])
+                if ConfigurationKey.sections.contains(name) {
+                    section = .known(name)
+                } else {
+                    var message = "unknown section [\(name)]"
+                    if let hint = ConfigurationValueParser.closest(to: name, among: ConfigurationKey.sections) {
+                        message += " (did you mean [\(hint)]?)"
+                    }
+                    log.error(message, at: location)
+                }
+                continue
+            }
+
+            guard let equals = text.firstIndex(of: "=") else {
+                log.error("expected [Section] or Key=Value, got '\(text)'", at: location)
+                continue
+            }
+            let name = String(trimmingBlanks(text[..<equals]))
+            let value = String(trimmingBlanks(text[text.index(after: equals)...]))
+            guard !name.isEmpty else {
+                log.error("expected [Section] or Key=Value, got '\(text)'", at: location)
+                continue
+            }
+
+            switch section {
+            case .none:
+                log.error("assignment outside of any section", at: location)
+            case .ignored:
+                break
+            case .known(let sectionName):
+                guard let key = ConfigurationKey.find(section: sectionName, name: name) else {
+                    log.error(unknownKeyMessage(name, in: sectionName), at: location)
+                    continue
+                }
+                assign(value, to: key, at: location, in: &config, firstSet: &firstSet, log: &log)
+            }
+        }
+    }
+
+    private static func assign(
+        _ value: String,
+        to key: ConfigurationKey,
+        at location: SourceLocation,
+        in config: inout Configuration,
+        firstSet: inout [String: Int],
+        log: inout ConfigurationDiagnosticLog
+    ) {
+        let id = key.id
+        if key.isList {
+            if value.isEmpty || config.origins[id] == nil {
+                // An empty value empties the list, as in systemd; and the first assignment
+                // anywhere replaces the built-in default instead of adding to it.
+                key.reset(&config)
+                config.origins = config.origins.filter { !$0.key.hasPrefix(id + "[") }
+            }
+            config.origins[id] = location
+            guard !value.isEmpty else { return }
+            do {
+                try key.assign(&config, value)
+                config.origins[ConfigurationKey.elementID(id, key.render(config).count - 1)] = location
+            } catch {
+                log.error("invalid value '\(value)' for \(key.name)=: \(error.reason)", at: location)
+            }
+            return
+        }
+
+        if let first = firstSet[id] {
+            log.error("duplicate key '\(key.name)' in [\(key.section)] (first set at line \(first))", at: location)
+            return
+        }
+        firstSet[id] = location.line
+        if value.isEmpty {
+            // As in systemd, an empty assignment restores the default.
+            key.reset(&config)
+            config.origins[id] = nil
+            return
+        }
+        do {
+            try key.assign(&config, value)
+            config.origins[id] = location
+        } catch {
+            log.error("invalid value '\(value)' for \(key.name)=: \(error.reason)", at: location)
+        }
+    }
+
+    private static func unknownKeyMessage(_ name: String, in section: String) -> String {
+        let message = "unknown key '\(name)' in [\(section)]"
+        let sectionKeys = ConfigurationKey.all.filter { $0.section == section }.map(\.name)
+        if let hint = ConfigurationValueParser.closest(to: name, among: sectionKeys) {
+            return message + " (did you mean '\(hint)'?)"
+        }
+        if let elsewhere = ConfigurationKey.all.first(where: { $0.name == name }) {
+            return message + " (\(name)= belongs in [\(elsewhere.section)])"
+        }
+        return message
+    }
+
+    private static func trimmingBlanks(_ text: Substring) -> Substring {
+        let isBlank: (Character) -> Bool = { $0 == " " || $0 == "\t" }
+        guard let first = text.firstIndex(where: { !isBlank($0) }), let last = text.lastIndex(where: { !isBlank($0) })
+        else { return "" }
+        return text[first...last]
+    }
+
+    /// Checks what can only be judged once every file is applied: an unimplemented `Model=`,
+    /// and addresses listed twice in the final `Listen=` list.
+    static func validate(_ config: Configuration, log: inout ConfigurationDiagnosticLog) {
+        if !config.model.isImplemented {
+            let implemented = ConcurrencyModel.allCases.filter(\.isImplemented).map { "'\($0.rawValue)'" }
+            let names = implemented.joined(separator: ", ")
+            let verb = implemented.count == 1 ? "is" : "are"
+            log.error(
+                "Model=\(config.model.rawValue) is not yet supported (only \(names) \(verb) implemented)",
+                at: config.origins["Server.Model"])
+        }
+
+        var firstIndex: [SocketAddress: Int] = [:]
+        for (index, address) in config.listen.enumerated() {
+            guard let first = firstIndex[address] else {
+                firstIndex[address] = index
+                continue
+            }
+            let location = config.origins[ConfigurationKey.elementID("Server.Listen", index)]
+            var message = "duplicate address \(address) in Listen="
+            if let firstLocation = config.origins[ConfigurationKey.elementID("Server.Listen", first)] {
+                message +=
+                    firstLocation.file == location?.file
+                    ? " (first given at line \(firstLocation.line))" : " (first given at \(firstLocation))"
+            }
+            log.error(message, at: location)
+        }
+    }
+}

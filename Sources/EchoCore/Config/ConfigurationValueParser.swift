@@ -1,0 +1,173 @@
+// Value syntaxes shared by configuration keys, following systemd where it has one:
+// booleans as parse_boolean() and time spans as parse_sec() (systemd.time(7)).
+// Everything is strict: a value either parses exactly or is rejected with what was expected.
+
+/// Why a value was rejected: the text after "invalid value 'x' for Key=: ".
+struct ConfigurationValueError: Error {
+    let reason: String
+
+    init(_ reason: String) {
+        self.reason = reason
+    }
+}
+
+/// Parsers for the value syntaxes of the configuration file.
+enum ConfigurationValueParser {
+    /// Parses a decimal number: digits only, no sign, no spaces, no suffix.
+    ///
+    /// - Returns: the number, or `nil` if `text` is not all digits, overflows, or is outside `range`.
+    static func unsigned(_ text: String, in range: ClosedRange<UInt64>) -> UInt64? {
+        guard !text.isEmpty, text.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
+            let number = UInt64(text), range.contains(number)
+        else { return nil }
+        return number
+    }
+
+    /// Parses a decimal number in an `Int` range.
+    ///
+    /// - Throws: `ConfigurationValueError` "expected a number from A to B", plus `alternatives`.
+    static func integer(_ text: String, in range: ClosedRange<Int>, or alternatives: String = "")
+        throws(ConfigurationValueError) -> Int
+    {
+        guard let number = unsigned(text, in: UInt64(range.lowerBound)...UInt64(range.upperBound)) else {
+            throw ConfigurationValueError(
+                "expected a number from \(range.lowerBound) to \(range.upperBound)\(alternatives)")
+        }
+        return Int(number)
+    }
+
+    /// Parses one of an enum's raw values, case-sensitively.
+    ///
+    /// - Throws: `ConfigurationValueError` listing the accepted values.
+    static func choice<T: RawRepresentable & CaseIterable>(_ text: String, of type: T.Type)
+        throws(ConfigurationValueError)
+        -> T where T.RawValue == String
+    {
+        if let value = T(rawValue: text) { return value }
+        throw ConfigurationValueError("expected one of: " + T.allCases.map(\.rawValue).joined(separator: ", "))
+    }
+
+    /// Parses a systemd boolean: `1`, `yes`, `y`, `true`, `t`, `on` or `0`, `no`, `n`, `false`, `f`,
+    /// `off`, in any case.
+    ///
+    /// - Returns: the boolean, or `nil` for anything else.
+    static func boolean(_ text: String) -> Bool? {
+        switch text.lowercased() {
+        case "1", "yes", "y", "true", "t", "on": return true
+        case "0", "no", "n", "false", "f", "off": return false
+        default: return nil
+        }
+    }
+
+    /// Time units accepted in time spans, in microseconds; the same names as systemd.time(7).
+    private static let timeUnits: [String: UInt64] = [
+        "us": 1, "usec": 1,
+        "ms": 1_000, "msec": 1_000,
+        "s": 1_000_000, "sec": 1_000_000, "second": 1_000_000, "seconds": 1_000_000,
+        "m": 60_000_000, "min": 60_000_000, "minute": 60_000_000, "minutes": 60_000_000,
+        "h": 3_600_000_000, "hr": 3_600_000_000, "hour": 3_600_000_000, "hours": 3_600_000_000,
+    ]
+
+    /// Parses a systemd time span: numbers, each with an optional unit (seconds when none), summed,
+    /// e.g. `10`, `2.5s`, `500ms`, `1min 30s`. Resolution is one microsecond, as in systemd.
+    ///
+    /// - Returns: the span in microseconds, or `nil` if the syntax is wrong or it overflows.
+    static func timeSpanMicroseconds(_ text: String) -> UInt64? {
+        let bytes = Array(text.utf8)
+        func isDigit(_ b: UInt8) -> Bool { b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9") }
+        func isLetter(_ b: UInt8) -> Bool { (b | 0x20) >= UInt8(ascii: "a") && (b | 0x20) <= UInt8(ascii: "z") }
+        func isBlank(_ b: UInt8) -> Bool { b == UInt8(ascii: " ") || b == UInt8(ascii: "\t") }
+
+        var total: UInt64 = 0
+        var i = 0
+        var components = 0
+        while true {
+            while i < bytes.count, isBlank(bytes[i]) { i += 1 }
+            if i == bytes.count { break }
+
+            let integerStart = i
+            while i < bytes.count, isDigit(bytes[i]) { i += 1 }
+            let integerDigits = bytes[integerStart..<i]
+            var fractionDigits = bytes[i..<i]
+            if i < bytes.count, bytes[i] == UInt8(ascii: ".") {
+                i += 1
+                let fractionStart = i
+                while i < bytes.count, isDigit(bytes[i]) { i += 1 }
+                fractionDigits = bytes[fractionStart..<i]
+            }
+            guard !integerDigits.isEmpty || !fractionDigits.isEmpty else { return nil }
+
+            while i < bytes.count, isBlank(bytes[i]) { i += 1 }
+            let unitStart = i
+            while i < bytes.count, isLetter(bytes[i]) { i += 1 }
+            let unitName = String(decoding: bytes[unitStart..<i], as: UTF8.self)
+            guard let unit = unitName.isEmpty ? 1_000_000 : timeUnits[unitName] else { return nil }
+            // "1min30s" is fine, but a number without unit must end the component: "1.5.2" is wrong.
+            if unitName.isEmpty, i < bytes.count, !isBlank(bytes[i]) { return nil }
+
+            var value: UInt64 = 0
+            for digit in integerDigits {
+                let (times10, o1) = value.multipliedReportingOverflow(by: 10)
+                let (sum, o2) = times10.addingReportingOverflow(UInt64(digit - UInt8(ascii: "0")))
+                guard !o1, !o2 else { return nil }
+                value = sum
+            }
+            let (scaled, o3) = value.multipliedReportingOverflow(by: unit)
+            guard !o3 else { return nil }
+            // Like systemd: each fraction digit adds digit * unit / 10^position, so digits
+            // finer than a microsecond are dropped.
+            var fraction: UInt64 = 0
+            var place = unit
+            for digit in fractionDigits {
+                place /= 10
+                fraction += UInt64(digit - UInt8(ascii: "0")) * place
+            }
+            let (component, o4) = scaled.addingReportingOverflow(fraction)
+            let (newTotal, o5) = total.addingReportingOverflow(component)
+            guard !o4, !o5 else { return nil }
+            total = newTotal
+            components += 1
+        }
+        return components > 0 ? total : nil
+    }
+
+    /// Prints a duration as an exact time span in the largest of `Ns`, `Nms`, `Nus` that fits.
+    static func formatTimeSpan(_ duration: Duration) -> String {
+        let (seconds, attoseconds) = duration.components
+        let (scaled, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000)
+        if overflow { return "\(seconds)s" }
+        let micros = scaled + attoseconds / 1_000_000_000_000
+        if micros % 1_000_000 == 0 { return "\(micros / 1_000_000)s" }
+        if micros % 1_000 == 0 { return "\(micros / 1_000)ms" }
+        return "\(micros)us"
+    }
+
+    /// The Levenshtein distance between two strings, for "did you mean" hints.
+    static func editDistance(_ a: String, _ b: String) -> Int {
+        let a = Array(a)
+        let b = Array(b)
+        if a.isEmpty { return b.count }
+        if b.isEmpty { return a.count }
+        var previous = Array(0...b.count)
+        var current = [Int](repeating: 0, count: b.count + 1)
+        for i in 1...a.count {
+            current[0] = i
+            for j in 1...b.count {
+                let substitution = previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)
+                current[j] = min(previous[j] + 1, current[j - 1] + 1, substitution)
+            }
+            swap(&previous, &current)
+        }
+        return previous[b.count]
+    }
+
+    /// The candidate closest to `text`, if it is within an edit distance of 2.
+    static func closest(to text: String, among candidates: some Sequence<String>) -> String? {
+        var best: (name: String, distance: Int)?
+        for candidate in candidates {
+            let distance = editDistance(text, candidate)
+            if distance <= 2, distance < best?.distance ?? Int.max { best = (candidate, distance) }
+        }
+        return best?.name
+    }
+}

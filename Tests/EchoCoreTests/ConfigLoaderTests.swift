@@ -1,0 +1,266 @@
+// Reading configuration files from disk: the main file, its drop-in directory, missing and
+// unreadable files, and the shipped etc/echod.conf. Each test works in its own mkdtemp
+// directory, removed afterwards.
+import EchoCore
+import Glibc
+import Testing
+
+private typealias Fixture = ConfigFixture
+/// `Testing` has a `SourceLocation` too.
+private typealias Location = EchoCore.SourceLocation
+
+@Suite struct ConfigLoaderTests {
+    // MARK: Drop-ins
+
+    @Test func dropInsAreAppliedInByteOrderAndTheLaterFileWins() throws {
+        try Fixture.withTempDirectory { dir in
+            let main = dir + "/echod.conf"
+            try Fixture.writeFile(main, "[Server]\nWorkers=1\nBacklog=10\nListen=127.0.0.1:1\nListen=127.0.0.1:2\n")
+            try Fixture.makeDirectory(main + ".d")
+            // Written out of order: the directory order must not matter.
+            try Fixture.writeFile(main + ".d/20-b.conf", "[Server]\nWorkers=3\n")
+            try Fixture.writeFile(main + ".d/10-a.conf", "[Server]\nWorkers=2\nLogLevel=debug\n")
+            try Fixture.writeFile(main + ".d/B-upper.conf", "[Limits]\nNoFile=100\n")
+            try Fixture.writeFile(main + ".d/a-lower.conf", "[Limits]\nNoFile=200\n")
+
+            let (config, warnings) = try ConfigurationLoader.load(path: main, explicitlyRequested: true)
+            #expect(warnings.isEmpty)
+            #expect(config.workers == 3)
+            #expect(config.backlog == 10)
+            #expect(config.logLevel == .debug)
+            // Byte order: "B-upper" < "a-lower", so the lower-case file is applied last.
+            #expect(config.noFile == .value(200))
+            #expect(config.listen.map(\.description) == ["127.0.0.1:1", "127.0.0.1:2"])
+            #expect(
+                config.sources == [
+                    main, main + ".d/10-a.conf", main + ".d/20-b.conf", main + ".d/B-upper.conf",
+                    main + ".d/a-lower.conf",
+                ])
+            #expect(config.origins["Server.Workers"] == Location(file: main + ".d/20-b.conf", line: 2))
+            #expect(config.origins["Server.LogLevel"] == Location(file: main + ".d/10-a.conf", line: 3))
+            #expect(config.origins["Server.Backlog"] == Location(file: main, line: 3))
+        }
+    }
+
+    @Test func emptyListenInADropInReplacesTheMainFilesList() throws {
+        try Fixture.withTempDirectory { dir in
+            let main = dir + "/echod.conf"
+            try Fixture.writeFile(main, "[Server]\nListen=127.0.0.1:1\nListen=127.0.0.1:2\n")
+            try Fixture.makeDirectory(main + ".d")
+            try Fixture.writeFile(main + ".d/50-listen.conf", "[Server]\nListen=\nListen=[::1]:3\n")
+
+            let (config, _) = try ConfigurationLoader.load(path: main, explicitlyRequested: true)
+            #expect(config.listen.map(\.description) == ["[::1]:3"])
+            #expect(config.origins["Server.Listen[0]"] == Location(file: main + ".d/50-listen.conf", line: 3))
+        }
+    }
+
+    @Test func otherFilesInTheDropInDirectoryAreIgnored() throws {
+        try Fixture.withTempDirectory { dir in
+            let main = dir + "/echod.conf"
+            try Fixture.writeFile(main, "[Server]\nWorkers=1\n")
+            let dropIns = main + ".d"
+            try Fixture.makeDirectory(dropIns)
+            try Fixture.writeFile(dropIns + "/10-a.conf", "[Server]\nWorkers=2\n")
+            try Fixture.writeFile(dropIns + "/README", "not a config file at all")
+            try Fixture.writeFile(dropIns + "/90-z.conf.disabled", "garbage")
+            try Fixture.writeFile(dropIns + "/90-z.conf~", "garbage")
+            try Fixture.writeFile(dropIns + "/.hidden.conf", "garbage")
+            try Fixture.makeDirectory(dropIns + "/30-directory.conf")
+            // A symlink to /dev/null masks a drop-in, as in systemd.
+            try #require(symlink("/dev/null", dropIns + "/40-masked.conf") == 0)
+
+            let (config, warnings) = try ConfigurationLoader.load(path: main, explicitlyRequested: true)
+            #expect(warnings.isEmpty)
+            #expect(config.workers == 2)
+            #expect(config.sources == [main, dropIns + "/10-a.conf"])
+        }
+    }
+
+    @Test func sameKeyTwiceInOneDropInIsAnErrorNamingThatFile() throws {
+        try Fixture.withTempDirectory { dir in
+            let main = dir + "/echod.conf"
+            try Fixture.writeFile(main, "[Server]\nWorkers=1\n")
+            try Fixture.makeDirectory(main + ".d")
+            try Fixture.writeFile(main + ".d/10-a.conf", "[Server]\nWorkers=2\n\nWorkers=3\n")
+
+            #expect(
+                Fixture.loadRejection(path: main)
+                    == ["\(main).d/10-a.conf:4: duplicate key 'Workers' in [Server] (first set at line 2)"])
+        }
+    }
+
+    @Test func duplicateListenInMainFileIsFineWhenADropInResetsTheList() throws {
+        try Fixture.withTempDirectory { dir in
+            let main = dir + "/echod.conf"
+            try Fixture.writeFile(main, "[Server]\nListen=127.0.0.1:1\nListen=127.0.0.1:1\n")
+            try Fixture.makeDirectory(main + ".d")
+            try Fixture.writeFile(main + ".d/10-a.conf", "[Server]\nListen=\nListen=127.0.0.1:1\n")
+
+            let (config, _) = try ConfigurationLoader.load(path: main, explicitlyRequested: true)
+            #expect(config.listen.map(\.description) == ["127.0.0.1:1"])
+        }
+    }
+
+    @Test func duplicateListenAcrossFilesIsReportedInTheDropIn() throws {
+        try Fixture.withTempDirectory { dir in
+            let main = dir + "/echod.conf"
+            try Fixture.writeFile(main, "[Server]\nListen=127.0.0.1:1\n")
+            try Fixture.makeDirectory(main + ".d")
+            try Fixture.writeFile(main + ".d/10-a.conf", "[Server]\nListen=[::1]:1\nListen=127.0.0.1:1\n")
+
+            #expect(
+                Fixture.loadRejection(path: main)
+                    == ["\(main).d/10-a.conf:3: duplicate address 127.0.0.1:1 in Listen= (first given at \(main):2)"])
+        }
+    }
+
+    @Test func unimplementedModelInTheMainFileCanBeOverriddenByADropIn() throws {
+        try Fixture.withTempDirectory { dir in
+            let main = dir + "/echod.conf"
+            try Fixture.writeFile(main, "[Server]\nModel=thread\n")
+            #expect(
+                Fixture.loadRejection(path: main)
+                    == ["\(main):2: Model=thread is not yet supported (only 'event' is implemented)"])
+
+            try Fixture.makeDirectory(main + ".d")
+            try Fixture.writeFile(main + ".d/10-event.conf", "[Server]\nModel=event\n")
+            let (config, _) = try ConfigurationLoader.load(path: main, explicitlyRequested: true)
+            #expect(config.model == .event)
+        }
+    }
+
+    @Test func errorsOfEveryFileAreReportedInFileThenLineOrder() throws {
+        try Fixture.withTempDirectory { dir in
+            let main = dir + "/echod.conf"
+            try Fixture.writeFile(main, "[Server]\n\nWorkers=x\nBacklog=0\n")
+            try Fixture.makeDirectory(main + ".d")
+            try Fixture.writeFile(main + ".d/20-b.conf", "[Bogus]\n")
+            try Fixture.writeFile(main + ".d/10-a.conf", "[Limits]\nNoFile=none\n")
+
+            #expect(
+                Fixture.loadRejection(path: main) == [
+                    "\(main):3: invalid value 'x' for Workers=: expected a number from 0 to 1024",
+                    "\(main):4: invalid value '0' for Backlog=: expected a number from 1 to 1000000",
+                    "\(main).d/10-a.conf:2: invalid value 'none' for NoFile=: "
+                        + "expected a number from 1 to 4294967295 or 'max'",
+                    "\(main).d/20-b.conf:1: unknown section [Bogus]",
+                ])
+        }
+    }
+
+    // MARK: Missing and unreadable files
+
+    @Test func missingDefaultMainFileMeansDefaultsButDropInsAreRead() throws {
+        try Fixture.withTempDirectory { dir in
+            let main = dir + "/echod.conf"
+            let (empty, _) = try ConfigurationLoader.load(path: main, explicitlyRequested: false)
+            #expect(empty == Configuration())
+
+            try Fixture.makeDirectory(main + ".d")
+            try Fixture.writeFile(main + ".d/10-a.conf", "[Server]\nWorkers=2\n")
+            let (config, _) = try ConfigurationLoader.load(path: main, explicitlyRequested: false)
+            #expect(Fixture.settingsOnly(config) == Fixture.defaults { $0.workers = 2 })
+            #expect(config.sources == [main + ".d/10-a.conf"])
+        }
+    }
+
+    @Test func missingExplicitMainFileIsAnError() throws {
+        try Fixture.withTempDirectory { dir in
+            let main = dir + "/echod.conf"
+            let error = try #require(throws: ConfigurationError.self) {
+                try ConfigurationLoader.load(path: main, explicitlyRequested: true)
+            }
+            #expect(error.description == "\(main): cannot open: No such file or directory")
+            #expect(error.diagnostics.first?.location == nil)
+        }
+    }
+
+    @Test func mainFileThatIsADirectoryIsReportedWithStrerror() throws {
+        try Fixture.withTempDirectory { dir in
+            let main = dir + "/echod.conf"
+            try Fixture.makeDirectory(main)
+            #expect(
+                Fixture.loadRejection(path: main, explicitlyRequested: false)
+                    == ["\(main): cannot read: Is a directory"])
+        }
+    }
+
+    @Test(.disabled(if: geteuid() == 0, "root reads files whatever their mode"))
+    func unreadableFileIsReportedWithStrerror() throws {
+        try Fixture.withTempDirectory { dir in
+            let main = dir + "/echod.conf"
+            try Fixture.writeFile(main, "[Server]\n")
+            try #require(chmod(main, 0) == 0)
+            #expect(
+                Fixture.loadRejection(path: main, explicitlyRequested: false) == [
+                    "\(main): cannot open: Permission denied"
+                ])
+        }
+    }
+
+    @Test func dropInPathThatIsNotADirectoryIsAnError() throws {
+        try Fixture.withTempDirectory { dir in
+            let main = dir + "/echod.conf"
+            try Fixture.writeFile(main, "[Server]\n")
+            try Fixture.writeFile(main + ".d", "oops")
+            #expect(Fixture.loadRejection(path: main) == ["\(main).d: cannot open directory: Not a directory"])
+        }
+    }
+
+    @Test func invalidUTF8IsReportedAtItsLineAndAllowedInComments() throws {
+        try Fixture.withTempDirectory { dir in
+            let main = dir + "/echod.conf"
+            let bytes: [UInt8] =
+                Array("[Server]\n# caf".utf8) + [0xE9] + Array(" in a Latin-1 comment is fine\nWorkers=".utf8) + [
+                    0xFF, 0xFE,
+                ]
+                + Array("\nBacklog=1\n".utf8)
+            try Fixture.writeFile(main, bytes: bytes)
+            #expect(Fixture.loadRejection(path: main) == ["\(main):3: line is not valid UTF-8"])
+        }
+    }
+
+    // MARK: The shipped file
+
+    static let shippedConfig = Fixture.repositoryRoot() + "/etc/echod.conf"
+
+    @Test func shippedConfigLoadsToTheDefaults() throws {
+        let (config, warnings) = try ConfigurationLoader.load(path: Self.shippedConfig, explicitlyRequested: true)
+        #expect(warnings.isEmpty)
+        #expect(Fixture.settingsOnly(config) == Configuration())
+        #expect(config.origins.isEmpty)
+    }
+
+    @Test func shippedConfigDocumentsEveryKeyWithItsDefault() throws {
+        // Uncommenting every "#Key=value" line must set every key, each to its default: so no
+        // key is missing from the file, and no documented default is wrong.
+        let text = try Fixture.readTextFile(Self.shippedConfig)
+        let uncommented = text.split(separator: "\n", omittingEmptySubsequences: false).map { line in
+            let isKeyLine = line.hasPrefix("#") && line.dropFirst().first?.isLetter == true && line.contains("=")
+            return isKeyLine ? String(line.dropFirst()) : String(line)
+        }.joined(separator: "\n")
+        let config = try Fixture.parse(uncommented, file: "uncommented.conf")
+        #expect(Fixture.settingsOnly(config) == Configuration())
+
+        let renderedKeys = Configuration().rendered().split(separator: "\n").filter {
+            !$0.hasPrefix("#") && $0.contains("=")
+        }
+        let setKeys = config.origins.keys.filter { !$0.contains("[") }
+        #expect(setKeys.count == renderedKeys.count)
+        for line in renderedKeys {
+            #expect(text.contains("\n#\(line)\n"), "etc/echod.conf lacks '#\(line)'")
+        }
+    }
+
+    @Test func renderedAfterLoadNamesTheFilesRead() throws {
+        try Fixture.withTempDirectory { dir in
+            let main = dir + "/echod.conf"
+            try Fixture.writeFile(main, "[Limits]\nNoFile=4096\n")
+            let (config, _) = try ConfigurationLoader.load(path: main, explicitlyRequested: true)
+            let rendered = config.rendered()
+            #expect(rendered.hasPrefix("# Effective configuration of echod.\n# Read from, in order: \(main)\n"))
+            #expect(rendered.hasSuffix("[Limits]\n# from \(main):2\nNoFile=4096\n"))
+        }
+    }
+}
