@@ -9,6 +9,7 @@
 #include <sys/syscall.h>
 #include <pthread.h>
 #include <string.h>
+#include <signal.h>
 
 int CEchoShims_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
     return accept4(fd, addr, len, flags);
@@ -46,4 +47,72 @@ void CEchoShims_set_thread_name(const char *name) {
     strncpy(buf, name, sizeof(buf) - 1);
     buf[sizeof(buf) - 1] = 0;
     pthread_setname_np(pthread_self(), buf);
+}
+
+static volatile sig_atomic_t stop_flag = 0;
+
+static void on_stop_signal(int signo) {
+    (void)signo;
+    stop_flag = 1;
+}
+
+int CEchoShims_install_stop_handler(int signo) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0; /* no SA_RESTART: blocked I/O must return EINTR */
+    return sigaction(signo, &sa, NULL);
+}
+
+int CEchoShims_stop_requested(void) {
+    return stop_flag != 0;
+}
+
+void CEchoShims_request_stop(void) {
+    stop_flag = 1;
+}
+
+static void on_interrupt_signal(int signo) {
+    (void)signo;
+}
+
+int CEchoShims_install_interrupt_handler(int signo) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_interrupt_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0;
+    return sigaction(signo, &sa, NULL);
+}
+
+void CEchoShims_child_signal_setup(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = SIG_DFL;
+    sigemptyset(&sa.sa_mask);
+    for (int s = 1; s < NSIG; s++) {
+        if (s == SIGKILL || s == SIGSTOP) continue;
+        (void)sigaction(s, &sa, NULL); /* EINVAL for the few numbers glibc reserves: fine */
+    }
+    sa.sa_handler = SIG_IGN;
+    (void)sigaction(SIGINT, &sa, NULL);
+    (void)sigaction(SIGHUP, &sa, NULL);
+    (void)sigaction(SIGPIPE, &sa, NULL);
+    (void)CEchoShims_install_stop_handler(SIGTERM);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+int CEchoShims_close_from(unsigned int first) {
+    return close_range(first, ~0U, 0);
+}
+
+void CEchoShims_atomic_add_u64(uint64_t *p, uint64_t v) {
+    __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+}
+
+uint64_t CEchoShims_atomic_load_u64(const uint64_t *p) {
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
 }

@@ -194,23 +194,48 @@ private let noFileReason = "expected a number from 1 to 4294967295 or 'max'"
         #expect(config.logLevel == .debug)
     }
 
-    @Test(arguments: [ConcurrencyModel.thread, .fork])
-    func unimplementedModelIsAnError(_ model: ConcurrencyModel) {
-        #expect(
-            Fixture.rejection(of: "[Server]\nModel=\(model.rawValue)\n")
-                == ["test.conf:2: Model=\(model.rawValue) is not yet supported (only 'event' is implemented)"])
+    @Test(arguments: ConcurrencyModel.allCases)
+    func everyModelIsAccepted(_ model: ConcurrencyModel) throws {
+        let config = try Fixture.parse("[Server]\nModel=\(model.rawValue)\n")
+        #expect(config.model == model)
     }
 
-    @Test func onlyTheEventModelIsImplemented() {
-        #expect(ConcurrencyModel.allCases.filter(\.isImplemented) == [.event])
+    @Test(arguments: [
+        ("[Thread]\nStackSize=32K\n", "Thread.StackSize"),
+        ("[Thread]\nMaxThreads=3\n", "Thread.MaxThreads"),
+        ("[Fork]\nMaxChildren=3\n", "Fork.MaxChildren"),
+    ])
+    func modelSpecificKeyWarnsUnderTheEventModel(_ text: String, _ id: String) throws {
+        let (config, warnings) = try ConfigurationLoader.apply(text: text, file: "w.conf", to: Configuration())
+        #expect(config.origins[id] != nil)
+        #expect(warnings.count == 1)
+        #expect(warnings.first?.severity == .warning)
+        #expect(warnings.first?.description.hasPrefix("w.conf:2: warning: ") == true)
+        #expect(warnings.first?.description.hasSuffix("ignored with Model=event") == true)
     }
 
-    @Test func unimplementedModelOverriddenByALaterFileIsFine() throws {
-        var config = Configuration()
-        var log = ConfigurationDiagnosticLog()
-        ConfigurationParser.apply(Array("[Server]\nModel=fork\n".utf8), file: "a.conf", to: &config, log: &log)
-        let result = try Fixture.parse("[Server]\nModel=event\n", file: "b.conf", on: config)
-        #expect(result.model == .event)
+    @Test func sizesAndLimitsParse() throws {
+        let config = try Fixture.parse(
+            "[Thread]\nStackSize=1M\n[Limits]\nNProc=500\nCore=0\nStackSize=max\n[Server]\nModel=thread\n")
+        #expect(config.threadStackSize == 1 << 20)
+        #expect(config.nProc == .value(500))
+        #expect(config.core == .value(0))
+        #expect(config.stackSize == .max)
+        #expect(Configuration().nProc == nil, "NProc= is left alone unless set")
+    }
+
+    @Test(arguments: [
+        ("[Thread]\nStackSize=8K\n", "expected a size from 16K to 64M"),
+        ("[Thread]\nStackSize=1Q\n", "expected a size from 16K to 64M"),
+        ("[Limits]\nStackSize=4K\n", "expected a size of at least 128K"),
+        ("[Limits]\nNProc=lots\n", "expected a number of at least 1 or 'max'"),
+        ("[Fork]\nMaxChildren=0\n", "expected a number from 1 to 1000000"),
+    ])
+    func badModelAndLimitValuesAreRejected(_ text: String, _ reason: String) {
+        let diagnostics = Fixture.rejection(of: text)
+        #expect(diagnostics.count == 1)
+        #expect(diagnostics.first?.contains(reason) == true, "\(diagnostics)")
+        #expect(diagnostics.first?.hasPrefix("test.conf:2: invalid value") == true)
     }
 
     // MARK: Syntax
@@ -371,7 +396,7 @@ private let noFileReason = "expected a number from 1 to 4294967295 or 'max'"
 
     static let syntaxErrors: [(text: String, expected: String)] = [
         ("Workers=1", "test.conf:1: assignment outside of any section"),
-        ("[Foo]\nBar=1\nBaz=2", "test.conf:1: unknown section [Foo]"),
+        ("[Frobnicate]\nBar=1\nBaz=2", "test.conf:1: unknown section [Frobnicate]"),
         ("[Sever]\nWorkers=1", "test.conf:1: unknown section [Sever] (did you mean [Server]?)"),
         ("[Server]\nModle=event", "test.conf:2: unknown key 'Modle' in [Server] (did you mean 'Model'?)"),
         ("[Server]\nFrobnicate=1", "test.conf:2: unknown key 'Frobnicate' in [Server]"),
@@ -395,7 +420,7 @@ private let noFileReason = "expected a number from 1 to 4294967295 or 'max'"
             [Server]
             Workers=x
             Modle=event
-            Model=thread
+            Model=threads
             Workers=2
             garbage
             [Nope]
@@ -410,7 +435,7 @@ private let noFileReason = "expected a number from 1 to 4294967295 or 'max'"
             "many.conf:1: assignment outside of any section",
             "many.conf:3: invalid value 'x' for Workers=: \(numberTo1024)",
             "many.conf:4: unknown key 'Modle' in [Server] (did you mean 'Model'?)",
-            "many.conf:5: Model=thread is not yet supported (only 'event' is implemented)",
+            "many.conf:5: invalid value 'threads' for Model=: expected one of: event, thread, fork",
             "many.conf:6: duplicate key 'Workers' in [Server] (first set at line 3)",
             "many.conf:7: expected [Section] or Key=Value, got 'garbage'",
             "many.conf:8: unknown section [Nope]",
@@ -477,6 +502,22 @@ private let noFileReason = "expected a number from 1 to 4294967295 or 'max'"
             [Limits]
             # default
             NoFile=max
+            # default
+            NProc=
+            # default
+            Core=
+            # default
+            StackSize=
+
+            [Thread]
+            # default
+            StackSize=64K
+            # default
+            MaxThreads=16384
+
+            [Fork]
+            # default
+            MaxChildren=4096
 
             """
         #expect(Configuration().rendered() == expected)
@@ -511,8 +552,11 @@ private let noFileReason = "expected a number from 1 to 4294967295 or 'max'"
         let reparsed = try Fixture.parse(config.rendered(), file: "rendered.conf")
         #expect(Fixture.settingsOnly(reparsed) == Fixture.settingsOnly(config))
         // Every key is present in the rendered text, so every key has an origin when parsed back
-        // (plus one per list element).
-        #expect(reparsed.origins.count == ConfigurationKey.all.count + reparsed.listen.count)
+        // (plus one per list element), except single-valued keys rendered empty ("left as
+        // inherited"), which an empty assignment resets to the default without an origin.
+        let emptySingles = ConfigurationKey.all.filter { !$0.isList && $0.render(config) == [""] }.count
+        #expect(emptySingles == 3)  // NProc=, Core=, StackSize= in [Limits]
+        #expect(reparsed.origins.count == ConfigurationKey.all.count - emptySingles + reparsed.listen.count)
     }
 
     @Test func renderedDefaultsParseBackToDefaults() throws {

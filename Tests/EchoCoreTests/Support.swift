@@ -102,3 +102,13 @@ func eventually(timeoutSeconds: Double = 5, _ condition: () -> Bool) -> Bool {
     }
     return condition()
 }
+
+/// Writes all of `bytes` to `fd`, stopping quietly at the first error (for writer threads).
+func sendAllIgnoringErrors(fd: Int32, _ bytes: [UInt8]) {
+    var off = 0
+    while off < bytes.count {
+        let n = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + off, $0.count - off, Int32(MSG_NOSIGNAL)) }
+        if n <= 0 { return }
+        off += n
+    }
+}

@@ -31,14 +31,7 @@ func withPool(
             // Write from a second thread: a payload larger than the socket buffers would
             // otherwise deadlock a single-threaded client.
             let fd = client.fd
-            let writer = try JoinableThread(name: "writer") {
-                var off = 0
-                while off < payload.count {
-                    let n = payload.withUnsafeBytes { send(fd, $0.baseAddress! + off, $0.count - off, Int32(MSG_NOSIGNAL)) }
-                    if n <= 0 { return }
-                    off += n
-                }
-            }
+            let writer = try JoinableThread(name: "writer") { sendAllIgnoringErrors(fd: fd, payload) }
             let echoed = try client.receive(exactly: size)
             writer.join()
             #expect(echoed == payload)

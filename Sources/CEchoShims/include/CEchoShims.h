@@ -35,6 +35,29 @@ int CEchoShims_gettid(void);
 /// Names the calling thread (pthread_setname_np(3)); at most 15 bytes are kept.
 void CEchoShims_set_thread_name(const char *name);
 
+/// Installs a handler for `signo` that only records a stop request, without SA_RESTART, so a
+/// thread or process blocked in read(2)/write(2) returns EINTR and can look at the flag.
+/// Async-signal-safe by construction: the handler stores one sig_atomic_t.
+int CEchoShims_install_stop_handler(int signo);
+/// Whether a stop was requested (by the handler, or by CEchoShims_request_stop()).
+int CEchoShims_stop_requested(void);
+/// Sets the stop flag from ordinary code (the thread model's control thread).
+void CEchoShims_request_stop(void);
+/// Installs a handler for `signo` that does nothing but interrupt a blocked system call
+/// (no SA_RESTART): the thread model's way to wake a connection thread for a stop.
+int CEchoShims_install_interrupt_handler(int signo);
+/// In a freshly forked child, before anything else: every signal back to its default
+/// disposition, SIGTERM to the stop handler, SIGINT/SIGHUP/SIGPIPE ignored (the parent decides
+/// when children stop), and only then the inherited mask cleared, so a SIGTERM that arrived
+/// while the child was being set up is handled, never fatal.
+void CEchoShims_child_signal_setup(void);
+/// close_range(2): closes every descriptor from `first` up.
+int CEchoShims_close_from(unsigned int first);
+/// Atomic add/load on memory shared between processes (MAP_SHARED), where Swift's
+/// Synchronization.Atomic cannot be placed.
+void CEchoShims_atomic_add_u64(uint64_t *p, uint64_t v);
+uint64_t CEchoShims_atomic_load_u64(const uint64_t *p);
+
 // Macro constants whose import is unreliable or typed awkwardly.
 static const uint32_t CEchoShims_EPOLLIN = EPOLLIN;
 static const uint32_t CEchoShims_EPOLLOUT = EPOLLOUT;

@@ -26,8 +26,23 @@ public struct Configuration: Sendable, Equatable {
     public var stopTimeout: Duration
     /// `[Server] LogLevel=`: the least severe level logged. Default `info`.
     public var logLevel: Logger.Level
+    /// `[Thread] StackSize=`: stack of each connection thread in the thread model, in bytes.
+    /// Default 64 KiB (see etc/echod.conf for what was measured).
+    public var threadStackSize: Int
+    /// `[Thread] MaxThreads=`: connection threads alive at once in the thread model. Default 16384.
+    public var maxThreads: Int
+    /// `[Fork] MaxChildren=`: child processes alive at once in the fork model. Default 4096.
+    public var maxChildren: Int
     /// `[Limits] NoFile=`: the soft `RLIMIT_NOFILE` applied at start. Default `.max` (the hard limit).
     public var noFile: ResourceLimitValue
+    /// `[Limits] NProc=`: the soft `RLIMIT_NPROC` (processes and threads of echod's user).
+    /// Default nil: left as inherited.
+    public var nProc: ResourceLimitValue?
+    /// `[Limits] Core=`: the soft `RLIMIT_CORE` in bytes. Default nil: left as inherited.
+    public var core: ResourceLimitValue?
+    /// `[Limits] StackSize=`: the soft `RLIMIT_STACK` in bytes (the main thread's stack, and so
+    /// each fork-model child's). Default nil: left as inherited.
+    public var stackSize: ResourceLimitValue?
     /// Where each key's effective value came from, keyed "Section.Key" (e.g. "Limits.NoFile");
     /// absent = default.
     ///
@@ -47,7 +62,13 @@ public struct Configuration: Sendable, Equatable {
         backlog = 4096
         stopTimeout = .seconds(10)
         logLevel = .info
+        threadStackSize = 64 * 1024
+        maxThreads = 16384
+        maxChildren = 4096
         noFile = .max
+        nProc = nil
+        core = nil
+        stackSize = nil
         origins = [:]
         sources = []
     }

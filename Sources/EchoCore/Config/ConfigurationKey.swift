@@ -19,6 +19,9 @@ struct ConfigurationKey: Sendable {
     /// The current value in file syntax; one string per element for a list key.
     let render: @Sendable (Configuration) -> [String]
 
+    /// The model this key is for, if only one: setting it while another model is selected is a warning.
+    var model: ConcurrencyModel? = nil
+
     /// "Section.Key", the key of `Configuration.origins`.
     var id: String { "\(section).\(name)" }
 
@@ -30,6 +33,7 @@ struct ConfigurationKey: Sendable {
         _ section: String,
         _ name: String,
         _ path: WritableKeyPath<Configuration, Value> & Sendable,
+        model: ConcurrencyModel? = nil,
         parse: @escaping @Sendable (String) throws(ConfigurationValueError) -> Value,
         format: @escaping @Sendable (Value) -> String
     ) -> ConfigurationKey {
@@ -39,7 +43,8 @@ struct ConfigurationKey: Sendable {
             isList: false,
             assign: { (config, text) throws(ConfigurationValueError) in config[keyPath: path] = try parse(text) },
             reset: { config in config[keyPath: path] = Configuration()[keyPath: path] },
-            render: { config in [format(config[keyPath: path])] }
+            render: { config in [format(config[keyPath: path])] },
+            model: model
         )
     }
 
@@ -141,6 +146,51 @@ struct ConfigurationKey: Sendable {
                 return .value(n)
             },
             format: { $0.description }
+        ),
+        .single(
+            "Limits", "NProc", \.nProc,
+            parse: { (text) throws(ConfigurationValueError) in
+                try ConfigurationValueParser.resourceLimit(text, bytes: false)
+            },
+            format: { $0?.description ?? "" }
+        ),
+        .single(
+            "Limits", "Core", \.core,
+            parse: { (text) throws(ConfigurationValueError) in
+                try ConfigurationValueParser.resourceLimit(text, bytes: true, minimum: 0)
+            },
+            format: { $0?.description ?? "" }
+        ),
+        .single(
+            "Limits", "StackSize", \.stackSize,
+            parse: { (text) throws(ConfigurationValueError) in
+                try ConfigurationValueParser.resourceLimit(text, bytes: true, minimum: 128 * 1024)
+            },
+            format: { $0?.description ?? "" }
+        ),
+        .single(
+            "Thread", "StackSize", \.threadStackSize, model: .thread,
+            parse: { (text) throws(ConfigurationValueError) in
+                guard let n = ConfigurationValueParser.size(text), n >= 16 * 1024, n <= 64 * 1024 * 1024 else {
+                    throw ConfigurationValueError("expected a size from 16K to 64M, e.g. '64K'")
+                }
+                return Int(n)
+            },
+            format: { ConfigurationValueParser.formatSize(UInt64($0)) }
+        ),
+        .single(
+            "Thread", "MaxThreads", \.maxThreads, model: .thread,
+            parse: { (text) throws(ConfigurationValueError) in
+                try ConfigurationValueParser.integer(text, in: 1...1_000_000)
+            },
+            format: { String($0) }
+        ),
+        .single(
+            "Fork", "MaxChildren", \.maxChildren, model: .fork,
+            parse: { (text) throws(ConfigurationValueError) in
+                try ConfigurationValueParser.integer(text, in: 1...1_000_000)
+            },
+            format: { String($0) }
         ),
     ]
 

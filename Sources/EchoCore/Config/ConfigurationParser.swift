@@ -260,16 +260,15 @@ enum ConfigurationParser {
         return text[first...last]
     }
 
-    /// Checks what can only be judged once every file is applied: an unimplemented `Model=`,
-    /// and addresses listed twice in the final `Listen=` list.
+    /// Checks what can only be judged once every file is applied: keys set for a model that is not selected (warnings), and addresses listed twice in the
+    /// final `Listen=` list.
     static func validate(_ config: Configuration, log: inout ConfigurationDiagnosticLog) {
-        if !config.model.isImplemented {
-            let implemented = ConcurrencyModel.allCases.filter(\.isImplemented).map { "'\($0.rawValue)'" }
-            let names = implemented.joined(separator: ", ")
-            let verb = implemented.count == 1 ? "is" : "are"
-            log.error(
-                "Model=\(config.model.rawValue) is not yet supported (only \(names) \(verb) implemented)",
-                at: config.origins["Server.Model"])
+        for key in ConfigurationKey.all {
+            guard let model = key.model, model != config.model, let origin = config.origins[key.id] else { continue }
+            log.warning(
+                "\(key.name)= in [\(key.section)] applies only to Model=\(model.rawValue); "
+                    + "ignored with Model=\(config.model.rawValue)",
+                at: origin)
         }
 
         var firstIndex: [SocketAddress: Int] = [:]

@@ -47,6 +47,47 @@ enum ConfigurationValueParser {
         throw ConfigurationValueError("expected one of: " + T.allCases.map(\.rawValue).joined(separator: ", "))
     }
 
+    /// Parses a size in bytes with an optional binary suffix as systemd does: `65536`, `64K`,
+    /// `1M`, `2G` (K = 1024).
+    ///
+    /// - Returns: the size, or nil when malformed or overflowing.
+    static func size(_ text: String) -> UInt64? {
+        guard let last = text.last else { return nil }
+        let multipliers: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
+        var digits = text
+        var multiplier: UInt64 = 1
+        if let m = multipliers[last] {
+            multiplier = m
+            digits.removeLast()
+        }
+        guard let n = unsigned(digits, in: 0...UInt64.max) else { return nil }
+        let (product, overflow) = n.multipliedReportingOverflow(by: multiplier)
+        return overflow ? nil : product
+    }
+
+    /// Prints a size with the largest exact binary suffix (`64K`, `8M`, `100`).
+    static func formatSize(_ n: UInt64) -> String {
+        for (suffix, m) in [("T", UInt64(1) << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)]
+        where n >= m && n % m == 0 {
+            return "\(n / m)\(suffix)"
+        }
+        return String(n)
+    }
+
+    /// Parses a resource limit: `max` (raise the soft limit to the hard one) or a number,
+    /// with size suffixes when `bytes`.
+    static func resourceLimit(_ text: String, bytes: Bool, minimum: UInt64 = 1)
+        throws(ConfigurationValueError) -> ResourceLimitValue?
+    {
+        if text == "max" { return .max }
+        let n = bytes ? size(text) : unsigned(text, in: 0...UInt64.max)
+        guard let n, n >= minimum else {
+            let what = bytes ? "a size of at least \(formatSize(minimum)) (e.g. '8M')" : "a number of at least \(minimum)"
+            throw ConfigurationValueError("expected \(what) or 'max'")
+        }
+        return .value(n)
+    }
+
     /// Parses a systemd boolean: `1`, `yes`, `y`, `true`, `t`, `on` or `0`, `no`, `n`, `false`, `f`,
     /// `off`, in any case.
     ///

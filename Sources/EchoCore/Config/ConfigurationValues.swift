@@ -10,16 +10,6 @@ public enum ConcurrencyModel: String, CaseIterable, Sendable {
     /// One child process per connection.
     case fork
 
-    /// Whether this build of echod can run the model.
-    ///
-    /// The one place to change when `thread` or `fork` lands: the configuration accepts every
-    /// model's name, and reports the unimplemented ones from this switch.
-    public var isImplemented: Bool {
-        switch self {
-        case .event: return true
-        case .thread, .fork: return false
-        }
-    }
 }
 
 /// The most connections echod keeps open at once: `MaxConnections=` in `[Server]`.

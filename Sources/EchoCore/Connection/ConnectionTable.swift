@@ -3,7 +3,8 @@
 enum ConnectionPhase: UInt8 {
     /// Reading and echoing.
     case echoing
-    /// A stop is under way: echo what has already arrived, then close the write side.
+    /// A stop is under way: keep echoing until the peer has been quiet for `drainQuietPeriod`,
+    /// then close the write side.
     case draining
     /// Our write side is shut: read and discard until the peer closes, so that closing with
     /// unread input does not turn into a reset that could destroy echoed bytes still in flight.
@@ -24,8 +25,10 @@ struct Connection {
     var pending: UnsafeMutableRawPointer? = nil
     var pendingStart: Int32 = 0
     var pendingEnd: Int32 = 0
-    /// Next free slot while this one is free (an intrusive free list: no side array to grow).
-    var nextFree: Int32 = -1
+    /// Two uses, never at once, to keep the entry at 32 bytes: while the slot is free, the next
+    /// free slot (an intrusive free list: no side array to grow); while draining, milliseconds
+    /// since the stop began at which a read last returned data.
+    var link: Int32 = -1
     var phase: ConnectionPhase = .echoing
 }
 
@@ -63,7 +66,7 @@ struct ConnectionTable: ~Copyable {
         let slot: Int32
         if freeHead >= 0 {
             slot = freeHead
-            freeHead = base[Int(slot)].nextFree
+            freeHead = base[Int(slot)].link
         } else {
             if highWater == capacity { grow() }
             slot = Int32(highWater)
@@ -71,7 +74,7 @@ struct ConnectionTable: ~Copyable {
         }
         let entry = base.advanced(by: Int(slot))
         entry.pointee.fd = fd
-        entry.pointee.nextFree = -1
+        entry.pointee.link = -1
         entry.pointee.phase = .echoing
         entry.pointee.pendingStart = 0
         entry.pointee.pendingEnd = 0
@@ -85,7 +88,7 @@ struct ConnectionTable: ~Copyable {
         precondition(entry.pointee.fd >= 0 && entry.pointee.pending == nil, "freeing a slot that is not cleaned up")
         entry.pointee.fd = -1
         entry.pointee.generation = (entry.pointee.generation &+ 1) & Self.generationMask
-        entry.pointee.nextFree = freeHead
+        entry.pointee.link = freeHead
         freeHead = slot
         count -= 1
     }

@@ -30,7 +30,7 @@ public struct StartupError: Error, CustomStringConvertible, Sendable {
 }
 
 /// Signals the control thread handles; block them (`Signals.block`) before any thread starts.
-public let daemonSignals: [Int32] = [SIGHUP, SIGTERM, SIGINT]
+public let daemonSignals: [Int32] = [SIGHUP, SIGTERM, SIGINT, SIGCHLD]
 
 /// Where the configuration came from, so a reload can read it again.
 public struct ConfigurationSource: Sendable {
@@ -48,7 +48,7 @@ public final class Daemon {
     /// The daemon's lifecycle; each case carries what exists in that state.
     enum State {
         case idle
-        case running(WorkerPool)
+        case running(ServingModel)
         case stopped
     }
 
@@ -95,51 +95,63 @@ public final class Daemon {
     ///   manager why (`STATUS=` and `ERRNO=`).
     public func run() throws(StartupError) {
         let signals = try makeSignalFD()
-        let pool: WorkerPool
+        let model: ServingModel
         do throws(StartupError) {
             try applyResourceLimits(configuration)
             try openListeners()
             maxConnections = effectiveMaxConnections(configuration)
             workerCount = configuration.workers > 0 ? configuration.workers : Int(CEchoShims_available_cpus())
-            do {
-                pool = try WorkerPool(
-                    listeners: listeners, workerCount: workerCount,
-                    maxConnections: maxConnections, logger: logger)
-                try pool.start()
-            } catch {
-                throw StartupError("cannot start workers: \(error)", errno: error.errno)
-            }
+            model = try makeModel()
         } catch {
             closeListeners()
             let errnoLine = error.errno.map { "\nERRNO=\($0)" } ?? ""
             notifier.notify("STATUS=Failed to start: \(error.message)\(errnoLine)")
             throw error
         }
-        state = .running(pool)
-        logger.info(
-            "serving",
-            metadata: [
-                "model": "\(configuration.model.rawValue)", "workers": "\(workerCount)",
-                "max_connections": "\(maxConnections)", "listeners": "\(listeners.count)",
-            ])
-        var status = StatusReporter(model: configuration.model.rawValue, workers: workerCount)
-        notifier.notify("READY=1\nSTATUS=\(status.line(pool.snapshot()))")
+        state = .running(model)
+        var serving: Logger.Metadata = [
+            "model": "\(configuration.model.rawValue)", "max_connections": "\(maxConnections)",
+            "listeners": "\(listeners.count)",
+        ]
+        if configuration.model == .event { serving["workers"] = "\(workerCount)" }
+        logger.info("serving", metadata: serving)
+        var status = StatusReporter(summary: model.summary)
+        notifier.notify("READY=1\nSTATUS=\(status.line(model.snapshot()))")
 
-        controlLoop(signals: signals, pool: pool, status: &status)
+        let stopSignal = controlLoop(signals: signals, model: model, status: &status, stopping: false)
+        logger.info("stop requested", metadata: ["signal": "\(signalName(stopSignal))"])
 
         notifier.notify("STOPPING=1\nSTATUS=Stopping: finishing open connections")
-        let left = pool.snapshot().open
-        logger.info("stopping", metadata: ["connections.open": "\(left)"])
-        let timeout = configuration.stopTimeout.components
-        let timeoutNanos = timeout.seconds * 1_000_000_000 + timeout.attoseconds / 1_000_000_000
-        pool.stop(deadline: monotonicNanoseconds() + timeoutNanos)
-        pool.join()
+        logger.info("stopping", metadata: ["connections.open": "\(model.snapshot().open)"])
+        model.beginStop(deadline: monotonicNanoseconds() + nanoseconds(configuration.stopTimeout))
+        _ = controlLoop(signals: signals, model: model, status: &status, stopping: true)
         closeListeners()
         state = .stopped
-        let final = pool.snapshot()
+        let final = model.snapshot()
         logger.info(
             "stopped",
             metadata: ["connections.accepted": "\(final.accepted)", "bytes.echoed": "\(final.bytesEchoed)"])
+    }
+
+    private func makeModel() throws(StartupError) -> ServingModel {
+        let settings = ModelSettings(
+            listeners: listeners, maxConnections: maxConnections, workers: workerCount,
+            threadStackSize: configuration.threadStackSize, stopTimeout: configuration.stopTimeout)
+        do {
+            let model: ServingModel
+            switch configuration.model {
+            case .event:
+                model = try EventModel(settings: settings, logger: logger)
+            case .thread:
+                model = try ThreadModel(settings: settings, logger: logger)
+            case .fork:
+                model = try ForkModel(settings: settings, logger: logger)
+            }
+            try model.start()
+            return model
+        } catch {
+            throw StartupError("cannot start the \(configuration.model.rawValue) model: \(error)", errno: error.errno)
+        }
     }
 
     private func makeSignalFD() throws(StartupError) -> SignalFD {
@@ -154,26 +166,45 @@ public final class Daemon {
 
     // MARK: - Control loop
 
-    private func controlLoop(signals: borrowing SignalFD, pool: WorkerPool, status: inout StatusReporter) {
-        let interval = statusInterval.components
-        let intervalNanos = interval.seconds * 1_000_000_000 + interval.attoseconds / 1_000_000_000
-        var nextStatus = monotonicNanoseconds() + intervalNanos
-        var pfd = pollfd(fd: signals.descriptor.rawValue, events: Int16(POLLIN), revents: 0)
+    /// The control thread's loop: signals, the model's descriptors (the thread and fork models
+    /// accept here), periodic STATUS=, the model's ticks.
+    ///
+    /// - Returns: when not `stopping`, the signal that asked for a stop; when `stopping`, 0 once
+    ///   the model has finished its stop.
+    private func controlLoop(
+        signals: borrowing SignalFD, model: ServingModel, status: inout StatusReporter, stopping: Bool
+    ) -> Int32 {
+        let statusInterval = nanoseconds(self.statusInterval)
+        var nextStatus = monotonicNanoseconds() + statusInterval
+        var pollSet: [pollfd] = []
         while true {
-            let now = monotonicNanoseconds()
+            if stopping && model.isStopped { return 0 }
+            var now = monotonicNanoseconds()
             if now >= nextStatus {
-                notifier.notify("STATUS=\(status.line(pool.snapshot()))")
-                nextStatus = now + intervalNanos
+                notifier.notify("STATUS=\(stopping ? "Stopping: " : "")\(status.line(model.snapshot()))")
+                nextStatus = now + statusInterval
             }
-            let timeout = Int32(max(0, (nextStatus - now) / 1_000_000) + 1)
-            _ = poll(&pfd, 1, timeout)
+            var wait = nextStatus - now
+            if let tick = model.tickInterval { wait = min(wait, tick) }
+            pollSet.removeAll(keepingCapacity: true)
+            pollSet.append(pollfd(fd: signals.descriptor.rawValue, events: Int16(POLLIN), revents: 0))
+            for fd in model.controlDescriptors { pollSet.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
+            let ready = poll(&pollSet, nfds_t(pollSet.count), Int32(max(0, wait / 1_000_000) + 1))
+            now = monotonicNanoseconds()
+            if model.tickInterval != nil { model.tick(now: now) }
+            guard ready > 0 else { continue }
+            for p in pollSet.dropFirst() where p.revents != 0 {
+                model.controlDescriptorReadable(p.fd)
+            }
+            guard pollSet[0].revents != 0 else { continue }
             while let signal = try? signals.next() {
                 switch signal {
-                case SIGHUP:
-                    reload(pool: pool, status: &status)
+                case SIGCHLD:
+                    model.handleSignal(signal)
+                case SIGHUP where !stopping:
+                    reload(model: model, status: &status)
                 case SIGTERM, SIGINT:
-                    logger.info("stop requested", metadata: ["signal": "\(signalName(signal))"])
-                    return
+                    if !stopping { return signal }
                 default:
                     break
                 }
@@ -183,7 +214,7 @@ public final class Daemon {
 
     // MARK: - Reload
 
-    private func reload(pool: WorkerPool, status: inout StatusReporter) {
+    private func reload(model: ServingModel, status: inout StatusReporter) {
         notifier.notify("RELOADING=1\nSTATUS=Reloading configuration")
         logger.info("reloading configuration", metadata: ["config.path": "\(source.path)"])
         let new: Configuration
@@ -202,6 +233,7 @@ public final class Daemon {
         var needsRestart: [String] = []
         if new.model != old.model { needsRestart.append("Model=") }
         if new.workers != old.workers { needsRestart.append("Workers=") }
+        if new.threadStackSize != old.threadStackSize { needsRestart.append("[Thread] StackSize=") }
         if passed.isEmpty && new.listen != old.listen { needsRestart.append("Listen=") }
         if passed.isEmpty && new.backlog != old.backlog { needsRestart.append("Backlog=") }
         if !needsRestart.isEmpty {
@@ -215,70 +247,111 @@ public final class Daemon {
         applied.workers = old.workers
         applied.listen = old.listen
         applied.backlog = old.backlog
+        applied.threadStackSize = old.threadStackSize
         do {
-            if new.noFile != old.noFile { try applyResourceLimits(new) }
+            if new.noFile != old.noFile || new.nProc != old.nProc || new.core != old.core
+                || new.stackSize != old.stackSize
+            {
+                try applyResourceLimits(new)
+            }
         } catch {
             logger.error("reload: cannot apply [Limits]; keeping the previous limits", metadata: ["error": "\(error)"])
             applied.noFile = old.noFile
+            applied.nProc = old.nProc
+            applied.core = old.core
+            applied.stackSize = old.stackSize
         }
         logLevel.level = new.logLevel
         let limit = effectiveMaxConnections(applied)
         if limit != maxConnections {
             maxConnections = limit
-            pool.setMaxConnections(limit)
+            model.setMaxConnections(limit)
         }
         configuration = applied
         logger.info("configuration reloaded", metadata: ["max_connections": "\(maxConnections)"])
-        notifier.notify("READY=1\nSTATUS=\(status.line(pool.snapshot()))")
+        notifier.notify("READY=1\nSTATUS=\(status.line(model.snapshot()))")
     }
 
     // MARK: - Start-up steps
 
-    /// Applies `[Limits] NoFile=` to the soft RLIMIT_NOFILE and logs what was applied.
+    /// Applies `[Limits]` (NoFile=, NProc=, Core=, StackSize=) to the soft limits and logs, once,
+    /// what is in force.
     private func applyResourceLimits(_ config: Configuration) throws(StartupError) {
+        // (key, log label, resource, value, the unit file's setting for the hard limit)
+        let wanted: [(String, String, Int32, ResourceLimitValue?, String)] = [
+            ("NoFile", "limit.nofile", ResourceLimits.noFile, config.noFile, "LimitNOFILE="),
+            ("NProc", "limit.nproc", ResourceLimits.nProc, config.nProc, "LimitNPROC="),
+            ("Core", "limit.core", ResourceLimits.core, config.core, "LimitCORE="),
+            ("StackSize", "limit.stack", ResourceLimits.stack, config.stackSize, "LimitSTACK="),
+        ]
+        var metadata: Logger.Metadata = [:]
+        for (key, label, resource, value, unitSetting) in wanted {
+            let applied = try applyLimit(
+                key: key, resource: resource, value: value, unitSetting: unitSetting,
+                origin: config.origins["Limits.\(key)"])
+            metadata[label] = "\(ResourceLimit.format(applied.soft))"
+            metadata[label + ".hard"] = "\(ResourceLimit.format(applied.hard))"
+        }
+        logger.info("resource limits applied", metadata: metadata)
+    }
+
+    /// Sets one soft limit (`max`: up to the hard limit; nil: leave it).
+    /// - Returns: the limit now in force.
+    private func applyLimit(
+        key: String, resource: Int32, value: ResourceLimitValue?, unitSetting: String, origin: SourceLocation?
+    )
+        throws(StartupError) -> ResourceLimit
+    {
         let current: ResourceLimit
         do {
-            current = try ResourceLimits.get(ResourceLimits.noFile)
+            current = try ResourceLimits.get(resource)
         } catch {
-            throw StartupError("cannot read RLIMIT_NOFILE: \(error)", errno: error.errno)
+            throw StartupError("cannot read the \(key)= limit: \(error)", errno: error.errno)
         }
         var wanted = current
-        switch config.noFile {
-        case .max:
-            wanted.soft = current.hard
+        switch value {
+        case nil: return current
+        case .max: wanted.soft = current.hard
         case .value(let v):
             guard v <= current.hard else {
-                let origin = config.origins["Limits.NoFile"].map { "\($0): " } ?? ""
+                let at = origin.map { "\($0): " } ?? ""
                 throw StartupError(
-                    "\(origin)NoFile=\(v) is above the hard limit (\(ResourceLimit.format(current.hard))); "
-                        + "raise LimitNOFILE= in the unit or use NoFile=max",
+                    "\(at)\(key)=\(v) is above the hard limit (\(ResourceLimit.format(current.hard))); "
+                        + "raise \(unitSetting) in the unit or use \(key)=max",
                     errno: EPERM, exitStatus: ExitStatus.config)
             }
             wanted.soft = v
         }
-        if wanted != current {
-            do {
-                try ResourceLimits.set(ResourceLimits.noFile, wanted)
-            } catch {
-                throw StartupError("cannot set RLIMIT_NOFILE to \(wanted): \(error)", errno: error.errno)
-            }
+        guard wanted != current else { return current }
+        do {
+            try ResourceLimits.set(resource, wanted)
+        } catch {
+            throw StartupError("cannot set the \(key)= limit to \(wanted): \(error)", errno: error.errno)
         }
-        logger.info(
-            "resource limits applied",
-            metadata: ["limit.nofile": "\(ResourceLimit.format(wanted.soft))", "limit.nofile.hard": "\(ResourceLimit.format(wanted.hard))"])
+        return wanted
     }
 
     /// Descriptors kept back from `MaxConnections=auto` for listeners, epoll, logs and the like.
     static let descriptorReserve = 64
 
+    /// `MaxConnections=` resolved (`auto`: the open-file soft limit less a reserve), combined with
+    /// the model's own limit (`MaxThreads=`, `MaxChildren=`).
     private func effectiveMaxConnections(_ config: Configuration) -> Int {
+        var limit: Int
         switch config.maxConnections {
-        case .limit(let n): return n
+        case .limit(let n):
+            limit = n
         case .auto:
             let soft = (try? ResourceLimits.get(ResourceLimits.noFile).soft) ?? 1024
-            let usable = soft == UInt64.max ? UInt64(Int32.max) : soft
-            return max(1, Int(min(usable, UInt64(Int32.max))) - Self.descriptorReserve)
+            let usable = min(soft, UInt64(Int32.max))
+            limit = max(1, Int(usable) - Self.descriptorReserve)
         }
+        switch config.model {
+        case .event: break
+        case .thread: limit = min(limit, config.maxThreads)
+        case .fork: limit = min(limit, config.maxChildren)
+        }
+        return limit
     }
 
     /// Closes our copies of the listeners (systemd keeps its own for the next activation).
@@ -314,6 +387,12 @@ public final class Daemon {
             }
             return
         }
+        if configuration.listen.isEmpty {
+            let at = configuration.origins["Server.Listen"].map { "\($0): " } ?? ""
+            throw StartupError(
+                "\(at)no Listen= address is configured and the service manager passed no sockets",
+                errno: EINVAL, exitStatus: ExitStatus.config)
+        }
         for address in configuration.listen {
             do {
                 let fd = try Socket.listen(on: address, backlog: configuration.backlog)
@@ -333,24 +412,22 @@ public final class Daemon {
 
 /// Formats the `STATUS=` line, with the echo rate since the previous line.
 struct StatusReporter {
-    let model: String
-    let workers: Int
+    let summary: String
     private var lastBytes: UInt64 = 0
     private var lastTime = monotonicNanoseconds()
 
-    init(model: String, workers: Int) {
-        self.model = model
-        self.workers = workers
+    init(summary: String) {
+        self.summary = summary
     }
 
-    mutating func line(_ s: PoolSnapshot) -> String {
+    mutating func line(_ s: ServerSnapshot) -> String {
         let now = monotonicNanoseconds()
         let seconds = Double(max(1, now - lastTime)) / 1e9
         let rate = Double(s.bytesEchoed &- lastBytes) / seconds
         lastBytes = s.bytesEchoed
         lastTime = now
-        return "\(model) model, \(workers) worker\(workers == 1 ? "" : "s"): \(s.open) open, "
-            + "\(s.accepted) accepted, \(formatBytes(Double(s.bytesEchoed))) echoed, \(formatBytes(rate))/s"
+        return "\(summary): \(s.open) open, \(s.accepted) accepted, "
+            + "\(formatBytes(Double(s.bytesEchoed))) echoed, \(formatBytes(rate))/s"
     }
 }
 
@@ -374,6 +451,7 @@ func signalName(_ signal: Int32) -> String {
     case SIGHUP: return "SIGHUP"
     case SIGTERM: return "SIGTERM"
     case SIGINT: return "SIGINT"
+    case SIGCHLD: return "SIGCHLD"
     default: return "signal \(signal)"
     }
 }

@@ -92,6 +92,21 @@ public struct EchodLogHandler: LogHandler {
         return line
     }
 
+    /// Writes `text` as it is (plus a newline) to stderr, with a `<N>` priority prefix under
+    /// journald: for diagnostics such as `echod.conf:12: unknown key ...`, which read best
+    /// like a compiler's, without the log's timestamp and level.
+    public static func writeDiagnostic(_ text: String, level: Logger.Level, fd: Int32 = 2) {
+        let line = (isJournalStream(fd) ? "<\(priority(level))>" : "") + text.replacing("\n", with: "\\n") + "\n"
+        var bytes = Array(line.utf8)
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes.withUnsafeMutableBytes { Glibc.write(fd, $0.baseAddress! + offset, $0.count - offset) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            offset += n
+        }
+    }
+
     /// syslog(3) priority for a level.
     public static func priority(_ level: Logger.Level) -> Int {
         switch level {

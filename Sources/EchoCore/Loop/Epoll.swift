@@ -79,7 +79,7 @@ public struct Epoll: ~Copyable {
 
 /// An eventfd used to wake a thread blocked in `epoll_wait`. The corresponding C function is
 /// `eventfd(2)`.
-public struct EventFD: ~Copyable {
+public struct EventFD: ~Copyable, Sendable {
     public let descriptor: FileDescriptor
 
     /// Creates a non-blocking, close-on-exec eventfd.

@@ -40,6 +40,29 @@ public struct JoinableThread: Sendable {
         self.thread = thread
     }
 
+    /// Starts `body` on a detached thread (its resources go back to the system when it ends).
+    ///
+    /// - Throws: `SystemError` from `pthread_create` (EAGAIN: out of threads or RLIMIT_NPROC).
+    public static func detach(
+        name: String, stackSize: Int? = nil, _ body: @escaping @Sendable () -> Void
+    ) throws(SystemError) {
+        var attr = pthread_attr_t()
+        pthread_attr_init(&attr)
+        defer { pthread_attr_destroy(&attr) }
+        pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED))
+        if let stackSize {
+            let rc = pthread_attr_setstacksize(&attr, stackSize)
+            if rc != 0 { throw SystemError("pthread_attr_setstacksize", errno: rc) }
+        }
+        let box = Unmanaged.passRetained(Box(name: name, body: body)).toOpaque()
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, &attr, threadMain, box)
+        guard rc == 0 else {
+            Unmanaged<Box>.fromOpaque(box).release()
+            throw SystemError("pthread_create", errno: rc)
+        }
+    }
+
     /// Waits for the thread to finish.
     public func join() {
         pthread_join(thread, nil)

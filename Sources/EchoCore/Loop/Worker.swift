@@ -15,6 +15,11 @@ import Logging
 /// Size of each worker's read buffer, and so the most a connection ever holds in user space.
 public let echoBufferSize = 64 * 1024
 
+/// During a graceful stop, a connection is given its FIN once no data has arrived on it for this
+/// long (milliseconds): bytes a client wrote before the stop may still be in flight or in its
+/// send buffer, and closing the write side at the first empty read would leave them unechoed.
+public let drainQuietPeriodMilliseconds: Int32 = 250
+
 final class Worker: @unchecked Sendable {
     // @unchecked: after `start`, every field but the immutable ones and the atomics in
     // `counters`/`control` is touched only by this worker's thread.
@@ -42,6 +47,7 @@ final class Worker: @unchecked Sendable {
     private var pausedAtLimit = false
     private var backoffUntil: Int64? = nil
     private var draining = false
+    private var drainStarted: Int64 = 0
 
     // Totals kept in plain variables and published once per batch.
     private var accepted: UInt64 = 0
@@ -126,7 +132,7 @@ final class Worker: @unchecked Sendable {
         if let until = backoffUntil { timeout = min(timeout, max(0, (until - now) / 1_000_000 + 1)) }
         if draining {
             let deadline = control.stopDeadline.load(ordering: .relaxed)
-            timeout = min(timeout, max(0, (deadline - now) / 1_000_000 + 1))
+            timeout = min(timeout, max(0, (deadline - now) / 1_000_000 + 1), 50)
         }
         return Int32(timeout)
     }
@@ -141,6 +147,7 @@ final class Worker: @unchecked Sendable {
         }
         if draining {
             if table.count == 0 { return true }
+            finishQuietConnections(now: now)
             if now >= control.stopDeadline.load(ordering: .relaxed) {
                 let left = table.count
                 for slot in table.usedSlots() { close(slot) }
@@ -213,11 +220,8 @@ final class Worker: @unchecked Sendable {
 
     /// - Returns: true to go on accepting.
     private func handleAcceptError(_ error: SystemError) -> Bool {
+        if Socket.isTransientAcceptError(error.errno) { return true }
         switch error.errno {
-        case ECONNABORTED, EPROTO, EPERM, ENETDOWN, ENOPROTOOPT, EHOSTDOWN, ENONET, EHOSTUNREACH, EOPNOTSUPP,
-            ENETUNREACH:
-            // The connection died in the queue, or a firewall refused it: the next one may be fine.
-            return true
         default:
             // EMFILE, ENFILE, ENOBUFS, ENOMEM: accepting again at once would spin. Stop polling
             // the listeners for a second; connections wait in the kernel's backlog meanwhile.
@@ -351,6 +355,7 @@ final class Worker: @unchecked Sendable {
             return
         }
         releasePending(c)
+        if c.pointee.phase == .draining { c.pointee.link = drainClock() }
         do {
             try epoll.modify(fd, events: .input, token: Self.token(slot, c.pointee.generation))
         } catch {
@@ -393,32 +398,53 @@ final class Worker: @unchecked Sendable {
 
     private func beginDraining() {
         draining = true
+        drainStarted = monotonicNanoseconds()
         try? reconcileListening()
         for slot in table.usedSlots() {
             let c = table.entry(slot)
             guard c.pointee.phase == .echoing else { continue }
             c.pointee.phase = .draining
+            c.pointee.link = 0
             if c.pointee.pending == nil { drainStep(slot, c) }
         }
         publish()
     }
 
-    /// Echoes what has already arrived; once a read finds nothing more, shuts the write side and
-    /// lingers until the peer closes. Bounded per call so one busy peer cannot starve the others.
+    /// Milliseconds since the stop began.
+    private func drainClock() -> Int32 {
+        Int32(clamping: (monotonicNanoseconds() - drainStarted) / 1_000_000)
+    }
+
+    /// Echoes what is readable now (bounded per call so one busy peer cannot starve the others),
+    /// noting when data last arrived; `finishQuietConnections` closes the write side once the
+    /// peer has gone quiet.
     private func drainStep(_ slot: Int32, _ c: UnsafeMutablePointer<Connection>) {
         for _ in 0..<16 {
             switch echoOnce(slot, c) {
-            case .echoed: continue
-            case .pending, .closed: return
-            case .wouldBlock:
-                shutdown(c.pointee.fd, Int32(SHUT_WR))
-                c.pointee.phase = .lingering
+            case .echoed:
+                c.pointee.link = drainClock()
+                continue
+            case .pending, .closed, .wouldBlock:
                 return
             }
         }
         // Still data after 16 reads: look again after this batch, as epoll may not report the
         // connection again if the last read emptied it exactly.
         drainAgain.append(slot)
+    }
+
+    /// Shuts the write side of draining connections that have nothing pending and have been
+    /// quiet for the quiet period, and moves them to lingering.
+    private func finishQuietConnections(now: Int64) {
+        let clock = Int32(clamping: (now - drainStarted) / 1_000_000)
+        for slot in table.usedSlots() {
+            let c = table.entry(slot)
+            guard c.pointee.phase == .draining, c.pointee.pending == nil,
+                clock - c.pointee.link >= drainQuietPeriodMilliseconds
+            else { continue }
+            shutdown(c.pointee.fd, Int32(SHUT_WR))
+            c.pointee.phase = .lingering
+        }
     }
 
     private func retryDraining() {

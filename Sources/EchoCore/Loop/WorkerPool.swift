@@ -1,5 +1,6 @@
 import Glibc
 import Logging
+import Synchronization
 
 /// The event model's pool of epoll workers sharing the listening sockets.
 public final class WorkerPool: @unchecked Sendable {
@@ -9,6 +10,10 @@ public final class WorkerPool: @unchecked Sendable {
     private let control: PoolControl
     private var threads: [JoinableThread] = []
     private let startedLatch: EventFD
+    private let finished = SharedCounter()
+
+    /// True once every worker thread has left its loop (after a stop).
+    public var allFinished: Bool { finished.value.load(ordering: .acquiring) == workers.count }
 
     /// Per-worker counters, for status lines and the watchdog.
     public var counters: [WorkerCounters] { workers.map(\.counters) }
@@ -43,12 +48,14 @@ public final class WorkerPool: @unchecked Sendable {
     public func start() throws(SystemError) {
         for w in workers {
             let latch = startedLatch.descriptor.rawValue
+            let finished = self.finished
             do {
                 threads.append(
                     try JoinableThread(name: "echod-w\(w.index)") {
                         var one: UInt64 = 1
                         _ = Glibc.write(latch, &one, 8)
                         w.run()
+                        finished.value.add(1, ordering: .releasing)
                     })
             } catch {
                 stop(deadline: monotonicNanoseconds())

@@ -73,3 +73,9 @@ public func monotonicNanoseconds() -> Int64 {
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
 }
+
+/// An atomic integer that can be shared by reference between threads.
+public final class SharedCounter: Sendable {
+    public let value = Atomic<Int>(0)
+    public init() {}
+}

@@ -5,7 +5,7 @@ import Glibc
 /// The descriptor closes when its owner goes away (`deinit`), or earlier with `close()`.
 /// Being `~Copyable`, it cannot be duplicated by accident, so a double close is a compile-time
 /// error rather than a race against fd-number reuse.
-public struct FileDescriptor: ~Copyable {
+public struct FileDescriptor: ~Copyable, Sendable {
     /// The raw descriptor, for passing to system calls. Valid as long as `self` is alive.
     public let rawValue: Int32
 

@@ -100,6 +100,26 @@ public enum Socket {
         }
     }
 
+    /// Whether an accept error concerns only the connection being accepted (it died in the queue,
+    /// or a firewall refused it), so the next accept may succeed. Other errors (EMFILE, ENFILE,
+    /// ENOBUFS, ENOMEM) mean resources are short: accepting again at once would spin.
+    public static func isTransientAcceptError(_ errno: Int32) -> Bool {
+        switch errno {
+        case ECONNABORTED, EPROTO, EPERM, ENETDOWN, ENOPROTOOPT, EHOSTDOWN, ENONET, EHOSTUNREACH, EOPNOTSUPP,
+            ENETUNREACH:
+            return true
+        default:
+            return false
+        }
+    }
+
+    /// Accepts one connection as a blocking, close-on-exec socket (for the thread and fork
+    /// models, whose connections do blocking I/O). The corresponding C function is `accept4(2)`.
+    @inline(__always)
+    public static func acceptBlocking(_ listener: Int32) throws(SystemError) -> IOResult<Int32> {
+        try syscallNonBlocking("accept4") { CEchoShims_accept4(listener, nil, nil, CEchoShims_SOCK_CLOEXEC) }
+    }
+
     /// Accepts one connection as non-blocking and close-on-exec.
     /// The corresponding C function is `accept4(2)`.
     ///

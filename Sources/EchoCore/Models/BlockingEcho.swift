@@ -1,0 +1,105 @@
+// The echo loop of the thread and fork models: plain blocking read and write on one
+// connection, as in the classic servers those models stand for.
+//
+// A graceful stop reaches a blocked session as a signal whose handler (CEchoShims) sets a flag
+// and is installed without SA_RESTART, so the blocked read(2) or write(2) returns EINTR. The
+// session then echoes what has already arrived, shuts its write side and waits for the peer to
+// close. A signal landing between the flag check and the next read() is not lost for good: the
+// controller repeats it every 100 ms until the session is gone, and closes what is left at the
+// stop deadline.
+import CEchoShims
+import Glibc
+
+/// Blocking echo on one connected socket.
+public enum BlockingEcho {
+    /// Serves `fd` until the peer closes, an error, or a stop; does not close `fd`.
+    ///
+    /// - Parameters:
+    ///   - fd: a connected, blocking stream socket.
+    ///   - buffer: scratch memory of `capacity` bytes.
+    ///   - stopRequested: polled after every interrupted call.
+    ///   - echoed: told how many bytes went back, in batches (at most every 1 MiB and at the end).
+    public static func serve(
+        fd: Int32, buffer: UnsafeMutableRawPointer, capacity: Int,
+        stopRequested: () -> Bool, echoed: (UInt64) -> Void
+    ) {
+        var unreported: UInt64 = 0
+        defer { if unreported > 0 { echoed(unreported) } }
+        while true {
+            if stopRequested() {
+                drainAndLinger(fd: fd, buffer: buffer, capacity: capacity, echoed: &unreported)
+                return
+            }
+            let n = read(fd, buffer, capacity)
+            if n > 0 {
+                guard writeAll(fd: fd, buffer, count: n) else { return }
+                unreported &+= UInt64(n)
+                if unreported >= 1 << 20 {
+                    echoed(unreported)
+                    unreported = 0
+                }
+                continue
+            }
+            // EOF: everything received has been echoed (writes are synchronous), so the caller
+            // may close and the FIN follows the data.
+            if n == 0 { return }
+            if errno == EINTR { continue }
+            return  // ECONNRESET and the like: the peer is gone
+        }
+    }
+
+    /// Writes all `count` bytes, waiting as needed (also on a non-blocking socket).
+    /// - Returns: false if the peer went away.
+    static func writeAll(fd: Int32, _ buffer: UnsafeMutableRawPointer, count: Int) -> Bool {
+        var offset = 0
+        while offset < count {
+            let w = send(fd, buffer + offset, count - offset, Int32(MSG_NOSIGNAL))
+            if w > 0 {
+                offset += w
+                continue
+            }
+            if w < 0 && errno == EINTR { continue }
+            if w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
+                var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                _ = poll(&pfd, 1, -1)
+                continue
+            }
+            return false
+        }
+        return true
+    }
+
+    /// Echoes until the peer has been quiet for the drain quiet period (bytes it wrote before
+    /// the stop may still be on their way), shuts the write side, then reads and discards until
+    /// the peer closes (closing with unread input would send a reset that can destroy echoed
+    /// bytes still on their way).
+    static func drainAndLinger(fd: Int32, buffer: UnsafeMutableRawPointer, capacity: Int, echoed: inout UInt64) {
+        let quiet = Int64(drainQuietPeriodMilliseconds) * 1_000_000
+        var lastData = monotonicNanoseconds()
+        while true {
+            let n = recv(fd, buffer, capacity, Int32(MSG_DONTWAIT))
+            if n > 0 {
+                guard writeAll(fd: fd, buffer, count: n) else { return }
+                echoed &+= UInt64(n)
+                lastData = monotonicNanoseconds()
+                continue
+            }
+            if n == 0 { return }
+            if errno == EINTR { continue }
+            guard errno == EAGAIN || errno == EWOULDBLOCK else { return }
+            // Nothing readable: wait for more until the quiet period has passed. The controller
+            // re-sends its signal while stopping, so poll may return EINTR: recompute and go on.
+            let left = lastData + quiet - monotonicNanoseconds()
+            if left <= 0 { break }
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            _ = poll(&pfd, 1, Int32(left / 1_000_000) + 1)
+        }
+        shutdown(fd, Int32(SHUT_WR))
+        while true {
+            let n = read(fd, buffer, capacity)
+            if n > 0 { continue }
+            if n < 0 && errno == EINTR { continue }
+            return
+        }
+    }
+}

@@ -1,0 +1,196 @@
+// The fork model: one process per connection — the classic fork (inetd-style) server.
+//
+// The parent is the daemon's control thread and nothing else: no worker threads, no Dispatch,
+// no Task, no logging thread. Forking a multi-threaded process leaves the child with whatever
+// locks other threads held (malloc's, the Swift runtime's); with one thread there are none, so
+// the child may run ordinary Swift code. It closes every descriptor but its connection, does
+// blocking echo, and leaves with _exit(2), never running the parent's exit handlers.
+//
+// Trade-off, stated plainly: systemd's coding style warns against long-lived fork-without-exec
+// children, since each carries a copy-on-write image of the parent. That image is what this
+// model exists to measure; exec'ing a fresh binary per connection would measure exec instead.
+//
+// Children are reaped through signalfd(SIGCHLD) and waitpid(WNOHANG) in a loop, so no zombie
+// outlives the next turn of the control loop. A stop (SIGTERM to the parent — systemd's
+// KillMode=mixed sends it to the parent only) stops accepting and forwards SIGTERM to each
+// child, which echoes what it had received, shuts its write side and exits when the peer
+// closes; children still alive at the deadline get SIGKILL.
+import CEchoShims
+import Glibc
+import Logging
+
+/// A process per connection.
+public final class ForkModel: ServingModel {
+    static let bufferSize = 16 * 1024
+
+    private let listeners: [Int32]
+    private var limit: Int
+    private var logger: Logger
+    private var children: Set<pid_t> = []
+    /// Bytes echoed, added to by children: an anonymous shared page, so the parent can report
+    /// them without a pipe per child.
+    private let sharedBytes: UnsafeMutablePointer<UInt64>
+    private var accepted: UInt64 = 0
+    private var backoffs: UInt64 = 0
+    private var backoffUntil: Int64? = nil
+    private var stopping = false
+    private var deadline: Int64 = .max
+    private var killed = false
+    private var lastWarning: Int64 = 0
+    private var loopTurns: UInt64 = 0
+
+    /// - Throws: `SystemError` if the shared counter page cannot be mapped.
+    public init(settings: ModelSettings, logger: Logger) throws(SystemError) {
+        listeners = settings.listeners
+        limit = settings.maxConnections
+        self.logger = logger
+        let page = mmap(nil, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)
+        guard let page, page != MAP_FAILED else { throw SystemError("mmap", errno: errno) }
+        sharedBytes = page.bindMemory(to: UInt64.self, capacity: 1)
+        sharedBytes.pointee = 0
+    }
+
+    deinit {
+        munmap(sharedBytes, 4096)
+    }
+
+    public func start() throws(SystemError) {}
+
+    private var accepting: Bool { !stopping && backoffUntil == nil && children.count < limit }
+
+    public var controlDescriptors: [Int32] { accepting ? listeners : [] }
+
+    public func controlDescriptorReadable(_ fd: Int32) {
+        loopTurns &+= 1
+        while accepting {
+            let result: IOResult<Int32>
+            do {
+                result = try Socket.acceptBlocking(fd)
+            } catch {
+                if Socket.isTransientAcceptError(error.errno) { continue }
+                backOff("accept failed; pausing accepts for 1s", error)
+                return
+            }
+            guard case .processed(let connection) = result else { return }
+            spawnChild(for: connection)
+        }
+    }
+
+    private func spawnChild(for connection: Int32) {
+        fflush(nil)  // nothing buffered may be written twice, once by each process
+        let pid = fork()
+        if pid == 0 { childMain(connection) }
+        closeNoRetry(connection)
+        if pid < 0 {
+            backOff("fork failed; pausing accepts for 1s", SystemError("fork", errno: errno))
+            return
+        }
+        children.insert(pid)
+        accepted &+= 1
+    }
+
+    /// The child: never returns.
+    private func childMain(_ connection: Int32) -> Never {
+        CEchoShims_child_signal_setup()
+        // Keep 0-2 (stderr may be the journal) and the connection, moved to 3; close the rest:
+        // listeners, signalfd, the parent's other connections if any were in flight.
+        var fd = connection
+        if fd != 3 {
+            if dup2(fd, 3) < 0 { _exit(71) }
+            fd = 3
+        }
+        if CEchoShims_close_from(4) != 0 { _exit(71) }
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: Self.bufferSize, alignment: 16)
+        let shared = sharedBytes
+        BlockingEcho.serve(
+            fd: fd, buffer: buffer, capacity: Self.bufferSize,
+            stopRequested: { CEchoShims_stop_requested() != 0 },
+            echoed: { CEchoShims_atomic_add_u64(shared, $0) })
+        _exit(0)
+    }
+
+    public func handleSignal(_ signal: Int32) {
+        guard signal == SIGCHLD else { return }
+        loopTurns &+= 1
+        reapChildren()
+    }
+
+    /// Collects every exited child (SIGCHLD coalesces: one signal may stand for many exits).
+    private func reapChildren() {
+        while true {
+            var status: Int32 = 0
+            let pid = waitpid(-1, &status, WNOHANG)
+            if pid <= 0 { return }
+            children.remove(pid)
+            let termSignal = status & 0x7f
+            let exitCode = (status >> 8) & 0xff
+            let abnormal = (termSignal != 0 && !(killed && termSignal == SIGKILL)) || (termSignal == 0 && exitCode != 0)
+            if abnormal {
+                let now = monotonicNanoseconds()
+                if now - lastWarning >= 1_000_000_000 {
+                    lastWarning = now
+                    logger.warning(
+                        "connection process ended abnormally",
+                        metadata: ["child.pid": "\(pid)", "child.signal": "\(termSignal)", "child.status": "\(exitCode)"])
+                }
+            }
+        }
+    }
+
+    private func backOff(_ message: Logger.Message, _ error: SystemError) {
+        backoffs &+= 1
+        let now = monotonicNanoseconds()
+        backoffUntil = now + 1_000_000_000
+        if now - lastWarning >= 1_000_000_000 {
+            lastWarning = now
+            logger.warning(message, metadata: ["error": "\(error)"])
+        }
+    }
+
+    public var tickInterval: Int64? {
+        if stopping { return 100_000_000 }
+        if let until = backoffUntil { return max(0, until - monotonicNanoseconds()) }
+        return nil
+    }
+
+    public func tick(now: Int64) {
+        loopTurns &+= 1
+        if let until = backoffUntil, now >= until { backoffUntil = nil }
+        guard stopping else { return }
+        reapChildren()
+        if now >= deadline && !killed {
+            killed = true
+            logger.warning("stop timeout reached; killing remaining connection processes", metadata: ["children": "\(children.count)"])
+            for pid in children { kill(pid, SIGKILL) }
+            return
+        }
+        // Repeated: a SIGTERM that lands just before a child enters read() only sets its flag.
+        if !killed { for pid in children { kill(pid, SIGTERM) } }
+    }
+
+    public func beginStop(deadline: Int64) {
+        stopping = true
+        self.deadline = deadline
+        for pid in children { kill(pid, SIGTERM) }
+    }
+
+    public var isStopped: Bool {
+        if stopping { reapChildren() }
+        return stopping && children.isEmpty
+    }
+
+    public func setMaxConnections(_ limit: Int) { self.limit = limit }
+
+    public func snapshot() -> ServerSnapshot {
+        var s = ServerSnapshot()
+        s.accepted = accepted
+        s.open = children.count
+        s.bytesEchoed = CEchoShims_atomic_load_u64(sharedBytes)
+        s.acceptBackoffs = backoffs
+        return s
+    }
+
+    public func progress() -> [UInt64] { [loopTurns] }
+
+    public var summary: String { "fork model" }
+}

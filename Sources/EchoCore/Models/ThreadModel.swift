@@ -1,0 +1,195 @@
+// The thread model: one thread per connection doing blocking I/O — the classic thread server.
+//
+// The control thread accepts (the listeners are polled by the daemon's control loop) and starts
+// a detached thread with a small stack for each connection. At `MaxThreads=` (or
+// `MaxConnections=`) it stops polling the listeners; new connections wait in the kernel backlog
+// until a thread ends and wakes the loop through an eventfd.
+import CEchoShims
+import Glibc
+import Logging
+import Synchronization
+
+/// A thread per connection.
+public final class ThreadModel: ServingModel {
+    /// Signal used to interrupt a connection thread's blocking call during a stop.
+    static let interruptSignal = SIGUSR2
+    /// Each connection thread's echo buffer (on the heap, not the small stack).
+    static let bufferSize = 16 * 1024
+
+    private let listeners: [Int32]
+    private let stackSize: Int
+    private var logger: Logger
+    private let state: SharedState
+    private var accepted: UInt64 = 0
+    private var backoffs: UInt64 = 0
+    private var backoffUntil: Int64? = nil
+    private var stopping = false
+    private var deadline: Int64 = .max
+    private var forcedClose = false
+    private var lastWarning: Int64 = 0
+    private var loopTurns: UInt64 = 0
+
+    /// What connection threads share with the control thread.
+    final class SharedState: Sendable {
+        let open = Atomic<Int>(0)
+        let limit: Atomic<Int>
+        let bytesEchoed = Atomic<UInt64>(0)
+        let stopping = Atomic<Bool>(false)
+        /// Live connection threads by connection descriptor, so a stop can interrupt them.
+        /// A thread removes itself (under the lock) before closing its descriptor and exiting,
+        /// so every pthread_t found here is alive.
+        let threads = Mutex<[Int32: pthread_t]>([:])
+        /// Wakes the control loop when a slot frees at the limit, or a thread ends during a stop.
+        let wakeup: EventFD
+
+        init(limit: Int) throws(SystemError) {
+            self.limit = Atomic(limit)
+            wakeup = try EventFD()
+        }
+    }
+
+    /// - Throws: `SystemError` if the eventfd cannot be made.
+    public init(settings: ModelSettings, logger: Logger) throws(SystemError) {
+        listeners = settings.listeners
+        stackSize = settings.threadStackSize
+        self.logger = logger
+        state = try SharedState(limit: settings.maxConnections)
+    }
+
+    public func start() throws(SystemError) {
+        // Process-wide disposition; the signal is only ever sent to connection threads.
+        if CEchoShims_install_interrupt_handler(Self.interruptSignal) != 0 {
+            throw SystemError("sigaction(SIGUSR2)", errno: errno)
+        }
+    }
+
+    private var accepting: Bool {
+        !stopping && backoffUntil == nil
+            && state.open.load(ordering: .relaxed) < state.limit.load(ordering: .relaxed)
+    }
+
+    public var controlDescriptors: [Int32] {
+        (accepting ? listeners : []) + [state.wakeup.descriptor.rawValue]
+    }
+
+    public func controlDescriptorReadable(_ fd: Int32) {
+        loopTurns &+= 1
+        if fd == state.wakeup.descriptor.rawValue {
+            state.wakeup.drain()
+            return
+        }
+        acceptConnections(from: fd)
+    }
+
+    private func acceptConnections(from listener: Int32) {
+        while accepting {
+            let result: IOResult<Int32>
+            do {
+                result = try Socket.acceptBlocking(listener)
+            } catch {
+                if Socket.isTransientAcceptError(error.errno) { continue }
+                backOff("accept failed; pausing accepts for 1s", error)
+                return
+            }
+            guard case .processed(let fd) = result else { return }
+            state.open.add(1, ordering: .relaxed)
+            let state = self.state
+            do {
+                try JoinableThread.detach(name: "echod-conn", stackSize: stackSize) {
+                    Self.connectionThread(fd: fd, state: state)
+                }
+                accepted &+= 1
+            } catch {
+                state.open.subtract(1, ordering: .relaxed)
+                closeNoRetry(fd)
+                backOff("cannot start a connection thread; pausing accepts for 1s", error)
+                return
+            }
+        }
+    }
+
+    private static func connectionThread(fd: Int32, state: SharedState) {
+        state.threads.withLock { $0[fd] = pthread_self() }
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: 16)
+        BlockingEcho.serve(
+            fd: fd, buffer: buffer, capacity: bufferSize,
+            stopRequested: { state.stopping.load(ordering: .relaxed) },
+            echoed: { state.bytesEchoed.add($0, ordering: .relaxed) })
+        buffer.deallocate()
+        state.threads.withLock { _ = $0.removeValue(forKey: fd) }
+        closeNoRetry(fd)
+        let before = state.open.subtract(1, ordering: .relaxed).oldValue
+        if before >= state.limit.load(ordering: .relaxed) || state.stopping.load(ordering: .relaxed) {
+            state.wakeup.wake()
+        }
+    }
+
+    private func backOff(_ message: Logger.Message, _ error: SystemError) {
+        backoffs &+= 1
+        backoffUntil = monotonicNanoseconds() + 1_000_000_000
+        let now = monotonicNanoseconds()
+        if now - lastWarning >= 1_000_000_000 {
+            lastWarning = now
+            logger.warning(message, metadata: ["error": "\(error)"])
+        }
+    }
+
+    public func handleSignal(_ signal: Int32) {}
+
+    public var tickInterval: Int64? {
+        if stopping { return 100_000_000 }
+        if let until = backoffUntil { return max(0, until - monotonicNanoseconds()) }
+        return nil
+    }
+
+    public func tick(now: Int64) {
+        loopTurns &+= 1
+        if let until = backoffUntil, now >= until { backoffUntil = nil }
+        guard stopping else { return }
+        if now >= deadline && !forcedClose {
+            // Out of time: shut the sockets under the threads; their blocked calls return.
+            forcedClose = true
+            let left = state.threads.withLock { threads in
+                for fd in threads.keys { shutdown(fd, Int32(SHUT_RDWR)) }
+                return threads.count
+            }
+            logger.warning("stop timeout reached; closed remaining connections", metadata: ["connections.closed": "\(left)"])
+        }
+        interruptAll()
+    }
+
+    /// Interrupts every connection thread's blocking call so it sees the stop flag; repeated
+    /// by `tick` because a signal that lands just before a thread enters read() only sets an
+    /// already-set flag.
+    private func interruptAll() {
+        state.threads.withLock { threads in
+            for thread in threads.values { pthread_kill(thread, Self.interruptSignal) }
+        }
+    }
+
+    public func beginStop(deadline: Int64) {
+        stopping = true
+        self.deadline = deadline
+        state.stopping.store(true, ordering: .relaxed)
+        interruptAll()
+    }
+
+    public var isStopped: Bool { stopping && state.open.load(ordering: .relaxed) == 0 }
+
+    public func setMaxConnections(_ limit: Int) {
+        state.limit.store(limit, ordering: .relaxed)
+    }
+
+    public func snapshot() -> ServerSnapshot {
+        var s = ServerSnapshot()
+        s.accepted = accepted
+        s.open = state.open.load(ordering: .relaxed)
+        s.bytesEchoed = state.bytesEchoed.load(ordering: .relaxed)
+        s.acceptBackoffs = backoffs
+        return s
+    }
+
+    public func progress() -> [UInt64] { [loopTurns] }
+
+    public var summary: String { "thread model, \(ResourceLimit.format(UInt64(stackSize / 1024)))K stacks" }
+}

@@ -1,0 +1,58 @@
+// SIGTERM while connections are busy: echod stops (STOPPING=1, exit 0) only after echoing
+// what it received, and StopTimeoutSec bounds how long clients can hold it up.
+import CEchoShims
+import Glibc
+import Testing
+
+extension EchodIntegration {
+    @Suite struct Shutdown {
+        /// Twenty clients stream continuously; SIGTERM arrives mid-stream. The clients stop
+        /// writing at the signal, half-close and read until EOF: every byte written before the
+        /// signal must come back.
+        @Test func sigtermDuringTransfersEchoesEverythingReceived() throws {
+            try withEchod(config: Echod.config(stopTimeoutSec: 10)) { server in
+                let plans = (0..<20).map { FlowPlan(bytes: Int.max, seed: 7000 + UInt64($0)) }
+                let load = try EchoLoad(port: server.port, plans: plans)
+                let busy = try load.run(timeout: .seconds(15)) { $0.flows.allSatisfy { $0.readCount >= 512 << 10 } || !$0.failures.isEmpty }
+                try #require(load.failures == [] && busy, "\(load.unfinishedSummary); \(server.describeState())")
+
+                server.child.signal(SIGTERM)
+                load.stopWriting()
+                let writtenBeforeSignal = load.totalWritten
+                let drained = try load.runToCompletion(timeout: .seconds(20))
+                #expect(load.failures == [])
+                #expect(drained, "\(load.unfinishedSummary); \(server.describeState())")
+                #expect(load.totalRead == writtenBeforeSignal)
+                #expect(try server.notify.waitFor(line: "STOPPING=1", timeout: .seconds(5)) != nil, "notify: [\(server.notify.transcript)]")
+                #expect(server.child.waitExit(timeout: .seconds(15)) == .exited(0), "\(server.describeState())")
+            }
+        }
+
+        /// Clients that neither write nor close do not keep echod alive past StopTimeoutSec;
+        /// what they sent before still came back, and they then see the connection end.
+        @Test func stopTimeoutBoundsShutdownWithIdleClients() throws {
+            let stopTimeout = 2
+            try withEchod(config: Echod.config(stopTimeoutSec: stopTimeout)) { server in
+                let plans = (0..<5).map { FlowPlan(bytes: 10_000, seed: 8000 + UInt64($0), halfClose: false) }
+                let load = try EchoLoad(port: server.port, plans: plans)
+                let echoed = try load.run(timeout: .seconds(10)) { $0.totalRead == 5 * 10_000 || !$0.failures.isEmpty }
+                try #require(load.failures == [] && echoed, "\(load.unfinishedSummary); \(server.describeState())")
+
+                let signalled = ContinuousClock.now
+                server.child.signal(SIGTERM)
+                #expect(try server.notify.waitFor(line: "STOPPING=1", timeout: .seconds(5)) != nil, "notify: [\(server.notify.transcript)]")
+                let status = server.child.waitExit(timeout: .seconds(stopTimeout + 5))
+                let took = ContinuousClock.now - signalled
+                #expect(status == .exited(0), "after \(took): \(server.describeState())")
+                #expect(took < .seconds(stopTimeout + 3), "took \(took) with StopTimeoutSec=\(stopTimeout)")
+                // The connections are gone with echod: each client reads EOF or a reset, not a timeout.
+                for flow in load.flows {
+                    var byte: UInt8 = 0
+                    var entry = pollfd(fd: flow.socket.fd, events: Int16(POLLIN), revents: 0)
+                    #expect(poll(&entry, 1, 2000) == 1, "flow \(flow.index) still open after echod exited")
+                    #expect(recv(flow.socket.fd, &byte, 1, Int32(MSG_DONTWAIT)) <= 0)
+                }
+            }
+        }
+    }
+}

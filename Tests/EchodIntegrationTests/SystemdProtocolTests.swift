@@ -1,0 +1,128 @@
+// echod as a systemd service sees it: a listening socket at fd 3 (LISTEN_FDS), and the
+// sd_notify protocol on NOTIFY_SOCKET (READY=1, STATUS=, RELOADING=1, STOPPING=1).
+import CEchoShims
+import Glibc
+import Testing
+
+extension EchodIntegration {
+    @Suite struct SystemdProtocol {
+        @Test func readyArrivesWithStatusAndEchoWorksRightAfter() throws {
+            try withEchod(waitReady: false) { server in
+                let ready = try server.waitReady()
+                #expect(notifyValue("STATUS", in: ready) != nil, "READY=1 datagram without STATUS=: \(ready.debugDescription)")
+                try roundTrip(port: server.port, count: 1000)
+            }
+        }
+
+        @Test func statusIsReportedPeriodically() throws {
+            try withEchod { server in
+                try roundTrip(port: server.port)
+                var statuses: [String] = []
+                _ = try server.notify.waitFor(timeout: .seconds(7)) { datagram in
+                    if let status = notifyValue("STATUS", in: datagram) { statuses.append(status) }
+                    return statuses.count >= 2
+                }
+                #expect(statuses.count >= 2, "expected STATUS= every ~2 s; got \(server.notify.transcript)")
+                for status in statuses {
+                    #expect(status.contains("open") && status.contains("accepted"), "STATUS=\(status)")
+                }
+            }
+        }
+
+        @Test func sighupReloadsWithReloadingThenReady() throws {
+            try withEchod { server in
+                server.child.signal(SIGHUP)
+                let reloading = try server.notify.waitFor(line: "RELOADING=1", timeout: .seconds(5))
+                #expect(reloading != nil, "no RELOADING=1 after SIGHUP (\(server.describeState()))")
+                // Only datagrams after RELOADING=1 are read from here on, so this checks the order.
+                let ready = try server.notify.waitFor(line: "READY=1", timeout: .seconds(5))
+                #expect(ready != nil, "no READY=1 after RELOADING=1 (\(server.describeState()))")
+                try roundTrip(port: server.port, count: 5000)
+                #expect(server.child.isRunning)
+            }
+        }
+
+        /// A reload that fails to parse keeps the old configuration: RELOADING=1, READY=1,
+        /// still serving, and the error (PATH:LINE:) logged.
+        @Test func sighupWithBrokenConfigKeepsServing() throws {
+            try withEchod { server in
+                try server.dir.write("echod.conf", "[Server]\nthis line is not an assignment\nModel=event\n")
+                server.child.signal(SIGHUP)
+                let reloading = try server.notify.waitFor(line: "RELOADING=1", timeout: .seconds(5))
+                #expect(reloading != nil, "no RELOADING=1 after SIGHUP (\(server.describeState()))")
+                let ready = try server.notify.waitFor(line: "READY=1", timeout: .seconds(5))
+                #expect(ready != nil, "no READY=1 after a failed reload (\(server.describeState()))")
+                #expect(server.child.isRunning, "\(server.describeState())")
+                try roundTrip(port: server.port, count: 5000)
+                let logged = waitUntil(timeout: .seconds(5)) { server.child.stderrText.contains("\(server.configPath):2:") }
+                #expect(logged, "stderr does not mention \(server.configPath):2: \n\(server.child.stderrTail())")
+            }
+        }
+
+        @Test(arguments: [SIGTERM, SIGINT])
+        func terminationSignalGivesStoppingAndExitZero(signal: Int32) throws {
+            try withEchod { server in
+                try roundTrip(port: server.port)
+                server.child.signal(signal)
+                let stopping = try server.notify.waitFor(line: "STOPPING=1", timeout: .seconds(5))
+                #expect(stopping != nil, "no STOPPING=1 (\(server.describeState()))")
+                let status = server.child.waitExit(timeout: .seconds(10))
+                #expect(status == .exited(0), "\(server.describeState())")
+            }
+        }
+
+        @Test func passedUDPSocketIsFatal() throws {
+            let udp = try Socket.make(family: AF_INET, type: CEchoShims_SOCK_DGRAM)
+            try udp.bind(.v4, port: 0)
+            try withEchod(listener: udp, waitReady: false) { server in
+                let status = server.child.waitExit(timeout: .seconds(10))
+                #expect(status != nil && status != .exited(0), "echod served a UDP socket as a listener: \(server.describeState())")
+                if case .signaled = status { Issue.record("crashed instead of exiting: \(server.describeState())") }
+                #expect(!server.child.stderrText.isEmpty, "no message on stderr")
+                let datagrams = try server.notify.drain()
+                #expect(!datagrams.contains { notifyLines($0).contains("READY=1") }, "READY=1 sent: \(datagrams)")
+            }
+        }
+
+        /// The real tool: systemd-socket-activate binds, waits for the first connection,
+        /// then execs echod with LISTEN_FDS; that first connection is served.
+        @Test func realSystemdSocketActivate() throws {
+            try withTempDir { dir in
+                let config = try dir.write("echod.conf", Echod.config())
+                let notify = try NotifyListener(path: dir.file("notify.sock"))
+                var attempts: [String] = []
+                for _ in 0..<5 {
+                    let port = try probeFreePort()
+                    let child = try Child.spawn(
+                        "/usr/bin/systemd-socket-activate",
+                        ["-l", "127.0.0.1:\(port)", "--fdname=echo", "-E", "NOTIFY_SOCKET=\(notify.path)", Echod.path, "--config", config],
+                        stdoutPath: dir.file("ssa.stdout"), stderrPath: dir.file("ssa.stderr"))
+                    defer { child.terminate() }
+                    var first: Client?
+                    _ = waitUntil(timeout: .seconds(5)) {
+                        first = try? Client(port: port)
+                        return first != nil || !child.isRunning
+                    }
+                    guard let first else {
+                        attempts.append("port \(port): \(child.exitStatus.map(\.description) ?? "no listener"): \(child.stderrText)")
+                        if child.stderrText.contains("Address already in use") { continue }
+                        break
+                    }
+                    let payload = Pattern.bytes(seed: 862, count: 100_000)
+                    try first.writeAll(payload)
+                    try first.shutdownWrite()
+                    let echoed = try first.readToEOF(limit: payload.count)
+                    #expect(describeMismatch(received: echoed, expected: payload) == nil)
+                    let ready = try notify.waitFor(line: "READY=1", timeout: .seconds(10))
+                    #expect(ready != nil, "no READY=1; notify: [\(notify.transcript)]; stderr: \(child.stderrTail())")
+                    try roundTrip(port: port, count: 3000)
+                    child.signal(SIGTERM)
+                    #expect(try notify.waitFor(line: "STOPPING=1", timeout: .seconds(5)) != nil, "notify: [\(notify.transcript)]")
+                    #expect(child.waitExit(timeout: .seconds(10)) == .exited(0), "stderr: \(child.stderrTail())")
+                    return
+                }
+                Issue.record("systemd-socket-activate never served: \(attempts)")
+            }
+        }
+    }
+}
