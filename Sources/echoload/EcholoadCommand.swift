@@ -1,1 +1,289 @@
-@main struct EcholoadMain { static func main() {} }
+// echoload's entry point: flags to `LoadOptions`, then `LoadRunner`. Wiring only; the engine is
+// the EchoLoad library.
+//
+// Exit status: 0 clean run; 1 the run finished but found faults (or fell short: connections not
+// established, not held); 2 the target could not be reached at all; 3 the client itself failed;
+// 64 bad flags (EX_USAGE). Errors are one line on stderr, never a stack trace.
+import ArgumentParser
+import EchoCore
+import EchoLoad
+import Glibc
+
+@main
+struct EcholoadCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "echoload",
+        abstract: "Load client for RFC 862 echo servers: hold, pingpong, rate, stream.",
+        discussion: """
+            Every echoed byte is checked against what was sent (a per-connection, position-dependent \
+            pattern); any mismatch, short read, premature close or missing echo is counted and makes \
+            the exit status non-zero. A progress line goes to stderr each second; the result goes to \
+            stdout as a table, or as JSON with --json (schema: docs/echoload.schema.json).
+            Exit status: 0 clean run, 1 faults found, 2 target unreachable, 3 client failure, 64 bad usage.
+            """,
+        version: "0.1.0",
+        subcommands: [Hold.self, Pingpong.self, Rate.self, Stream.self, Child.self]
+    )
+
+    /// Parses, runs, and turns every failure into one line and an exit status.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch let e as LoadFailure {
+            writeAll(2, e.message + "\n")
+            Glibc.exit(e.status)
+        } catch {
+            if exitCode(for: error) == .success { exit(withError: error) }  // --help, --version
+            let message = Self.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+            writeAll(2, "echoload: \(message)\n")
+            Glibc.exit(64)
+        }
+    }
+}
+
+/// A run that ended with a status other than success (already explained, one line).
+struct LoadFailure: Error {
+    let message: String
+    let status: Int32
+}
+
+// MARK: - Argument types
+
+struct DurationArgument: ExpressibleByArgument {
+    let nanoseconds: Int64
+    init?(argument: String) {
+        guard let ns = LoadParsing.duration(argument) else { return nil }
+        nanoseconds = ns
+    }
+    init(seconds: Int64) { nanoseconds = seconds * 1_000_000_000 }
+    var defaultValueDescription: String { formatSeconds(nanoseconds) }
+}
+
+struct RateArgument: ExpressibleByArgument {
+    let perSecond: Double
+    init?(argument: String) {
+        guard let r = LoadParsing.rate(argument) else { return nil }
+        perSecond = r
+    }
+}
+
+extension ClientModel: ExpressibleByArgument {}
+
+func formatSeconds(_ ns: Int64) -> String {
+    ns % 1_000_000_000 == 0 ? "\(ns / 1_000_000_000)s" : "\(Double(ns) / 1e9)s"
+}
+
+// MARK: - Shared options
+
+struct CommonOptions: ParsableArguments {
+    @Argument(help: ArgumentHelp("The echo server: HOST:PORT or [IPv6]:PORT, numeric (localhost = 127.0.0.1).", valueName: "target"))
+    var target: String
+
+    @Option(name: .long, help: ArgumentHelp(
+        "Local source addresses, used round-robin with IP_BIND_ADDRESS_NO_PORT: an address, an IPv4 range A-B, or a comma-separated list (e.g. 127.0.0.2-127.0.0.250). Each source address adds a full ephemeral port range.",
+        valueName: "addresses"))
+    var source: String?
+
+    @Option(name: .long, help: "Client model: event (epoll worker threads), thread (one thread per connection), fork (one process per connection, at most 1000).")
+    var model: ClientModel = .event
+
+    @Option(name: .long, help: ArgumentHelp("Split the connections across this many processes (past the per-process descriptor ceiling); results merge into one report.", valueName: "P"))
+    var processes: Int = 1
+
+    @Option(name: .long, help: ArgumentHelp("Event-model threads per process (0: one per available CPU).", valueName: "W"))
+    var workers: Int = 0
+
+    @Option(name: .customLong("connect-timeout"), help: ArgumentHelp("How long one connect may take before it counts as failed.", valueName: "duration"))
+    var connectTimeout = DurationArgument(seconds: 10)
+
+    @Option(name: .customLong("drain-timeout"), help: ArgumentHelp("How long to wait for echoes still owed at the end (and for hold probes) before counting them as timeouts.", valueName: "duration"))
+    var drainTimeout = DurationArgument(seconds: 5)
+
+    @Flag(name: .long, help: "Print the result as JSON (docs/echoload.schema.json) instead of a table.")
+    var json = false
+
+    @Flag(name: .long, help: "No progress line on stderr.")
+    var quiet = false
+
+    /// Options common to every mode; the subcommand fills in the rest.
+    func makeOptions(_ mode: LoadMode, connections: Int) throws -> LoadOptions {
+        do {
+            var o = LoadOptions(mode: mode, target: try LoadParsing.target(target), connections: connections)
+            if let source { o.sources = try LoadParsing.sources(source) }
+            o.model = model
+            o.processes = processes
+            o.workers = workers
+            o.connectTimeout = connectTimeout.nanoseconds
+            o.drainTimeout = drainTimeout.nanoseconds
+            guard workers >= 0 && workers <= 1024 else { throw LoadError.usage("--workers must be between 0 and 1024") }
+            return o
+        } catch let e as LoadError {
+            throw LoadFailure(message: e.description.hasPrefix("echoload:") ? e.description : "echoload: \(e)", status: 64)
+        }
+    }
+
+    /// Runs and reports. Throws `LoadFailure` for anything but a clean run.
+    func execute(_ options: LoadOptions) throws {
+        let result: LoadResult
+        do {
+            try options.validate()
+            result = try LoadRunner.run(options, progress: .forStderr(quiet: quiet))
+        } catch {
+            let text = error.description.hasPrefix("echoload:") ? error.description : "echoload: \(error)"
+            switch error {
+            case .usage: throw LoadFailure(message: text, status: 64)
+            case .unreachable: throw LoadFailure(message: text, status: 2)
+            case .system: throw LoadFailure(message: text, status: 3)
+            }
+        }
+        writeAll(1, (json ? result.json.prettyText : result.table) + "\n")
+        if !result.isClean {
+            let why = result.tally.firstFault.map { ": \($0)" } ?? ""
+            throw LoadFailure(message: "echoload: run not clean\(why)", status: result.exitStatus)
+        }
+    }
+}
+
+// MARK: - Subcommands
+
+struct Hold: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Open N idle connections, hold them, then check each still echoes.",
+        discussion: """
+            Opens --connections connections (at most --rate new ones per second), reports how many \
+            were established, how many failed (by errno) and how long that took; holds them for \
+            --duration; then sends one 16-byte probe on each and expects its echo. Clean only if \
+            every connection was established and answered its probe.
+            """)
+
+    @OptionGroup var common: CommonOptions
+
+    @Option(name: [.short, .long], help: "Connections to open.")
+    var connections: Int = 100
+
+    @Option(name: .long, help: ArgumentHelp("Most new connections per second (N or N/s; default: as fast as they complete).", valueName: "rate"))
+    var rate: RateArgument?
+
+    @Option(name: .long, help: ArgumentHelp("How long to hold the connections (10, 10s, 500ms, 2m).", valueName: "duration"))
+    var duration = DurationArgument(seconds: 10)
+
+    func run() throws {
+        var o = try common.makeOptions(.hold, connections: connections)
+        o.rate = rate?.perSecond
+        o.duration = duration.nanoseconds
+        o.warmup = 0
+        try common.execute(o)
+    }
+}
+
+struct Pingpong: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Closed loop: each connection sends a message and waits for its whole echo.",
+        discussion: """
+            Reports messages/s, MB/s (payload, one direction, 1 MB = 10^6 bytes) and round-trip \
+            latency percentiles (HdrHistogram, 3 significant digits), warm-up excluded.
+            """)
+
+    @OptionGroup var common: CommonOptions
+
+    @Option(name: [.short, .long], help: "Connections, each with one message in flight.")
+    var connections: Int = 1
+
+    @Option(name: .long, help: ArgumentHelp("Message size in bytes.", valueName: "bytes"))
+    var size: Int = 64
+
+    @Option(name: .long, help: ArgumentHelp("Measured period (10, 10s, 500ms).", valueName: "duration"))
+    var duration = DurationArgument(seconds: 10)
+
+    @Option(name: .long, help: ArgumentHelp("Traffic before measuring, excluded from every figure.", valueName: "duration"))
+    var warmup = DurationArgument(seconds: 1)
+
+    func run() throws {
+        var o = try common.makeOptions(.pingpong, connections: connections)
+        o.size = size
+        o.duration = duration.nanoseconds
+        o.warmup = warmup.nanoseconds
+        try common.execute(o)
+    }
+}
+
+struct Rate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Open loop at a constant message rate, latency from intended send times.",
+        discussion: """
+            Messages are scheduled at a fixed rate spread over the connections, whether or not \
+            earlier echoes came back. Latency counts from each message's intended send time, so a \
+            stalled server shows up as latency (no coordinated omission). Messages still unanswered \
+            --drain-timeout after the period are counted as timeouts.
+            """)
+
+    @OptionGroup var common: CommonOptions
+
+    @Option(name: .long, help: ArgumentHelp("Messages per second over all connections (N or N/s).", valueName: "rate"))
+    var rate: RateArgument
+
+    @Option(name: [.short, .long], help: "Connections the messages are spread over.")
+    var connections: Int = 10
+
+    @Option(name: .long, help: ArgumentHelp("Message size in bytes.", valueName: "bytes"))
+    var size: Int = 64
+
+    @Option(name: .long, help: ArgumentHelp("Measured period.", valueName: "duration"))
+    var duration = DurationArgument(seconds: 10)
+
+    @Option(name: .long, help: ArgumentHelp("Traffic before measuring, excluded from every figure.", valueName: "duration"))
+    var warmup = DurationArgument(seconds: 1)
+
+    func run() throws {
+        var o = try common.makeOptions(.rate, connections: connections)
+        o.rate = rate.perSecond
+        o.size = size
+        o.duration = duration.nanoseconds
+        o.warmup = warmup.nanoseconds
+        try common.execute(o)
+    }
+}
+
+struct Stream: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Each connection writes continuously and reads concurrently.",
+        discussion: """
+            Reports MB/s written and MB/s echoed back in the measured period. At the end each \
+            connection shuts down its write side and must get every byte back.
+            """)
+
+    @OptionGroup var common: CommonOptions
+
+    @Option(name: [.short, .long], help: "Connections.")
+    var connections: Int = 1
+
+    @Option(name: .long, help: ArgumentHelp("Bytes per write.", valueName: "bytes"))
+    var size: Int = 65536
+
+    @Option(name: .long, help: ArgumentHelp("Measured period.", valueName: "duration"))
+    var duration = DurationArgument(seconds: 10)
+
+    @Option(name: .long, help: ArgumentHelp("Traffic before measuring, excluded from every figure.", valueName: "duration"))
+    var warmup = DurationArgument(seconds: 1)
+
+    func run() throws {
+        var o = try common.makeOptions(.stream, connections: connections)
+        o.size = size
+        o.duration = duration.nanoseconds
+        o.warmup = warmup.nanoseconds
+        try common.execute(o)
+    }
+}
+
+/// One part of a split run, started by the parent echoload (not for people).
+struct Child: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: ProcessDriver.childCommand, shouldDisplay: false)
+
+    @Argument var spec: String
+
+    func run() throws {
+        Glibc.exit(LoadRunner.runChild(spec: spec))
+    }
+}

@@ -1,0 +1,619 @@
+// The event client model: a few threads, each with its own epoll instance and its own share of
+// the connections, every connection a small state record in a flat array (no allocation per
+// connection after start, none per message). Level-triggered, like echod's workers.
+//
+// A worker's life: `connecting` (start connects at the allowed rate, at most
+// `connectConcurrency` in flight, each bounded by `connectTimeout`) → `running` (once all of its
+// connects are resolved: hold, or traffic through warm-up and the measured period) → `draining`
+// (collect echoes still owed, at most `drainTimeout`) → done.
+//
+// Every received byte is checked against the pattern at its stream offset (`Pattern`) before it
+// is counted.
+import CEchoShims
+import EchoCore
+import Glibc
+import Histogram
+
+/// Runs `options` with the event model in this process.
+enum EventDriver {
+    static func run(_ options: LoadOptions, live: LiveCounters) throws(LoadError) -> (Tally, workers: Int) {
+        let w = options.effectiveWorkers
+        var workers: [EventWorker] = []
+        var first = 0
+        for i in 0..<w {
+            let count = options.connections / w + (i < options.connections % w ? 1 : 0)
+            do {
+                workers.append(try EventWorker(options: options, first: first, count: count, live: live))
+            } catch {
+                throw .system("echoload: cannot set up event worker: \(error)")
+            }
+            first += count
+        }
+        var threads: [JoinableThread] = []
+        for (i, worker) in workers.enumerated() {
+            do {
+                threads.append(try JoinableThread(name: "echoload-w\(i)") { worker.run() })
+            } catch {
+                for t in threads { t.join() }
+                throw .system("echoload: cannot start worker thread: \(error)")
+            }
+        }
+        for t in threads { t.join() }
+        var tally = Tally()
+        for worker in workers { tally.merge(worker.tally) }
+        return (tally, w)
+    }
+}
+
+/// One connection's state. Byte counts are stream offsets: `sent` bytes written so far,
+/// `received` bytes echoed back and verified, `goal` the offset writing should reach.
+struct EventConnection {
+    enum State: UInt8 { case idle, connecting, open, closed }
+    var fd: Int32 = -1
+    var state: State = .idle
+    var wantsOutput = false
+    /// Write side shut down (stream end).
+    var shutDown = false
+    /// Position among the worker's established connections (rate schedule).
+    var slot: Int32 = -1
+    var seed: Int = 0
+    var connectStarted: Int64 = 0
+    /// pingpong: when the current message started.
+    var messageStarted: Int64 = 0
+    var sent: UInt64 = 0
+    var received: UInt64 = 0
+    var goal: UInt64 = 0
+}
+
+final class EventWorker: @unchecked Sendable {
+    // @unchecked: created on the main thread, then used only by the worker thread until joined.
+
+    enum Phase { case connecting, running, draining, done }
+
+    let options: LoadOptions
+    let first: Int
+    let count: Int
+    let live: LiveCounters
+    private(set) var tally = Tally()
+
+    private let epoll: Epoll
+    private let timer: FileDescriptor
+    private let conns: UnsafeMutablePointer<EventConnection>
+    private let readBuffer: UnsafeMutableRawPointer
+    private static let readBufferSize = 256 * 1024
+    private static let timerToken = UInt64.max
+    private var histogram: Histogram<UInt64>
+
+    private var phase = Phase.connecting
+    private let size: UInt64
+    // Connecting.
+    private var started: Int64 = 0
+    private var nextToStart = 0
+    private var oldestPending = 0
+    private var inFlight = 0
+    private var resolved = 0
+    private var lastResolved: Int64 = 0
+    private let connectInterval: Double?  // ns between connect starts, from --rate (hold)
+    // Running.
+    private var ready: Int64 = 0
+    private var windowStart: Int64 = 0
+    private var windowEnd: Int64 = 0
+    private var drainDeadline: Int64 = 0
+    private var openCount = 0
+    private var probing = false
+    // rate: the worker's schedule, message j intended at ready + j × interval on active[j % n].
+    private var active: [Int32] = []
+    private var nextMessage: Int64 = 0
+    private var messageInterval: Double = 0
+    // Totals not yet published to `live`.
+    private var pending = ProgressSnapshot()
+
+    init(options: LoadOptions, first: Int, count: Int, live: LiveCounters) throws(SystemError) {
+        self.options = options
+        self.first = first
+        self.count = count
+        self.live = live
+        self.size = UInt64(options.size)
+        epoll = try Epoll()
+        let tfd = try syscall("timerfd_create") {
+            timerfd_create(CLOCK_MONOTONIC, Int32(TFD_NONBLOCK) | Int32(TFD_CLOEXEC))
+        }
+        timer = FileDescriptor(owning: tfd)
+        conns = .allocate(capacity: max(count, 1))
+        conns.initialize(repeating: EventConnection(), count: max(count, 1))
+        readBuffer = .allocate(byteCount: Self.readBufferSize, alignment: 64)
+        histogram = Latency.makeHistogram()
+        let share = Double(count) / Double(options.connections)
+        if options.mode == .hold, let r = options.rate {
+            connectInterval = 1e9 / (r * share)
+        } else {
+            connectInterval = nil
+        }
+        if options.mode == .rate, let r = options.rate {
+            messageInterval = 1e9 / (r * share)
+        }
+        for i in 0..<count {
+            conns[i].seed = Pattern.seed(forConnection: options.connectionIndexBase + first + i)
+        }
+        try epoll.add(timer.rawValue, events: .input, token: Self.timerToken)
+        tally.requested = count
+    }
+
+    deinit {
+        for i in 0..<count where conns[i].fd >= 0 { closeNoRetry(conns[i].fd) }
+        conns.deallocate()
+        readBuffer.deallocate()
+    }
+
+    // MARK: - Loop
+
+    func run() {
+        let capacity = 512
+        let events = UnsafeMutableBufferPointer<epoll_event>.allocate(capacity: capacity)
+        defer { events.deallocate() }
+        started = monotonicNanoseconds()
+        if count == 0 { phase = .done }
+        while phase != .done {
+            let now = monotonicNanoseconds()
+            tick(now)
+            publish()
+            if phase == .done { break }
+            let timeout = timeoutMilliseconds(monotonicNanoseconds())
+            let n: Int
+            do {
+                n = try epoll._blockingWaitForEvents(into: events, timeoutMilliseconds: timeout)
+            } catch {
+                tally.noteFault("epoll_wait failed: \(error)")
+                break
+            }
+            for e in 0..<n {
+                let token = events[e].data.u64
+                let flags = events[e].events
+                if token == Self.timerToken {
+                    var expirations: UInt64 = 0
+                    _ = Glibc.read(timer.rawValue, &expirations, 8)
+                    continue
+                }
+                service(Int(token), flags)
+            }
+        }
+        // Whatever is still open at the end (an aborted loop) is closed, not leaked.
+        for i in 0..<count where conns[i].state == .open || conns[i].state == .connecting { close(i) }
+        publish()
+        if options.mode == .pingpong || options.mode == .rate { tally.latency = histogram }
+        tally.connectNanos = max(0, lastResolved - started)
+    }
+
+    /// Time-driven work, once per loop turn.
+    private func tick(_ now: Int64) {
+        switch phase {
+        case .connecting:
+            startConnects(now)
+            expireConnects(now)
+            if resolved == count { becomeReady(now) }
+        case .running:
+            switch options.mode {
+            case .hold:
+                if now >= windowEnd && !probing { startProbes(now) }
+            case .pingpong, .stream:
+                if now >= windowEnd { endTraffic(now) }
+            case .rate:
+                schedule(now)
+                if now >= windowEnd { endTraffic(now) }
+            }
+        case .draining:
+            if openCount == 0 {
+                phase = .done
+            } else if now >= drainDeadline {
+                for i in 0..<count where conns[i].state == .open {
+                    tally.timeouts += 1
+                    pending.faults += 1
+                    tally.noteFault("connection \(global(i)): no echo within the drain timeout (\(conns[i].received) of \(conns[i].sent) bytes back)")
+                    close(i)
+                }
+                phase = .done
+            }
+        case .done:
+            break
+        }
+    }
+
+    private func timeoutMilliseconds(_ now: Int64) -> Int32 {
+        var next = now + 250_000_000  // publish progress at least four times a second
+        switch phase {
+        case .connecting:
+            if nextToStart < count {
+                if let interval = connectInterval {
+                    next = min(next, started + Int64(Double(nextToStart) * interval))
+                }
+            }
+            if oldestPending < nextToStart { next = min(next, conns[oldestPending].connectStarted + options.connectTimeout) }
+        case .running:
+            if !(options.mode == .hold && probing) { next = min(next, windowEnd) }
+        case .draining:
+            next = min(next, drainDeadline)
+        case .done:
+            return 0
+        }
+        if next <= now { return 0 }
+        return Int32(min((next - now + 999_999) / 1_000_000, 1000))
+    }
+
+    private func publish() {
+        guard pending != ProgressSnapshot() else { return }
+        if pending.established != 0 { live.established.add(pending.established, ordering: .relaxed) }
+        if pending.failed != 0 { live.failed.add(pending.failed, ordering: .relaxed) }
+        if pending.open != 0 { live.open.add(pending.open, ordering: .relaxed) }
+        if pending.held != 0 { live.held.add(pending.held, ordering: .relaxed) }
+        if pending.messages != 0 { live.messages.add(pending.messages, ordering: .relaxed) }
+        if pending.bytesSent != 0 { live.bytesSent.add(pending.bytesSent, ordering: .relaxed) }
+        if pending.bytesReceived != 0 { live.bytesReceived.add(pending.bytesReceived, ordering: .relaxed) }
+        if pending.faults != 0 { live.faults.add(pending.faults, ordering: .relaxed) }
+        pending = ProgressSnapshot()
+    }
+
+    @inline(__always) private func global(_ i: Int) -> Int { options.connectionIndexBase + first + i }
+
+    // MARK: - Connecting
+
+    private func startConnects(_ now: Int64) {
+        while nextToStart < count && inFlight < options.connectConcurrency {
+            if let interval = connectInterval, Double(now - started) < Double(nextToStart) * interval { break }
+            startConnect(nextToStart, now)
+            nextToStart += 1
+        }
+    }
+
+    private func startConnect(_ i: Int, _ now: Int64) {
+        let target = options.target
+        let fd = Glibc.socket(target.family, CEchoShims_SOCK_STREAM | CEchoShims_SOCK_NONBLOCK | CEchoShims_SOCK_CLOEXEC, 0)
+        if fd < 0 { connectFailed(i, errno: errno, now); return }
+        conns[i].fd = fd
+        conns[i].connectStarted = now
+        if !options.sources.isEmpty {
+            let source = options.sources[global(i) % options.sources.count]
+            var one: Int32 = 1
+            // Defer the choice of source port to connect(), which then only needs the 4-tuple to be
+            // unique: without this, bind() reserves a port per source address for every destination.
+            _ = setsockopt(fd, Int32(IPPROTO_IP), CEchoShims_IP_BIND_ADDRESS_NO_PORT, &one, 4)
+            let rc = source.withSockAddr { Glibc.bind(fd, $0, $1) }
+            if rc != 0 { connectFailed(i, errno: errno, now); return }
+        }
+        var one: Int32 = 1
+        _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, 4)
+        var rc: Int32
+        repeat { rc = target.withSockAddr { Glibc.connect(fd, $0, $1) } } while rc != 0 && errno == EINTR
+        if rc == 0 {
+            connected(i, now)
+        } else if errno == EINPROGRESS {
+            conns[i].state = .connecting
+            inFlight += 1
+            do {
+                try epoll.add(fd, events: .output, token: UInt64(i))
+            } catch {
+                inFlight -= 1
+                connectFailed(i, errno: error.errno, now)
+            }
+        } else {
+            connectFailed(i, errno: errno, now)
+        }
+    }
+
+    private func connectFailed(_ i: Int, errno e: Int32, _ now: Int64) {
+        if conns[i].state == .connecting { inFlight -= 1 }
+        if conns[i].fd >= 0 { closeNoRetry(conns[i].fd) }
+        conns[i].fd = -1
+        conns[i].state = .closed
+        tally.connectFailures[errnoName(e), default: 0] += 1
+        pending.failed += 1
+        resolved += 1
+        lastResolved = now
+    }
+
+    private func expireConnects(_ now: Int64) {
+        while oldestPending < nextToStart {
+            let c = conns[oldestPending]
+            if c.state == .connecting {
+                guard now - c.connectStarted >= options.connectTimeout else { break }
+                connectFailed(oldestPending, errno: ETIMEDOUT, now)
+            }
+            oldestPending += 1
+        }
+    }
+
+    private func connected(_ i: Int, _ now: Int64) {
+        if conns[i].state == .connecting {
+            inFlight -= 1
+            _ = try? epoll.delete(conns[i].fd)
+        }
+        conns[i].state = .open
+        tally.established += 1
+        pending.established += 1
+        pending.open += 1
+        openCount += 1
+        resolved += 1
+        lastResolved = now
+        do {
+            try epoll.add(conns[i].fd, events: [.input, .readHangup], token: UInt64(i))
+        } catch {
+            ioFailed(i, error.errno)
+            return
+        }
+        switch options.mode {
+        case .hold, .rate: break
+        case .pingpong: startMessage(i, now)
+        case .stream:
+            conns[i].goal = UInt64.max
+            write(i, now)
+        }
+    }
+
+    private func becomeReady(_ now: Int64) {
+        ready = now
+        windowStart = now + options.warmup
+        windowEnd = windowStart + options.duration
+        phase = .running
+        tally.measuredNanos = options.mode == .hold ? 0 : options.duration
+        if options.mode == .rate {
+            for i in 0..<count where conns[i].state == .open {
+                conns[i].slot = Int32(active.count)
+                active.append(Int32(i))
+            }
+            if active.isEmpty { windowEnd = now }
+            schedule(now)
+        }
+        if openCount == 0 { phase = .done }
+    }
+
+    // MARK: - Traffic
+
+    private func startMessage(_ i: Int, _ now: Int64) {
+        conns[i].goal = conns[i].sent + size
+        conns[i].messageStarted = now
+        write(i, now)
+    }
+
+    /// rate: hands out every message whose intended time has come, and arms the timer for the next.
+    private func schedule(_ now: Int64) {
+        guard !active.isEmpty else { return }
+        let n = Int64(active.count)
+        while true {
+            let intended = ready + Int64(Double(nextMessage) * messageInterval)
+            if intended >= windowEnd { return }
+            if intended > now {
+                var spec = itimerspec()
+                spec.it_value.tv_sec = Int(intended / 1_000_000_000)
+                spec.it_value.tv_nsec = Int(intended % 1_000_000_000)
+                _ = timerfd_settime(timer.rawValue, Int32(TFD_TIMER_ABSTIME), &spec, nil)
+                return
+            }
+            let i = Int(active[Int(nextMessage % n)])
+            nextMessage += 1
+            if intended >= windowStart { tally.scheduled += 1 }
+            if conns[i].state == .open {
+                conns[i].goal += size
+                if !conns[i].wantsOutput { write(i, now) }
+            }
+        }
+    }
+
+    /// Intended send time of connection `i`'s message number `m` (rate).
+    @inline(__always)
+    private func intendedTime(_ i: Int, message m: UInt64) -> Int64 {
+        let j = Int64(m) * Int64(active.count) + Int64(conns[i].slot)
+        return ready + Int64(Double(j) * messageInterval)
+    }
+
+    /// End of the measured period: no new messages; pingpong/rate connections that owe nothing
+    /// close, stream connections shut down their write side and wait for the rest of the echo.
+    private func endTraffic(_ now: Int64) {
+        phase = .draining
+        drainDeadline = now + options.drainTimeout
+        for i in 0..<count where conns[i].state == .open {
+            switch options.mode {
+            case .stream:
+                conns[i].goal = conns[i].sent
+                setOutput(i, false)
+                Glibc.shutdown(conns[i].fd, Int32(SHUT_WR))
+                conns[i].shutDown = true
+                if conns[i].received == conns[i].sent { close(i) }
+            default:
+                if conns[i].received == conns[i].sent && conns[i].sent == conns[i].goal { close(i) }
+            }
+        }
+        if openCount == 0 { phase = .done }
+    }
+
+    private func startProbes(_ now: Int64) {
+        probing = true
+        phase = .draining
+        drainDeadline = now + options.drainTimeout
+        for i in 0..<count where conns[i].state == .open {
+            conns[i].goal = 16
+            write(i, now)
+        }
+        if openCount == 0 { phase = .done }
+    }
+
+    /// Writes towards `goal` until the kernel pushes back.
+    private func write(_ i: Int, _ now: Int64) {
+        let fd = conns[i].fd
+        while conns[i].sent < conns[i].goal {
+            let want = Int(min(conns[i].goal - conns[i].sent, UInt64(Pattern.maxChunk)))
+            let p = Pattern.bytes(seed: conns[i].seed, position: conns[i].sent)
+            let n = Glibc.send(fd, p, want, Int32(MSG_NOSIGNAL))
+            if n > 0 {
+                conns[i].sent += UInt64(n)
+                tally.totalBytesSent += UInt64(n)
+                pending.bytesSent += n
+                if options.mode == .stream && now >= windowStart && now < windowEnd { tally.bytesSent += UInt64(n) }
+                continue
+            }
+            let e = errno
+            if e == EINTR { continue }
+            if e == EAGAIN || e == EWOULDBLOCK {
+                setOutput(i, true)
+                return
+            }
+            ioFailed(i, e)
+            return
+        }
+        setOutput(i, false)
+    }
+
+    private func setOutput(_ i: Int, _ on: Bool) {
+        guard conns[i].wantsOutput != on, conns[i].state == .open else { return }
+        conns[i].wantsOutput = on
+        let events: Epoll.Events = on ? [.input, .readHangup, .output] : [.input, .readHangup]
+        do {
+            try epoll.modify(conns[i].fd, events: events, token: UInt64(i))
+        } catch {
+            ioFailed(i, error.errno)
+        }
+    }
+
+    private func service(_ i: Int, _ flags: UInt32) {
+        guard i < count else { return }
+        let now = monotonicNanoseconds()
+        switch conns[i].state {
+        case .connecting:
+            var err: Int32 = 0
+            var len = socklen_t(4)
+            getsockopt(conns[i].fd, SOL_SOCKET, SO_ERROR, &err, &len)
+            if err == 0 && flags & (CEchoShims_EPOLLERR | CEchoShims_EPOLLHUP) == 0 {
+                connected(i, now)
+            } else {
+                connectFailed(i, errno: err != 0 ? err : ECONNREFUSED, now)
+            }
+        case .open:
+            if flags & (CEchoShims_EPOLLIN | CEchoShims_EPOLLRDHUP | CEchoShims_EPOLLHUP | CEchoShims_EPOLLERR) != 0 {
+                read(i, now)
+            }
+            if conns[i].state == .open && flags & CEchoShims_EPOLLOUT != 0 { write(i, now) }
+        case .idle, .closed:
+            break  // a stale event for a connection closed earlier in this batch
+        }
+    }
+
+    private func read(_ i: Int, _ now: Int64) {
+        let fd = conns[i].fd
+        while true {
+            let n = Glibc.recv(fd, readBuffer, Self.readBufferSize, 0)
+            if n > 0 {
+                received(i, n, now)
+                if conns[i].state != .open || n < Self.readBufferSize { return }
+                continue
+            }
+            if n == 0 {
+                let c = conns[i]
+                if c.received < c.sent {
+                    tally.shortReads += 1
+                    tally.noteFault("connection \(global(i)): peer closed with \(c.sent - c.received) echo bytes owed (\(c.received) of \(c.sent) back)")
+                } else {
+                    tally.prematureCloses += 1
+                    tally.noteFault("connection \(global(i)): peer closed the connection after \(c.received) bytes")
+                }
+                pending.faults += 1
+                close(i)
+                return
+            }
+            let e = errno
+            if e == EINTR { continue }
+            if e == EAGAIN || e == EWOULDBLOCK { return }
+            ioFailed(i, e)
+            return
+        }
+    }
+
+    /// Verifies and accounts `n` bytes just read into `readBuffer`.
+    @inline(__always)
+    private func received(_ i: Int, _ n: Int, _ now: Int64) {
+        let before = conns[i].received
+        if before + UInt64(n) > conns[i].sent {
+            tally.mismatches += 1
+            pending.faults += 1
+            tally.noteFault("connection \(global(i)): received \(before + UInt64(n)) bytes but sent only \(conns[i].sent)")
+            close(i)
+            return
+        }
+        if let bad = Pattern.firstMismatch(readBuffer, count: n, seed: conns[i].seed, position: before) {
+            tally.mismatches += 1
+            pending.faults += 1
+            let expected = Pattern.bytes(seed: conns[i].seed, position: before + UInt64(bad)).pointee
+            let got = readBuffer.load(fromByteOffset: bad, as: UInt8.self)
+            tally.noteFault("connection \(global(i)): byte \(before + UInt64(bad)) of the echo is \(got), sent \(expected)")
+            close(i)
+            return
+        }
+        let after = before + UInt64(n)
+        conns[i].received = after
+        tally.totalBytesReceived += UInt64(n)
+        pending.bytesReceived += n
+        let inWindow = now >= windowStart && now < windowEnd && phase == .running
+        switch options.mode {
+        case .hold:
+            if probing && after == conns[i].goal {
+                tally.held += 1
+                pending.held += 1
+                close(i)
+            }
+        case .stream:
+            if inWindow { tally.bytesReceived += UInt64(n) }
+            if conns[i].shutDown && after == conns[i].sent { close(i) }
+        case .pingpong:
+            guard after == conns[i].goal else { return }
+            pending.messages += 1
+            if inWindow {
+                tally.messages += 1
+                tally.bytesSent += size
+                tally.bytesReceived += size
+                Latency.record(now - conns[i].messageStarted, into: &histogram)
+            }
+            // Before every connection is up (`connecting`), traffic already runs as warm-up.
+            if phase == .connecting || (phase == .running && now < windowEnd) {
+                startMessage(i, now)
+            } else {
+                close(i)
+            }
+        case .rate:
+            // Every message completed by these bytes: its latency counts from its intended time.
+            var m = before / size
+            let done = after / size
+            while m < done {
+                let intended = intendedTime(i, message: m)
+                pending.messages += 1
+                if intended >= windowStart && intended < windowEnd {
+                    tally.messages += 1
+                    tally.bytesSent += size
+                    tally.bytesReceived += size
+                    Latency.record(now - intended, into: &histogram)
+                }
+                m += 1
+            }
+            if phase == .draining && after == conns[i].goal { close(i) }
+        }
+    }
+
+    private func ioFailed(_ i: Int, _ e: Int32) {
+        tally.ioErrors[errnoName(e), default: 0] += 1
+        pending.faults += 1
+        tally.noteFault("connection \(global(i)): \(SystemError("recv/send", errno: e))")
+        close(i)
+    }
+
+    private func close(_ i: Int) {
+        switch conns[i].state {
+        case .open:
+            openCount -= 1
+            pending.open -= 1
+        case .connecting:
+            inFlight -= 1
+        default: break
+        }
+        if conns[i].fd >= 0 { closeNoRetry(conns[i].fd) }
+        conns[i].fd = -1
+        conns[i].state = .closed
+        conns[i].wantsOutput = false
+        if phase == .draining && openCount == 0 { phase = .done }
+    }
+}

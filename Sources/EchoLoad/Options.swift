@@ -1,0 +1,199 @@
+// What a run does: the value type both drivers and the command line share, and the parsers for
+// the textual forms the command line accepts (`10s`, `1000/s`, `127.0.0.2-127.0.0.250`).
+import CEchoShims
+import EchoCore
+import Glibc
+
+/// The four workloads.
+public enum LoadMode: String, Sendable, CaseIterable {
+    /// Open idle connections, hold them, probe each once.
+    case hold
+    /// Closed loop: send a message, wait for its whole echo, repeat.
+    case pingpong
+    /// Open loop at a constant message rate, latency from each message's intended send time.
+    case rate
+    /// Write continuously and read concurrently.
+    case stream
+}
+
+/// How the client itself is built (the three models of the classic study).
+public enum ClientModel: String, Sendable, CaseIterable {
+    /// A few threads, each with its own epoll instance and many non-blocking connections.
+    case event
+    /// One thread per connection (two for `rate` and `stream`: a writer and a reader), blocking I/O.
+    case thread
+    /// One process per connection, each with blocking I/O.
+    case fork
+}
+
+/// One run's settings. Durations are nanoseconds of CLOCK_MONOTONIC.
+public struct LoadOptions: Sendable, Equatable {
+    public var mode: LoadMode
+    /// The echo server, `HOST:PORT` or `[IPv6]:PORT`.
+    public var target: SocketAddress
+    /// Connections to open (this process's share, in a child).
+    public var connections: Int
+    /// Message size in bytes (`pingpong`, `rate`), or write size (`stream`). Default 64.
+    public var size: Int = 64
+    /// `hold`: most new connections per second (nil: as fast as they complete).
+    /// `rate`: messages per second over all connections (required).
+    public var rate: Double?
+    /// How long to hold (`hold`) or measure (the others). Default 10 s.
+    public var duration: Int64 = 10_000_000_000
+    /// Traffic before measuring starts, excluded from every figure. Default 1 s (0 for `hold`).
+    public var warmup: Int64 = 1_000_000_000
+    /// Local source addresses, used round-robin (empty: let the kernel choose).
+    public var sources: [SocketAddress] = []
+    public var model: ClientModel = .event
+    /// Processes to split the connections across (1: this process does the work itself).
+    public var processes: Int = 1
+    /// Event-model threads (0: one per available CPU).
+    public var workers: Int = 0
+    /// How long one connect may take before it counts as failed (ETIMEDOUT). Default 10 s.
+    public var connectTimeout: Int64 = 10_000_000_000
+    /// How long to wait, after the measured period, for echoes still owed (and for hold probes).
+    /// Default 5 s.
+    public var drainTimeout: Int64 = 5_000_000_000
+    /// Global index of this process's first connection (children of a split run).
+    public var connectionIndexBase: Int = 0
+    /// Most connects in flight per event worker (keeps the server's accept backlog from overflowing).
+    public var connectConcurrency: Int = 256
+
+    public init(mode: LoadMode, target: SocketAddress, connections: Int) {
+        self.mode = mode
+        self.target = target
+        self.connections = connections
+        if mode == .hold { warmup = 0 }
+    }
+
+    /// Event-model worker threads actually used.
+    public var effectiveWorkers: Int {
+        let w = workers > 0 ? workers : Int(max(1, CEchoShims_available_cpus()))
+        return max(1, min(w, connections))
+    }
+
+    /// Checks combinations the command line cannot express as types.
+    /// - Throws: `LoadError.usage` with one line to show.
+    public func validate() throws(LoadError) {
+        guard connections >= 1 else { throw .usage("--connections must be at least 1") }
+        guard size >= 1 && size <= 64 << 20 else { throw .usage("--size must be between 1 and 67108864 bytes") }
+        guard duration >= 0 else { throw .usage("--duration must not be negative") }
+        guard warmup >= 0 else { throw .usage("--warmup must not be negative") }
+        guard processes >= 1 && processes <= 1024 else { throw .usage("--processes must be between 1 and 1024") }
+        guard processes <= connections else { throw .usage("--processes (\(processes)) exceeds --connections (\(connections))") }
+        if let rate { guard rate > 0 && rate.isFinite else { throw .usage("--rate must be positive") } }
+        if mode == .rate && rate == nil { throw .usage("rate needs --rate MESSAGES/s") }
+        if model == .fork && connections > Self.forkConnectionLimit {
+            throw .usage("--model fork starts one process per connection; at most \(Self.forkConnectionLimit) (use --model event --processes P for more)")
+        }
+        if model == .fork && processes > 1 { throw .usage("--model fork already uses one process per connection; drop --processes") }
+        for s in sources where s.family != target.family {
+            throw .usage("--source \(s.host) is not of the target's address family")
+        }
+    }
+
+    /// Most connections `--model fork` accepts (each is a whole process).
+    public static let forkConnectionLimit = 1000
+}
+
+/// Errors that end a run before it produces a result. Each has one line to show.
+public enum LoadError: Error, CustomStringConvertible, Sendable, Equatable {
+    /// Bad flags or flag combinations.
+    case usage(String)
+    /// The target could not be reached at all.
+    case unreachable(String)
+    /// The client itself failed (out of threads, cannot spawn a process, ...).
+    case system(String)
+
+    public var description: String {
+        switch self {
+        case .usage(let s), .unreachable(let s), .system(let s): return s
+        }
+    }
+}
+
+/// Parsers for the command line's textual forms.
+public enum LoadParsing {
+    /// `10`, `10s`, `1.5s`, `500ms`, `2m` → nanoseconds.
+    public static func duration(_ text: String) -> Int64? {
+        let units: [(String, Double)] = [("ms", 1e6), ("us", 1e3), ("ns", 1), ("s", 1e9), ("m", 60e9), ("h", 3600e9)]
+        var number = Substring(text)
+        var scale = 1e9
+        for (suffix, s) in units where text.hasSuffix(suffix) {
+            number = text.dropLast(suffix.count)
+            scale = s
+            break
+        }
+        guard let v = Double(number), v.isFinite, v >= 0 else { return nil }
+        let ns = v * scale
+        guard ns < 9e18 else { return nil }
+        return Int64(ns.rounded())
+    }
+
+    /// `1000`, `1000/s`, `1e4/s`, `60/m` → per second.
+    public static func rate(_ text: String) -> Double? {
+        var number = Substring(text)
+        var per = 1.0
+        if text.hasSuffix("/s") {
+            number = text.dropLast(2)
+        } else if text.hasSuffix("/m") {
+            number = text.dropLast(2)
+            per = 60
+        }
+        guard let v = Double(number), v.isFinite, v > 0 else { return nil }
+        return v / per
+    }
+
+    /// `127.0.0.2`, `127.0.0.2-127.0.0.250`, comma-separated lists of either, `::1` → addresses
+    /// with port 0. IPv4 ranges only (IPv6 addresses are listed one by one).
+    public static func sources(_ text: String) throws(LoadError) -> [SocketAddress] {
+        var out: [SocketAddress] = []
+        for part in text.split(separator: ",") {
+            let bounds = part.split(separator: "-", maxSplits: 1).map(String.init)
+            if bounds.count == 2 {
+                guard let lo = ipv4(bounds[0]), let hi = ipv4(bounds[1]), lo <= hi else {
+                    throw .usage("--source: invalid IPv4 range '\(part)'")
+                }
+                guard hi - lo < 65536 else { throw .usage("--source: range '\(part)' has more than 65536 addresses") }
+                for v in lo...hi {
+                    let text = "\(v >> 24).\(v >> 16 & 255).\(v >> 8 & 255).\(v & 255):0"
+                    out.append(try parseAddress(text, flag: "--source"))
+                }
+            } else {
+                let host = String(part)
+                let text = host.contains(":") ? "[\(host)]:0" : "\(host):0"
+                out.append(try parseAddress(text, flag: "--source"))
+            }
+        }
+        guard !out.isEmpty else { throw .usage("--source: no address given") }
+        return out
+    }
+
+    /// `HOST:PORT` or `[IPv6]:PORT`, numeric; `localhost` stands for 127.0.0.1.
+    public static func target(_ text: String) throws(LoadError) -> SocketAddress {
+        var t = text
+        if t.hasPrefix("localhost:") { t = "127.0.0.1:" + t.dropFirst("localhost:".count) }
+        let address = try parseAddress(t, flag: "TARGET")
+        guard address.port != 0 else { throw .usage("TARGET '\(text)' needs a port other than 0") }
+        return address
+    }
+
+    private static func parseAddress(_ text: String, flag: String) throws(LoadError) -> SocketAddress {
+        do {
+            return try SocketAddress(parsing: text)
+        } catch {
+            throw .usage("\(flag): \(error.description)")
+        }
+    }
+
+    private static func ipv4(_ s: String) -> UInt32? {
+        let parts = s.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 4 else { return nil }
+        var v: UInt32 = 0
+        for p in parts {
+            guard let b = UInt8(p) else { return nil }
+            v = v << 8 | UInt32(b)
+        }
+        return v
+    }
+}

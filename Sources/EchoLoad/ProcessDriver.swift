@@ -1,0 +1,165 @@
+// Splitting a run across processes: `--processes P` (each child runs the event or thread model
+// on its share) and `--model fork` (one process per connection, blocking I/O). This is how a run
+// goes past the per-process descriptor ceiling.
+//
+// Children are this same binary, started with posix_spawn(3) (never fork(2): the parent may have
+// threads, and a forked copy of a multithreaded process may deadlock on a lock another thread
+// held) as `echoload _child SPEC`, where SPEC is the child's options in JSON. A child writes JSON
+// lines on its stdout, which is a pipe to the parent (see Wire.swift). The parent stays
+// single-threaded: it polls the pipes, sums the children's progress for the progress line, and
+// merges their results.
+import CEchoShims
+import EchoCore
+import Glibc
+
+public enum ProcessDriver {
+    /// The hidden subcommand the executable must route to `LoadRunner.runChild(spec:)`.
+    public static let childCommand = "_child"
+
+    /// The options of each part: connection shares, index bases and rate shares.
+    static func plan(_ options: LoadOptions) -> [LoadOptions] {
+        let parts = options.model == .fork ? options.connections : options.processes
+        var out: [LoadOptions] = []
+        var base = options.connectionIndexBase
+        for p in 0..<parts {
+            var o = options
+            o.connections = options.connections / parts + (p < options.connections % parts ? 1 : 0)
+            o.connectionIndexBase = base
+            o.processes = 1
+            if options.model == .fork { o.model = .thread }
+            if let r = options.rate { o.rate = r * Double(o.connections) / Double(options.connections) }
+            base += o.connections
+            out.append(o)
+        }
+        return out
+    }
+
+    private final class ChildState {
+        let index: Int
+        let options: LoadOptions
+        let pid: pid_t
+        var fd: Int32
+        var buffer: [UInt8] = []
+        var progress = ProgressSnapshot()
+        var tally: Tally?
+        var exitStatus: Int32 = -1
+        init(index: Int, options: LoadOptions, pid: pid_t, fd: Int32) {
+            self.index = index
+            self.options = options
+            self.pid = pid
+            self.fd = fd
+        }
+    }
+
+    static func run(_ options: LoadOptions, progress: ProgressReporter) throws(LoadError) -> LoadResult {
+        let executable = try selfExecutable()
+        var children: [ChildState] = []
+        for (i, part) in plan(options).enumerated() {
+            do {
+                let (pid, fd) = try spawn(executable, spec: part.wireJSON.text)
+                children.append(ChildState(index: i, options: part, pid: pid, fd: fd))
+            } catch {
+                for c in children {
+                    kill(c.pid, SIGKILL)
+                    var status: Int32 = 0
+                    _ = waitpid(c.pid, &status, 0)
+                    closeNoRetry(c.fd)
+                }
+                throw .system("echoload: cannot start child process \(i): \(error)")
+            }
+        }
+        progress.begin()
+        var pollfds = [pollfd](repeating: pollfd(), count: children.count)
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while children.contains(where: { $0.fd >= 0 }) {
+            for (i, c) in children.enumerated() {
+                pollfds[i] = pollfd(fd: c.fd, events: Int16(POLLIN), revents: 0)
+            }
+            let n = poll(&pollfds, nfds_t(pollfds.count), 200)
+            if n < 0 && errno != EINTR { break }
+            for (i, c) in children.enumerated() where c.fd >= 0 && pollfds[i].revents != 0 {
+                let got = chunk.withUnsafeMutableBytes { Glibc.read(c.fd, $0.baseAddress, $0.count) }
+                if got > 0 {
+                    c.buffer.append(contentsOf: chunk[0..<got])
+                    while let nl = c.buffer.firstIndex(of: UInt8(ascii: "\n")) {
+                        let line = String(decoding: c.buffer[..<nl], as: UTF8.self)
+                        c.buffer.removeSubrange(...nl)
+                        handle(line, c)
+                    }
+                } else if got == 0 || (errno != EINTR && errno != EAGAIN) {
+                    closeNoRetry(c.fd)
+                    c.fd = -1
+                }
+            }
+            progress.report(children.reduce(ProgressSnapshot()) { $0 + $1.progress }, requested: options.connections)
+        }
+        for c in children {
+            var status: Int32 = 0
+            while waitpid(c.pid, &status, 0) == -1 && errno == EINTR {}
+            c.exitStatus = status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        }
+        progress.end()
+
+        var tally = Tally()
+        var parts: [PartSummary] = []
+        var notes: [String] = []
+        var workers = 0
+        for c in children {
+            let t = c.tally ?? Tally()
+            if c.tally == nil {
+                notes.append("process \(c.index) (pid \(c.pid)) exited with status \(c.exitStatus) without a result")
+            }
+            tally.merge(t)
+            if c.tally == nil { tally.requested += c.options.connections }
+            workers = max(workers, c.options.model == .event ? c.options.effectiveWorkers : 0)
+            parts.append(PartSummary(
+                index: c.index, pid: c.pid, connections: c.options.connections, established: t.established,
+                held: t.held, messages: t.messages, faults: t.faults + t.connectFailed, exitStatus: c.exitStatus))
+        }
+        var result = LoadResult(options: options, workers: workers, tally: tally, parts: parts)
+        result.notes = notes
+        return result
+    }
+
+    private static func handle(_ line: String, _ c: ChildState) {
+        guard let json = try? JSONValue(parsing: line) else { return }
+        switch json["type"]?.stringValue {
+        case "progress": c.progress = ProgressSnapshot(wire: json)
+        case "result":
+            if let t = json["tally"] { c.tally = Tally(wire: t) }
+        default: break
+        }
+    }
+
+    /// The path of the running executable.
+    static func selfExecutable() throws(LoadError) -> String {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard n > 0 else { throw .system("echoload: cannot read /proc/self/exe: \(SystemError("readlink", errno: errno))") }
+        return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// Starts `executable _child spec` with its stdout on a new pipe.
+    /// - Returns: the child's pid and the pipe's read end (close-on-exec).
+    static func spawn(_ executable: String, spec: String) throws(SystemError) -> (pid_t, Int32) {
+        var fds: [Int32] = [-1, -1]
+        try syscall("pipe2") { CEchoShims_pipe2(&fds, O_CLOEXEC) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        // dup2 onto fd 1 clears FD_CLOEXEC there; the originals close on exec.
+        posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
+        let words: [String] = ["echoload", childCommand, spec]
+        let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, executable, &actions, nil, argv, environ)
+        closeNoRetry(fds[1])
+        guard rc == 0 else {
+            closeNoRetry(fds[0])
+            throw SystemError("posix_spawn(\(executable))", errno: rc)
+        }
+        return (pid, fds[0])
+    }
+}

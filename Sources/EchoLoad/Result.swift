@@ -1,0 +1,339 @@
+// What a run counted, how partial counts merge (threads → process → parent), and how the merged
+// result is shown: a table for people and a JSON document whose shape is fixed by
+// docs/echoload.schema.json (`schema_version` 1).
+import EchoCore
+import Glibc
+import Histogram
+
+/// Round-trip latencies in nanoseconds, 1 ns to 100 s at three significant digits.
+public enum Latency {
+    public static let highest: UInt64 = 100_000_000_000
+
+    public static func makeHistogram() -> Histogram<UInt64> {
+        Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: highest, numberOfSignificantValueDigits: .three)
+    }
+
+    /// Records `nanoseconds`, clamped into the histogram's range.
+    @inline(__always)
+    public static func record(_ nanoseconds: Int64, into h: inout Histogram<UInt64>) {
+        _ = h.record(UInt64(min(max(nanoseconds, 1), Int64(highest))))
+    }
+}
+
+/// Counts from one worker, one process, or a whole run; `merge` adds them up.
+public struct Tally: Sendable {
+    /// Connections asked for.
+    public var requested = 0
+    /// Connections whose connect succeeded.
+    public var established = 0
+    /// Failed connects by errno name (`ECONNREFUSED`, `ETIMEDOUT`, ...).
+    public var connectFailures: [String: Int] = [:]
+    /// From the first connect started to the last one resolved (max over parts).
+    public var connectNanos: Int64 = 0
+    /// `hold`: connections that answered their probe after the hold.
+    public var held = 0
+    /// Measured period, nanoseconds (max over parts; each part measures the same span).
+    public var measuredNanos: Int64 = 0
+    /// Messages whose whole echo arrived (pingpong: in the measured period; rate: intended in it).
+    public var messages: UInt64 = 0
+    /// Payload bytes written / echoed back in the measured period.
+    public var bytesSent: UInt64 = 0
+    public var bytesReceived: UInt64 = 0
+    /// Payload bytes over the whole run (warm-up and drain included).
+    public var totalBytesSent: UInt64 = 0
+    public var totalBytesReceived: UInt64 = 0
+    /// `rate`: messages scheduled in the measured period.
+    public var scheduled: UInt64 = 0
+    /// Echoed bytes that differ from what was sent.
+    public var mismatches = 0
+    /// The peer closed while echo bytes were still owed (mid-message, or mid-stream).
+    public var shortReads = 0
+    /// The peer closed a connection that owed nothing (while idle, between messages).
+    public var prematureCloses = 0
+    /// Echoes (or hold probes) still owed when the drain timeout ran out.
+    public var timeouts = 0
+    /// Read/write failures by errno name (`ECONNRESET`, `EPIPE`, ...).
+    public var ioErrors: [String: Int] = [:]
+    /// Round-trip latency in nanoseconds (pingpong, rate).
+    public var latency: Histogram<UInt64>? = nil
+    /// The first fault seen, for the one-line explanation.
+    public var firstFault: String? = nil
+
+    public init() {}
+
+    /// Every fault counted (connect failures excluded).
+    public var faults: Int {
+        mismatches + shortReads + prematureCloses + timeouts + ioErrors.values.reduce(0, +)
+    }
+
+    public var connectFailed: Int { connectFailures.values.reduce(0, +) }
+
+    mutating func noteFault(_ text: @autoclosure () -> String) {
+        if firstFault == nil { firstFault = text() }
+    }
+
+    /// Adds `other` into `self`: counts add, spans take the maximum, histograms merge exactly.
+    public mutating func merge(_ other: Tally) {
+        requested += other.requested
+        established += other.established
+        connectFailures.merge(other.connectFailures, uniquingKeysWith: +)
+        connectNanos = max(connectNanos, other.connectNanos)
+        held += other.held
+        measuredNanos = max(measuredNanos, other.measuredNanos)
+        messages += other.messages
+        bytesSent += other.bytesSent
+        bytesReceived += other.bytesReceived
+        totalBytesSent += other.totalBytesSent
+        totalBytesReceived += other.totalBytesReceived
+        scheduled += other.scheduled
+        mismatches += other.mismatches
+        shortReads += other.shortReads
+        prematureCloses += other.prematureCloses
+        timeouts += other.timeouts
+        ioErrors.merge(other.ioErrors, uniquingKeysWith: +)
+        if let h = other.latency {
+            if latency == nil { latency = Latency.makeHistogram() }
+            latency!.add(h)
+        }
+        if firstFault == nil { firstFault = other.firstFault }
+    }
+}
+
+/// One process's share of a split run, as listed in the report.
+public struct PartSummary: Sendable, Equatable {
+    public var index: Int
+    public var pid: Int32
+    public var connections: Int
+    public var established: Int
+    public var held: Int
+    public var messages: UInt64
+    public var faults: Int
+    /// Exit status of the process (0 for the parent's own share).
+    public var exitStatus: Int32
+}
+
+/// A finished run.
+public struct LoadResult: Sendable {
+    public var options: LoadOptions
+    /// Event-model threads per process (0 for the thread and fork models).
+    public var workers: Int
+    public var tally: Tally
+    /// One entry per process; a single-process run has one, for itself.
+    public var parts: [PartSummary]
+    /// Problems outside the counters (a child process that died, ...).
+    public var notes: [String] = []
+
+    public init(options: LoadOptions, workers: Int, tally: Tally, parts: [PartSummary]) {
+        self.options = options
+        self.workers = workers
+        self.tally = tally
+        self.parts = parts
+    }
+
+    /// Held connections, for `hold`.
+    public var held: Int { tally.held }
+
+    /// A clean run: everything connected, nothing wrong with any echo, every part exited 0,
+    /// and (when something was measured) traffic actually flowed.
+    public var isClean: Bool {
+        let t = tally
+        guard t.established == options.connections, t.connectFailed == 0, t.faults == 0, notes.isEmpty else {
+            return false
+        }
+        guard parts.allSatisfy({ $0.exitStatus == 0 }) else { return false }
+        switch options.mode {
+        case .hold: return t.held == options.connections
+        case .pingpong, .rate: return options.duration == 0 || t.messages > 0
+        case .stream: return options.duration == 0 || t.bytesReceived > 0
+        }
+    }
+
+    /// Exit status for the run: 0 clean, 1 faults found.
+    public var exitStatus: Int32 { isClean ? 0 : 1 }
+
+    var seconds: Double { Double(tally.measuredNanos) / 1e9 }
+
+    public var messagesPerSecond: Double { seconds > 0 ? Double(tally.messages) / seconds : 0 }
+    public var megabytesPerSecondSent: Double { seconds > 0 ? Double(tally.bytesSent) / seconds / 1e6 : 0 }
+    public var megabytesPerSecondReceived: Double { seconds > 0 ? Double(tally.bytesReceived) / seconds / 1e6 : 0 }
+
+    /// Percentiles of round-trip latency in microseconds, or nil when none was recorded.
+    public var latencyMicroseconds: [(String, Double)]? {
+        guard let h = tally.latency, h.totalCount > 0 else { return nil }
+        func us(_ v: UInt64) -> Double { (Double(v) / 1000 * 1000).rounded() / 1000 }
+        return [
+            ("min", us(h.min)), ("p50", us(h.valueAtPercentile(50))), ("p90", us(h.valueAtPercentile(90))),
+            ("p99", us(h.valueAtPercentile(99))), ("p99_9", us(h.valueAtPercentile(99.9))),
+            ("max", us(h.max)), ("mean", (h.mean / 1000 * 1000).rounded() / 1000),
+        ]
+    }
+
+    // MARK: - JSON
+
+    /// The report as JSON (see docs/echoload.schema.json).
+    public var json: JSONValue {
+        let t = tally
+        let o = options
+        func r3(_ d: Double) -> JSONValue { .double((d * 1000).rounded() / 1000) }
+        func counts(_ d: [String: Int]) -> JSONValue {
+            .object(d.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) })
+        }
+        var latency: JSONValue = .null
+        if let l = latencyMicroseconds, let h = t.latency {
+            latency = .object([("count", .int(Int64(h.totalCount)))] + l.map { ($0.0, .double($0.1)) })
+        }
+        let errors: JSONValue = .object([
+            ("total", .int(Int64(t.faults))),
+            ("mismatches", .int(Int64(t.mismatches))),
+            ("short_reads", .int(Int64(t.shortReads))),
+            ("premature_closes", .int(Int64(t.prematureCloses))),
+            ("timeouts", .int(Int64(t.timeouts))),
+            ("io", counts(t.ioErrors)),
+            ("first", t.firstFault.map { .string($0) } ?? .null),
+        ])
+        return .object([
+            ("schema_version", .int(1)),
+            ("mode", .string(o.mode.rawValue)),
+            ("target", .string(o.target.description)),
+            ("model", .string(o.model.rawValue)),
+            ("processes", .int(Int64(parts.count))),
+            ("workers", .int(Int64(workers))),
+            ("options", .object([
+                ("connections", .int(Int64(o.connections))),
+                ("size", .int(Int64(o.size))),
+                ("rate", o.rate.map { .double($0) } ?? .null),
+                ("duration_seconds", .double(Double(o.duration) / 1e9)),
+                ("warmup_seconds", .double(Double(o.warmup) / 1e9)),
+                ("sources", .int(Int64(o.sources.count))),
+            ])),
+            ("connections", .object([
+                ("requested", .int(Int64(o.connections))),
+                ("established", .int(Int64(t.established))),
+                ("failed", .int(Int64(t.connectFailed))),
+                ("failures", counts(t.connectFailures)),
+                ("connect_seconds", r3(Double(t.connectNanos) / 1e9)),
+                ("held", o.mode == .hold ? .int(Int64(t.held)) : .null),
+            ])),
+            ("traffic", .object([
+                ("measured_seconds", r3(seconds)),
+                ("messages", .int(Int64(t.messages))),
+                ("bytes_sent", .int(Int64(t.bytesSent))),
+                ("bytes_received", .int(Int64(t.bytesReceived))),
+                ("messages_per_second", r3(messagesPerSecond)),
+                ("megabytes_per_second_sent", r3(megabytesPerSecondSent)),
+                ("megabytes_per_second_received", r3(megabytesPerSecondReceived)),
+                ("total_bytes_sent", .int(Int64(t.totalBytesSent))),
+                ("total_bytes_received", .int(Int64(t.totalBytesReceived))),
+                ("scheduled_messages", o.mode == .rate ? .int(Int64(t.scheduled)) : .null),
+            ])),
+            ("latency_us", latency),
+            ("errors", errors),
+            ("parts", .array(parts.map { p in
+                .object([
+                    ("index", .int(Int64(p.index))), ("pid", .int(Int64(p.pid))),
+                    ("connections", .int(Int64(p.connections))), ("established", .int(Int64(p.established))),
+                    ("held", .int(Int64(p.held))), ("messages", .int(Int64(p.messages))),
+                    ("faults", .int(Int64(p.faults))), ("exit_status", .int(Int64(p.exitStatus))),
+                ])
+            })),
+            ("notes", .array(notes.map { .string($0) })),
+            ("clean", .bool(isClean)),
+        ])
+    }
+
+    // MARK: - Table
+
+    /// The report for people.
+    public var table: String {
+        let t = tally
+        let o = options
+        func f(_ d: Double, _ digits: Int = 1) -> String { formatFixed(d, digits) }
+        var lines: [String] = []
+        lines.append("echoload \(o.mode.rawValue) \(o.target)  model=\(o.model.rawValue)"
+            + (o.model == .event ? " workers=\(workers)" : "") + " processes=\(parts.count)")
+        var conn = "connections  requested \(o.connections)  established \(t.established)  failed \(t.connectFailed)"
+        if !t.connectFailures.isEmpty {
+            conn += " (" + t.connectFailures.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ") + ")"
+        }
+        conn += "  in \(f(Double(t.connectNanos) / 1e9, 3)) s"
+        lines.append(conn)
+        switch o.mode {
+        case .hold:
+            lines.append("hold         \(f(Double(o.duration) / 1e9, 1)) s; held \(t.held) of \(o.connections) (each answered a probe afterwards)")
+        case .pingpong, .rate:
+            var line = "traffic      \(f(seconds, 2)) s measured: \(t.messages) messages × \(o.size) B = \(t.bytesReceived) B"
+            line += "; \(f(messagesPerSecond, 1)) msg/s, \(f(megabytesPerSecondReceived, 2)) MB/s"
+            if o.mode == .rate, let r = o.rate { line += " (target \(f(r, 1)) msg/s, scheduled \(t.scheduled))" }
+            lines.append(line)
+            if let l = latencyMicroseconds {
+                lines.append("latency µs   " + l.map { "\($0.0 == "p99_9" ? "p99.9" : $0.0) \(f($0.1, 1))" }.joined(separator: "  ")
+                    + (o.mode == .rate ? "  (from intended send times)" : ""))
+            }
+        case .stream:
+            lines.append("traffic      \(f(seconds, 2)) s measured: sent \(f(megabytesPerSecondSent, 2)) MB/s, received \(f(megabytesPerSecondReceived, 2)) MB/s (\(t.bytesSent) / \(t.bytesReceived) B)")
+        }
+        if t.faults == 0 {
+            lines.append("errors       none")
+        } else {
+            var e = "errors       \(t.faults):"
+            if t.mismatches > 0 { e += " mismatches \(t.mismatches)" }
+            if t.shortReads > 0 { e += " short-reads \(t.shortReads)" }
+            if t.prematureCloses > 0 { e += " premature-closes \(t.prematureCloses)" }
+            if t.timeouts > 0 { e += " timeouts \(t.timeouts)" }
+            for (k, v) in t.ioErrors.sorted(by: { $0.key < $1.key }) { e += " \(k) \(v)" }
+            lines.append(e)
+            if let first = t.firstFault { lines.append("first fault  \(first)") }
+        }
+        if parts.count > 1 {
+            for p in parts {
+                lines.append("  part \(p.index) pid \(p.pid): \(p.established)/\(p.connections) connected"
+                    + (o.mode == .hold ? ", \(p.held) held" : ", \(p.messages) messages")
+                    + ", \(p.faults) faults, exit \(p.exitStatus)")
+            }
+        }
+        for n in notes { lines.append("note         \(n)") }
+        lines.append("result       " + (isClean ? "clean" : "FAILED"))
+        return lines.joined(separator: "\n")
+    }
+}
+
+/// `d` with `digits` decimals, without Foundation.
+func formatFixed(_ d: Double, _ digits: Int) -> String {
+    guard d.isFinite else { return "-" }
+    var scale = 1.0
+    for _ in 0..<digits { scale *= 10 }
+    let v = (abs(d) * scale).rounded()
+    let whole = UInt64(v / scale)
+    let frac = UInt64(v - Double(whole) * scale)
+    var s = (d < 0 && v > 0 ? "-" : "") + String(whole)
+    if digits > 0 {
+        let fs = String(frac)
+        s += "." + String(repeating: "0", count: max(0, digits - fs.count)) + fs
+    }
+    return s
+}
+
+/// Symbolic name of an errno, for counting failures by kind.
+public func errnoName(_ e: Int32) -> String {
+    switch e {
+    case ECONNREFUSED: return "ECONNREFUSED"
+    case ECONNRESET: return "ECONNRESET"
+    case ECONNABORTED: return "ECONNABORTED"
+    case ETIMEDOUT: return "ETIMEDOUT"
+    case EPIPE: return "EPIPE"
+    case EADDRNOTAVAIL: return "EADDRNOTAVAIL"
+    case EADDRINUSE: return "EADDRINUSE"
+    case EMFILE: return "EMFILE"
+    case ENFILE: return "ENFILE"
+    case ENOBUFS: return "ENOBUFS"
+    case ENOMEM: return "ENOMEM"
+    case EHOSTUNREACH: return "EHOSTUNREACH"
+    case ENETUNREACH: return "ENETUNREACH"
+    case EACCES: return "EACCES"
+    case EPERM: return "EPERM"
+    case EAGAIN: return "EAGAIN"
+    case EINVAL: return "EINVAL"
+    case EAFNOSUPPORT: return "EAFNOSUPPORT"
+    default: return "E\(e)"
+    }
+}

@@ -1,0 +1,201 @@
+// Entry points of the engine: `LoadRunner.run` for a whole run (checks, descriptor limit,
+// reachability, then the driver the model asks for) and `LoadRunner.runChild` for one part of a
+// split run. Plus the once-a-second progress line.
+import CEchoShims
+import EchoCore
+import Glibc
+import Synchronization
+
+public enum LoadRunner {
+    /// Runs `options` to the end and returns the merged result.
+    ///
+    /// - Parameter progress: where the progress line goes.
+    /// - Throws: `LoadError.usage` for impossible options, `.unreachable` when a first probe
+    ///   connection to the target fails, `.system` when the client itself cannot run.
+    public static func run(_ options: LoadOptions, progress: ProgressReporter) throws(LoadError) -> LoadResult {
+        try options.validate()
+        Signals.ignoreSIGPIPE()
+        let perProcess = options.model == .fork ? 1 : (options.connections + options.processes - 1) / options.processes
+        try raiseDescriptorLimit(needed: perProcess, splittable: options.model != .fork)
+        try preflight(options)
+        if options.processes > 1 || options.model == .fork {
+            return try ProcessDriver.run(options, progress: progress)
+        }
+        let (tally, workers) = try runInProcess(options, progress: progress)
+        let part = PartSummary(
+            index: 0, pid: getpid(), connections: options.connections, established: tally.established,
+            held: tally.held, messages: tally.messages, faults: tally.faults + tally.connectFailed, exitStatus: 0)
+        return LoadResult(options: options, workers: workers, tally: tally, parts: [part])
+    }
+
+    /// Runs one part of a split run from its JSON spec, writing progress and the result as JSON
+    /// lines on stdout.
+    /// - Returns: the process exit status (0 once a result is written).
+    public static func runChild(spec: String) -> Int32 {
+        Signals.ignoreSIGPIPE()
+        let options: LoadOptions
+        do {
+            options = try LoadOptions(wire: try JSONValue(parsing: spec))
+            try raiseDescriptorLimit(needed: options.connections, splittable: false)
+        } catch let e as LoadError {
+            writeAll(2, "echoload child: \(e)\n")
+            return 2
+        } catch {
+            writeAll(2, "echoload child: \(error)\n")
+            return 2
+        }
+        do {
+            let (tally, _) = try runInProcess(options, progress: ProgressReporter(style: .childPipe))
+            let line = JSONValue.object([("type", .string("result")), ("tally", tally.wireJSON)]).text + "\n"
+            return writeAll(1, line) ? 0 : 2
+        } catch {
+            writeAll(2, "echoload child: \(error)\n")
+            return 2
+        }
+    }
+
+    static func runInProcess(_ options: LoadOptions, progress: ProgressReporter) throws(LoadError) -> (Tally, Int) {
+        let live = LiveCounters()
+        let stop = Atomic<Bool>(false)
+        let requested = options.connections
+        progress.begin()
+        let sampler: JoinableThread?
+        do {
+            sampler = try JoinableThread(name: "echoload-prog") { [live] in
+                while !stop.load(ordering: .acquiring) {
+                    var ts = timespec(tv_sec: 0, tv_nsec: 100_000_000)
+                    nanosleep(&ts, nil)
+                    progress.report(live.snapshot, requested: requested)
+                }
+            }
+        } catch {
+            sampler = nil
+        }
+        defer {
+            stop.store(true, ordering: .releasing)
+            sampler?.join()
+            progress.end()
+        }
+        switch options.model {
+        case .event:
+            let (t, w) = try EventDriver.run(options, live: live)
+            return (t, w)
+        case .thread, .fork:
+            return (try ThreadDriver.run(options, live: live), 0)
+        }
+    }
+
+    /// Raises the soft RLIMIT_NOFILE to the hard limit, and refuses a share that cannot fit.
+    static func raiseDescriptorLimit(needed connections: Int, splittable: Bool) throws(LoadError) {
+        guard var limit = try? ResourceLimits.get(ResourceLimits.noFile) else { return }
+        let needed = UInt64(connections + 64)
+        if limit.soft < limit.hard && limit.soft < needed {
+            limit.soft = limit.hard
+            try? ResourceLimits.set(ResourceLimits.noFile, limit)
+        }
+        if limit.hard < needed {
+            let advice = splittable
+                ? "; split the connections with --processes \((connections + 64) / Int(max(limit.hard, 128) - 64) + 1) or more"
+                : ""
+            throw .usage("echoload: \(connections) connections in one process need about \(needed) descriptors, but the hard limit (RLIMIT_NOFILE) is \(limit.hard)\(advice)")
+        }
+    }
+
+    /// One connection to the target (from the first source address, if any) before the run, so
+    /// that an unreachable target or a bad source is one clear line rather than N failures.
+    static func preflight(_ options: LoadOptions) throws(LoadError) {
+        let target = options.target
+        let fd = Glibc.socket(target.family, CEchoShims_SOCK_STREAM | CEchoShims_SOCK_NONBLOCK | CEchoShims_SOCK_CLOEXEC, 0)
+        guard fd >= 0 else { throw .system("echoload: socket: \(SystemError("socket", errno: errno))") }
+        defer { closeNoRetry(fd) }
+        if let source = options.sources.first {
+            var one: Int32 = 1
+            _ = setsockopt(fd, Int32(IPPROTO_IP), CEchoShims_IP_BIND_ADDRESS_NO_PORT, &one, 4)
+            if source.withSockAddr({ Glibc.bind(fd, $0, $1) }) != 0 {
+                throw .usage("echoload: cannot use source address \(source.host): \(SystemError("bind", errno: errno).reason)")
+            }
+        }
+        let rc = target.withSockAddr { Glibc.connect(fd, $0, $1) }
+        var err: Int32 = rc == 0 ? 0 : errno
+        if err == EINPROGRESS {
+            var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            let ms = Int32(min(options.connectTimeout, 5_000_000_000) / 1_000_000)
+            var n: Int32
+            repeat { n = poll(&p, 1, ms) } while n < 0 && errno == EINTR
+            if n == 0 {
+                err = ETIMEDOUT
+            } else {
+                var len = socklen_t(4)
+                getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len)
+            }
+        }
+        if err != 0 {
+            throw .unreachable("echoload: cannot connect to \(target): \(SystemError("connect", errno: err).reason) (\(errnoName(err)))")
+        }
+    }
+}
+
+/// The once-a-second progress line: redrawn in place on a terminal, plain lines otherwise, or
+/// JSON lines to the parent in a child process. Used by one thread at a time.
+public final class ProgressReporter: @unchecked Sendable {
+    // @unchecked: begin/report/end are called by one thread at a time (the sampler thread, or the
+    // process driver's loop), and `end` runs after the sampler is joined.
+    public enum Style: Sendable { case none, lines, terminal, childPipe }
+
+    let style: Style
+    private var started: Int64 = 0
+    private var lastPrinted: Int64 = 0
+    private var previous = ProgressSnapshot()
+    private var drewInPlace = false
+
+    public init(style: Style) { self.style = style }
+
+    /// `.terminal` if stderr is a TTY, else `.lines`.
+    public static func forStderr(quiet: Bool) -> ProgressReporter {
+        ProgressReporter(style: quiet ? .none : (isatty(2) == 1 ? .terminal : .lines))
+    }
+
+    func begin() {
+        started = monotonicNanoseconds()
+        lastPrinted = started
+    }
+
+    func report(_ s: ProgressSnapshot, requested: Int) {
+        let now = monotonicNanoseconds()
+        guard now - lastPrinted >= 1_000_000_000 else { return }
+        lastPrinted = now
+        switch style {
+        case .none: break
+        case .childPipe: writeAll(1, s.wireJSON.text + "\n")
+        case .lines:
+            writeAll(2, "echoload: " + s.line(elapsedSeconds: Int((now - started) / 1_000_000_000), previous: previous, requested: requested) + "\n")
+        case .terminal:
+            writeAll(2, "\r\u{1B}[K" + s.line(elapsedSeconds: Int((now - started) / 1_000_000_000), previous: previous, requested: requested))
+            drewInPlace = true
+        }
+        previous = s
+    }
+
+    func end() {
+        if drewInPlace {
+            writeAll(2, "\r\u{1B}[K")
+            drewInPlace = false
+        }
+    }
+}
+
+/// Writes all of `text` to `fd` with write(2), retrying on EINTR and short writes.
+@discardableResult
+public func writeAll(_ fd: Int32, _ text: String) -> Bool {
+    var bytes = Array(text.utf8)
+    var done = 0
+    return bytes.withUnsafeMutableBytes { raw -> Bool in
+        while done < raw.count {
+            let n = Glibc.write(fd, raw.baseAddress! + done, raw.count - done)
+            if n > 0 { done += n; continue }
+            if n < 0 && errno == EINTR { continue }
+            return false
+        }
+        return true
+    }
+}

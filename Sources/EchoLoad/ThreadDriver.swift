@@ -1,0 +1,458 @@
+// The thread client model: one thread per connection with blocking I/O (plus a reader thread per
+// connection for `rate` and `stream`, which must read while they write). Threads get small
+// stacks (`stackSize`); every connection thread waits at one gate until all connects are
+// resolved, so warm-up and the measured period start together, as in the event model.
+//
+// Timeouts use SO_RCVTIMEO/SO_SNDTIMEO (SO_SNDTIMEO bounds connect(2) too on Linux).
+import CEchoShims
+import EchoCore
+import Glibc
+import Histogram
+import Synchronization
+
+enum ThreadDriver {
+    /// Stack of each connection thread: the loops are shallow; fault messages are the deepest path.
+    static let stackSize = 128 * 1024
+
+    static func run(_ options: LoadOptions, live: LiveCounters) throws(LoadError) -> Tally {
+        let shared = ThreadShared(options: options, live: live)
+        var threads: [JoinableThread] = []
+        threads.reserveCapacity(options.connections)
+        for i in 0..<options.connections {
+            do {
+                threads.append(try JoinableThread(name: "echoload-c", stackSize: stackSize) {
+                    ConnectionThread(shared: shared, index: i).run()
+                })
+            } catch {
+                // Out of threads: the connections not started count as failed with that errno.
+                for _ in i..<options.connections { shared.connectOutcome(failure: error.errno) }
+                shared.addFault(Tally(), note: "cannot start thread \(i): \(error)")
+                break
+            }
+        }
+        for t in threads { t.join() }
+        return shared.result()
+    }
+}
+
+/// What the connection threads share.
+final class ThreadShared: Sendable {
+    let options: LoadOptions
+    let live: LiveCounters
+    let start: Int64
+    let gate = Gate()
+    private let resolved = Atomic<Int>(0)
+    private let lastResolved = Atomic<Int64>(0)
+    private let tally: Mutex<Tally>
+    /// Latency histograms, striped so threads rarely wait on each other's lock.
+    let stripes: [LockedHistogram]
+
+    init(options: LoadOptions, live: LiveCounters) {
+        self.options = options
+        self.live = live
+        self.start = monotonicNanoseconds()
+        var t = Tally()
+        t.requested = options.connections
+        tally = Mutex(t)
+        let measuresLatency = options.mode == .pingpong || options.mode == .rate
+        stripes = (0..<(measuresLatency ? 8 : 0)).map { _ in LockedHistogram() }
+    }
+
+    var windowStart: Int64 { gate.wait() + options.warmup }
+    var windowEnd: Int64 { gate.wait() + options.warmup + options.duration }
+
+    /// Counts one connect's outcome; the last one opens the gate.
+    func connectOutcome(failure: Int32?) {
+        let now = monotonicNanoseconds()
+        if let e = failure {
+            tally.withLock { $0.connectFailures[errnoName(e), default: 0] += 1 }
+            live.failed.add(1, ordering: .relaxed)
+        } else {
+            tally.withLock { $0.established += 1 }
+            live.established.add(1, ordering: .relaxed)
+            live.open.add(1, ordering: .relaxed)
+        }
+        lastResolved.store(now, ordering: .relaxed)
+        if resolved.add(1, ordering: .acquiringAndReleasing).newValue == options.connections { gate.open(now) }
+    }
+
+    func addFault(_ t: Tally, note: String? = nil) {
+        tally.withLock {
+            $0.merge(t)
+            if let note { $0.noteFault(note) }
+        }
+    }
+
+    func result() -> Tally {
+        var t = tally.withLock { $0 }
+        t.connectNanos = max(0, lastResolved.load(ordering: .relaxed) - start)
+        if options.mode != .hold { t.measuredNanos = options.duration }
+        if !stripes.isEmpty {
+            var h = Latency.makeHistogram()
+            for s in stripes { s.histogram.withLock { h.add($0) } }
+            t.latency = h
+        }
+        return t
+    }
+}
+
+final class LockedHistogram: Sendable {
+    let histogram = Mutex(Latency.makeHistogram())
+}
+
+/// Counters one connection's writer and reader threads share (rate, stream).
+final class ConnectionProgress: Sendable {
+    let sent = Atomic<UInt64>(0)
+    let writerDone = Atomic<Bool>(false)
+    /// The reader gave up (fault counted): the writer's own failure that follows is not a second fault.
+    let readerFailed = Atomic<Bool>(false)
+}
+
+/// One connection, run on its own thread.
+struct ConnectionThread {
+    let shared: ThreadShared
+    let index: Int
+    var options: LoadOptions { shared.options }
+    var global: Int { options.connectionIndexBase + index }
+    var seed: Int { Pattern.seed(forConnection: global) }
+
+    func run() {
+        if options.mode == .hold, let r = options.rate {
+            sleepUntil(shared.start + Int64(Double(index) * 1e9 / r))
+        }
+        guard let fd = connect() else { return }
+        defer {
+            closeNoRetry(fd)
+            shared.live.open.subtract(1, ordering: .relaxed)
+        }
+        let ready = shared.gate.wait()
+        var tally = Tally()
+        switch options.mode {
+        case .hold: hold(fd, ready: ready, &tally)
+        case .pingpong: pingpong(fd, &tally)
+        case .rate, .stream: writerAndReader(fd, &tally)
+        }
+        shared.addFault(tally)
+    }
+
+    /// Blocking connect bounded by `connectTimeout`. - Returns: the socket, or nil (counted).
+    private func connect() -> Int32? {
+        let target = options.target
+        let fd = Glibc.socket(target.family, CEchoShims_SOCK_STREAM | CEchoShims_SOCK_CLOEXEC, 0)
+        guard fd >= 0 else {
+            shared.connectOutcome(failure: errno)
+            return nil
+        }
+        var one: Int32 = 1
+        if !options.sources.isEmpty {
+            let source = options.sources[global % options.sources.count]
+            _ = setsockopt(fd, Int32(IPPROTO_IP), CEchoShims_IP_BIND_ADDRESS_NO_PORT, &one, 4)
+            if source.withSockAddr({ Glibc.bind(fd, $0, $1) }) != 0 {
+                shared.connectOutcome(failure: errno)
+                closeNoRetry(fd)
+                return nil
+            }
+        }
+        _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, 4)
+        setTimeout(fd, SO_SNDTIMEO, options.connectTimeout)
+        var rc: Int32
+        repeat { rc = target.withSockAddr { Glibc.connect(fd, $0, $1) } } while rc != 0 && errno == EINTR
+        if rc != 0 {
+            let e = errno
+            shared.connectOutcome(failure: e == EINPROGRESS || e == EAGAIN ? ETIMEDOUT : e)
+            closeNoRetry(fd)
+            return nil
+        }
+        setTimeout(fd, SO_SNDTIMEO, options.drainTimeout)
+        setTimeout(fd, SO_RCVTIMEO, options.drainTimeout)
+        shared.connectOutcome(failure: nil)
+        return fd
+    }
+
+    private func setTimeout(_ fd: Int32, _ option: Int32, _ ns: Int64) {
+        var tv = timeval(tv_sec: Int(ns / 1_000_000_000), tv_usec: Int(ns % 1_000_000_000 / 1000))
+        _ = setsockopt(fd, SOL_SOCKET, option, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    // MARK: - Blocking I/O with verification
+
+    enum IOOutcome { case ok, failed }
+
+    /// Sends stream bytes [from, from+count). Counts a failure into `tally`.
+    private func sendAll(_ fd: Int32, from: UInt64, count: Int, _ tally: inout Tally) -> IOOutcome {
+        var done = 0
+        while done < count {
+            let want = min(count - done, Pattern.maxChunk)
+            let n = Glibc.send(fd, Pattern.bytes(seed: seed, position: from + UInt64(done)), want, Int32(MSG_NOSIGNAL))
+            if n > 0 {
+                done += n
+                tally.totalBytesSent += UInt64(n)
+                shared.live.bytesSent.add(n, ordering: .relaxed)
+                continue
+            }
+            let e = errno
+            if n < 0 && e == EINTR { continue }
+            if n < 0 && (e == EAGAIN || e == EWOULDBLOCK) {
+                tally.timeouts += 1
+                tally.noteFault("connection \(global): send blocked longer than the drain timeout")
+            } else {
+                ioError(e, &tally)
+            }
+            shared.live.faults.add(1, ordering: .relaxed)
+            return .failed
+        }
+        return .ok
+    }
+
+    /// Receives exactly `count` bytes of echo starting at stream offset `from`, checking each.
+    private func receiveAll(
+        _ fd: Int32, from: UInt64, count: Int, sent: UInt64, buffer: UnsafeMutableRawPointer, capacity: Int,
+        _ tally: inout Tally
+    ) -> IOOutcome {
+        var done = 0
+        while done < count {
+            let n = Glibc.recv(fd, buffer, min(capacity, count - done), 0)
+            if n > 0 {
+                if let bad = Pattern.firstMismatch(buffer, count: n, seed: seed, position: from + UInt64(done)) {
+                    mismatch(at: from + UInt64(done + bad), got: buffer.load(fromByteOffset: bad, as: UInt8.self), &tally)
+                    return .failed
+                }
+                done += n
+                tally.totalBytesReceived += UInt64(n)
+                shared.live.bytesReceived.add(n, ordering: .relaxed)
+                continue
+            }
+            let e = errno
+            if n < 0 && e == EINTR { continue }
+            if n == 0 {
+                closedByPeer(received: from + UInt64(done), sent: sent, &tally)
+            } else if e == EAGAIN || e == EWOULDBLOCK {
+                tally.timeouts += 1
+                tally.noteFault("connection \(global): no echo within the drain timeout (\(from + UInt64(done)) of \(sent) bytes back)")
+            } else {
+                ioError(e, &tally)
+            }
+            shared.live.faults.add(1, ordering: .relaxed)
+            return .failed
+        }
+        return .ok
+    }
+
+    private func mismatch(at position: UInt64, got: UInt8, _ tally: inout Tally) {
+        tally.mismatches += 1
+        let expected = Pattern.bytes(seed: seed, position: position).pointee
+        tally.noteFault("connection \(global): byte \(position) of the echo is \(got), sent \(expected)")
+        shared.live.faults.add(1, ordering: .relaxed)
+    }
+
+    private func closedByPeer(received: UInt64, sent: UInt64, _ tally: inout Tally) {
+        if received < sent {
+            tally.shortReads += 1
+            tally.noteFault("connection \(global): peer closed with \(sent - received) echo bytes owed (\(received) of \(sent) back)")
+        } else {
+            tally.prematureCloses += 1
+            tally.noteFault("connection \(global): peer closed the connection after \(received) bytes")
+        }
+    }
+
+    private func ioError(_ e: Int32, _ tally: inout Tally) {
+        tally.ioErrors[errnoName(e), default: 0] += 1
+        tally.noteFault("connection \(global): \(SystemError("recv/send", errno: e))")
+    }
+
+    // MARK: - Modes
+
+    private func hold(_ fd: Int32, ready: Int64, _ tally: inout Tally) {
+        sleepUntil(ready + options.duration)
+        var probe = (UInt64(0), UInt64(0))  // 16 bytes of stack for the probe's echo
+        let ok = withUnsafeMutableBytes(of: &probe) { buf -> Bool in
+            guard sendAll(fd, from: 0, count: 16, &tally) == .ok else { return false }
+            return receiveAll(fd, from: 0, count: 16, sent: 16, buffer: buf.baseAddress!, capacity: 16, &tally) == .ok
+        }
+        if ok {
+            tally.held += 1
+            shared.live.held.add(1, ordering: .relaxed)
+        }
+    }
+
+    private func pingpong(_ fd: Int32, _ tally: inout Tally) {
+        let size = options.size
+        let capacity = min(size, 256 * 1024)
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 64)
+        defer { buffer.deallocate() }
+        let (windowStart, windowEnd) = (shared.windowStart, shared.windowEnd)
+        let stripe = shared.stripes[index % shared.stripes.count]
+        var position: UInt64 = 0
+        while monotonicNanoseconds() < windowEnd {
+            let t0 = monotonicNanoseconds()
+            guard sendAll(fd, from: position, count: size, &tally) == .ok else { return }
+            guard receiveAll(fd, from: position, count: size, sent: position + UInt64(size), buffer: buffer,
+                capacity: capacity, &tally) == .ok
+            else { return }
+            position += UInt64(size)
+            let t1 = monotonicNanoseconds()
+            shared.live.messages.add(1, ordering: .relaxed)
+            if t1 >= windowStart && t1 < windowEnd {
+                tally.messages += 1
+                tally.bytesSent += UInt64(size)
+                tally.bytesReceived += UInt64(size)
+                stripe.histogram.withLock { Latency.record(t1 - t0, into: &$0) }
+            }
+        }
+    }
+
+    /// rate and stream: this thread writes, a second one reads and verifies.
+    private func writerAndReader(_ fd: Int32, _ tally: inout Tally) {
+        let progress = ConnectionProgress()
+        let reader: JoinableThread
+        let me = self
+        let readerTally = Mutex(Tally())
+        do {
+            reader = try JoinableThread(name: "echoload-r", stackSize: ThreadDriver.stackSize) {
+                var t = Tally()
+                me.read(fd, progress, &t)
+                if t.faults > 0 {
+                    progress.readerFailed.store(true, ordering: .releasing)
+                    Glibc.shutdown(fd, Int32(SHUT_RDWR))  // unblocks the writer
+                }
+                readerTally.withLock { $0.merge(t) }
+            }
+        } catch {
+            tally.ioErrors[errnoName(error.errno), default: 0] += 1
+            tally.noteFault("connection \(global): cannot start its reader thread: \(error)")
+            return
+        }
+        var writerTally = Tally()
+        write(fd, progress, &writerTally)
+        reader.join()
+        if progress.readerFailed.load(ordering: .acquiring) {
+            // Keep the writer's counts, drop the failure the reader's shutdown caused.
+            writerTally.timeouts = 0
+            writerTally.ioErrors = [:]
+            writerTally.firstFault = nil
+        }
+        tally.merge(writerTally)
+        tally.merge(readerTally.withLock { $0 })
+    }
+
+    /// Message `m`'s intended send time (rate): connections are staggered across the interval.
+    private func intended(_ m: UInt64, ready: Int64, interval: Double) -> Int64 {
+        ready + Int64((Double(m) + Double(index) / Double(options.connections)) * interval)
+    }
+
+    private func write(_ fd: Int32, _ progress: ConnectionProgress, _ tally: inout Tally) {
+        defer { progress.writerDone.store(true, ordering: .releasing) }
+        let ready = shared.gate.wait()
+        let (windowStart, windowEnd) = (shared.windowStart, shared.windowEnd)
+        var position: UInt64 = 0
+        let size = options.size
+        if options.mode == .rate {
+            let interval = 1e9 * Double(options.connections) / options.rate!
+            var m: UInt64 = 0
+            while true {
+                let t = intended(m, ready: ready, interval: interval)
+                if t >= windowEnd { break }
+                sleepUntil(t)
+                if t >= windowStart { tally.scheduled += 1 }
+                guard sendAll(fd, from: position, count: size, &tally) == .ok else { return }
+                position += UInt64(size)
+                progress.sent.store(position, ordering: .releasing)
+                m += 1
+            }
+        } else {
+            while monotonicNanoseconds() < windowEnd {
+                let before = tally.totalBytesSent
+                guard sendAll(fd, from: position, count: size, &tally) == .ok else { return }
+                position += UInt64(size)
+                progress.sent.store(position, ordering: .releasing)
+                let now = monotonicNanoseconds()
+                if now >= windowStart && now < windowEnd { tally.bytesSent += tally.totalBytesSent - before }
+            }
+            Glibc.shutdown(fd, Int32(SHUT_WR))
+        }
+    }
+
+    private func read(_ fd: Int32, _ progress: ConnectionProgress, _ tally: inout Tally) {
+        let ready = shared.gate.wait()
+        let (windowStart, windowEnd) = (shared.windowStart, shared.windowEnd)
+        let capacity = 256 * 1024
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 64)
+        defer { buffer.deallocate() }
+        // Short receive timeouts so the reader notices the writer finishing; "no echo" is judged
+        // against drainTimeout since the last progress.
+        setTimeout(fd, SO_RCVTIMEO, 100_000_000)
+        let size = UInt64(options.size)
+        let interval = options.mode == .rate ? 1e9 * Double(options.connections) / options.rate! : 0
+        let stripe = shared.stripes.isEmpty ? nil : shared.stripes[index % shared.stripes.count]
+        var received: UInt64 = 0
+        var lastProgress = monotonicNanoseconds()
+        while true {
+            let done = progress.writerDone.load(ordering: .acquiring)
+            let sent = progress.sent.load(ordering: .acquiring)
+            if done && received == sent { return }
+            let n = Glibc.recv(fd, buffer, capacity, 0)
+            let now = monotonicNanoseconds()
+            if n > 0 {
+                let sentNow = progress.sent.load(ordering: .acquiring)
+                // The writer publishes `sent` after send() returns, so the echo may race ahead of it
+                // by at most one write; only count "more than sent" beyond that.
+                if received + UInt64(n) > sentNow + UInt64(max(options.size, Pattern.maxChunk)) {
+                    tally.mismatches += 1
+                    tally.noteFault("connection \(global): received more bytes than were sent")
+                    shared.live.faults.add(1, ordering: .relaxed)
+                    return
+                }
+                if let bad = Pattern.firstMismatch(buffer, count: n, seed: seed, position: received) {
+                    mismatch(at: received + UInt64(bad), got: buffer.load(fromByteOffset: bad, as: UInt8.self), &tally)
+                    return
+                }
+                let before = received
+                received += UInt64(n)
+                lastProgress = now
+                tally.totalBytesReceived += UInt64(n)
+                shared.live.bytesReceived.add(n, ordering: .relaxed)
+                if options.mode == .stream {
+                    if now >= windowStart && now < windowEnd { tally.bytesReceived += UInt64(n) }
+                } else {
+                    var m = before / size
+                    while m < received / size {
+                        let t = intended(m, ready: ready, interval: interval)
+                        shared.live.messages.add(1, ordering: .relaxed)
+                        if t >= windowStart && t < windowEnd {
+                            tally.messages += 1
+                            tally.bytesSent += size
+                            tally.bytesReceived += size
+                            stripe?.histogram.withLock { Latency.record(now - t, into: &$0) }
+                        }
+                        m += 1
+                    }
+                }
+                continue
+            }
+            let e = errno
+            if n < 0 && e == EINTR { continue }
+            if n == 0 {
+                let sent = progress.sent.load(ordering: .acquiring)
+                if !(progress.writerDone.load(ordering: .acquiring) && received == sent) {
+                    closedByPeer(received: received, sent: sent, &tally)
+                    shared.live.faults.add(1, ordering: .relaxed)
+                }
+                return
+            }
+            if e == EAGAIN || e == EWOULDBLOCK {
+                if received == progress.sent.load(ordering: .acquiring) {
+                    lastProgress = now
+                } else if now - lastProgress >= options.drainTimeout {
+                    tally.timeouts += 1
+                    tally.noteFault("connection \(global): no echo within the drain timeout (\(received) of \(progress.sent.load(ordering: .relaxed)) bytes back)")
+                    shared.live.faults.add(1, ordering: .relaxed)
+                    return
+                }
+                continue
+            }
+            ioError(e, &tally)
+            shared.live.faults.add(1, ordering: .relaxed)
+            return
+        }
+    }
+}

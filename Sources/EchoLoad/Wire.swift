@@ -1,0 +1,118 @@
+// The parent–child protocol of a split run (`--processes P`, `--model fork`):
+// the parent passes each child its options as one JSON argument; the child writes JSON lines on
+// its stdout (a pipe): `{"type":"progress",...}` about once a second, then one
+// `{"type":"result",...}` carrying its whole `Tally`, histogram included as (value, count)
+// pairs, which re-record into the same buckets, so the parent's merge is exact.
+import EchoCore
+import Histogram
+
+extension LoadOptions {
+    /// The options as JSON, for a child process.
+    public var wireJSON: JSONValue {
+        .object([
+            ("mode", .string(mode.rawValue)),
+            ("target", .string(target.description)),
+            ("connections", .int(Int64(connections))),
+            ("size", .int(Int64(size))),
+            ("rate", rate.map { .double($0) } ?? .null),
+            ("duration", .int(duration)),
+            ("warmup", .int(warmup)),
+            ("sources", .array(sources.map { .string($0.description) })),
+            ("model", .string(model.rawValue)),
+            ("workers", .int(Int64(workers))),
+            ("connect_timeout", .int(connectTimeout)),
+            ("drain_timeout", .int(drainTimeout)),
+            ("base", .int(Int64(connectionIndexBase))),
+            ("connect_concurrency", .int(Int64(connectConcurrency))),
+        ])
+    }
+
+    /// Reads options written by `wireJSON`.
+    /// - Throws: `LoadError.usage` if anything is missing or malformed.
+    public init(wire json: JSONValue) throws(LoadError) {
+        func int(_ k: String) throws(LoadError) -> Int64 {
+            guard let v = json[k]?.intValue else { throw .usage("internal: child spec lacks \(k)") }
+            return v
+        }
+        guard let m = json["mode"]?.stringValue.flatMap(LoadMode.init(rawValue:)),
+            let t = json["target"]?.stringValue, let target = try? SocketAddress(parsing: t),
+            let model = json["model"]?.stringValue.flatMap(ClientModel.init(rawValue:))
+        else { throw .usage("internal: malformed child spec") }
+        self.init(mode: m, target: target, connections: Int(try int("connections")))
+        size = Int(try int("size"))
+        rate = json["rate"]?.doubleValue
+        duration = try int("duration")
+        warmup = try int("warmup")
+        sources = (json["sources"]?.arrayValue ?? []).compactMap { $0.stringValue.flatMap { try? SocketAddress(parsing: $0) } }
+        self.model = model
+        workers = Int(try int("workers"))
+        connectTimeout = try int("connect_timeout")
+        drainTimeout = try int("drain_timeout")
+        connectionIndexBase = Int(try int("base"))
+        connectConcurrency = Int(try int("connect_concurrency"))
+    }
+}
+
+extension Tally {
+    /// Everything counted, histogram included, for the parent to merge.
+    public var wireJSON: JSONValue {
+        var pairs: [JSONValue] = []
+        if let h = latency {
+            for v in h.recordedValues() {
+                pairs.append(.array([.int(Int64(v.value)), .int(Int64(v.countAddedInThisIterationStep))]))
+            }
+        }
+        func counts(_ d: [String: Int]) -> JSONValue { .object(d.map { ($0.key, .int(Int64($0.value))) }) }
+        return .object([
+            ("requested", .int(Int64(requested))), ("established", .int(Int64(established))),
+            ("connect_failures", counts(connectFailures)), ("connect_nanos", .int(connectNanos)),
+            ("held", .int(Int64(held))), ("measured_nanos", .int(measuredNanos)),
+            ("messages", .int(Int64(messages))), ("bytes_sent", .int(Int64(bytesSent))),
+            ("bytes_received", .int(Int64(bytesReceived))), ("total_bytes_sent", .int(Int64(totalBytesSent))),
+            ("total_bytes_received", .int(Int64(totalBytesReceived))), ("scheduled", .int(Int64(scheduled))),
+            ("mismatches", .int(Int64(mismatches))), ("short_reads", .int(Int64(shortReads))),
+            ("premature_closes", .int(Int64(prematureCloses))), ("timeouts", .int(Int64(timeouts))),
+            ("io_errors", counts(ioErrors)),
+            ("latency", latency == nil ? .null : .array(pairs)),
+            ("first_fault", firstFault.map { .string($0) } ?? .null),
+        ])
+    }
+
+    /// Reads a tally written by `wireJSON`.
+    public init(wire json: JSONValue) {
+        self.init()
+        func i(_ k: String) -> Int { Int(json[k]?.intValue ?? 0) }
+        func u(_ k: String) -> UInt64 { UInt64(max(0, json[k]?.intValue ?? 0)) }
+        func counts(_ k: String) -> [String: Int] {
+            var d: [String: Int] = [:]
+            for (key, v) in json[k]?.objectValue ?? [] { d[key] = Int(v.intValue ?? 0) }
+            return d
+        }
+        requested = i("requested")
+        established = i("established")
+        connectFailures = counts("connect_failures")
+        connectNanos = Int64(i("connect_nanos"))
+        held = i("held")
+        measuredNanos = Int64(i("measured_nanos"))
+        messages = u("messages")
+        bytesSent = u("bytes_sent")
+        bytesReceived = u("bytes_received")
+        totalBytesSent = u("total_bytes_sent")
+        totalBytesReceived = u("total_bytes_received")
+        scheduled = u("scheduled")
+        mismatches = i("mismatches")
+        shortReads = i("short_reads")
+        prematureCloses = i("premature_closes")
+        timeouts = i("timeouts")
+        ioErrors = counts("io_errors")
+        if let pairs = json["latency"]?.arrayValue {
+            var h = Latency.makeHistogram()
+            for p in pairs {
+                guard let a = p.arrayValue, a.count == 2, let v = a[0].intValue, let c = a[1].intValue else { continue }
+                _ = h.record(UInt64(v), count: UInt64(c))
+            }
+            latency = h
+        }
+        firstFault = json["first_fault"]?.stringValue
+    }
+}
