@@ -7,8 +7,9 @@ extension EchodIntegration {
         static let total = 256 << 20
         static let rssAllowance = 16 << 20
 
-        @Test func nonReadingClientIsHeldBackThenGetsEveryByte() throws {
-            try withEchod { server in
+        @Test(arguments: servingModels)
+        func nonReadingClientIsHeldBackThenGetsEveryByte(model: String) throws {
+            try withEchod(config: Echod.config(model: model)) { server in
                 // Warm-up, so buffers echod allocates lazily on its first connection are in the baseline.
                 try roundTrip(port: server.port, count: 100_000)
                 let load = try EchoLoad(port: server.port, plans: [FlowPlan(bytes: Self.total, seed: 256, reading: false)])

@@ -1,5 +1,6 @@
 // RFC 862 over TCP: every byte comes back, in order, on every connection, and a client's
-// half-close or abrupt departure is handled without disturbing anyone else.
+// half-close or abrupt departure is handled without disturbing anyone else. One suite, run as
+// is against each concurrency model.
 import Glibc
 import Testing
 
@@ -7,9 +8,9 @@ extension EchodIntegration {
     @Suite struct EchoConformance {
         static let sizes = [1, 100, 64 << 10, (64 << 10) + 1, 1 << 20, 4 << 20]
 
-        @Test(arguments: sizes)
-        func oneConnectionEchoesPayloadExactly(size: Int) throws {
-            try withEchod { server in
+        @Test(arguments: servingModels, sizes)
+        func oneConnectionEchoesPayloadExactly(model: String, size: Int) throws {
+            try withEchod(config: Echod.config(model: model)) { server in
                 let load = try EchoLoad(port: server.port, plans: [FlowPlan(bytes: size, seed: UInt64(size))])
                 let finished = try load.runToCompletion(timeout: .seconds(20))
                 #expect(load.failures == [])
@@ -18,9 +19,9 @@ extension EchodIntegration {
             }
         }
 
-        @Test(arguments: sizes)
-        func twoHundredConcurrentConnectionsEchoExactly(size: Int) throws {
-            try withEchod { server in
+        @Test(arguments: servingModels, sizes)
+        func twoHundredConcurrentConnectionsEchoExactly(model: String, size: Int) throws {
+            try withEchod(config: Echod.config(model: model)) { server in
                 let plans = (0..<200).map { FlowPlan(bytes: size, seed: UInt64(size) &* 1000 &+ UInt64($0)) }
                 let load = try EchoLoad(port: server.port, plans: plans)
                 let finished = try load.runToCompletion(timeout: .seconds(40))
@@ -31,8 +32,9 @@ extension EchodIntegration {
         }
 
         /// Send, shutdown(SHUT_WR), and the whole echo arrives followed by EOF.
-        @Test func halfCloseEchoesEverythingThenEOF() throws {
-            try withEchod { server in
+        @Test(arguments: servingModels)
+        func halfCloseEchoesEverythingThenEOF(model: String) throws {
+            try withEchod(config: Echod.config(model: model)) { server in
                 let client = try Client(port: server.port, timeout: .seconds(10))
                 let payload = Pattern.bytes(seed: 42, count: 20_000)
                 try client.writeAll(payload)
@@ -45,8 +47,9 @@ extension EchodIntegration {
 
         /// Clients that vanish mid-transfer (close with unread data; RST via SO_LINGER 0)
         /// while others transfer: the others finish byte-exact and echod keeps serving.
-        @Test func clientsLeavingMidTransferDoNotDisturbOthers() throws {
-            try withEchod { server in
+        @Test(arguments: servingModels)
+        func clientsLeavingMidTransferDoNotDisturbOthers(model: String) throws {
+            try withEchod(config: Echod.config(model: model)) { server in
                 let steady = (0..<10).map { FlowPlan(bytes: 4 << 20, seed: 500 + UInt64($0)) }
                 let leaving = (0..<10).map {
                     FlowPlan(bytes: 8 << 20, seed: 600 + UInt64($0), halfClose: false, abort: (written: 512 << 10, read: 64 << 10, linger0: $0 % 2 == 1))

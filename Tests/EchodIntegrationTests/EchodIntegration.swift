@@ -6,3 +6,6 @@ import Testing
 
 @Suite(.serialized, .timeLimit(.minutes(1)))
 enum EchodIntegration {}
+
+/// The concurrency models every behavioural suite runs against.
+let servingModels = ["event", "thread", "fork"]

@@ -17,8 +17,9 @@ extension EchodIntegration {
 
         /// 500 short connections (clean half-closes, abrupt closes, resets) leave the
         /// number of open descriptors where it was.
-        @Test func descriptorCountIsUnchangedAfterManyConnections() throws {
-            try withEchod { server in
+        @Test(arguments: servingModels)
+        func descriptorCountIsUnchangedAfterManyConnections(model: String) throws {
+            try withEchod(config: Echod.config(model: model)) { server in
                 try roundTrip(port: server.port)  // lazily created descriptors belong to the baseline
                 let baseline = try server.settledDescriptorCount()
                 let before = server.openDescriptors()

@@ -9,8 +9,9 @@ extension EchodIntegration {
         /// Twenty clients stream continuously; SIGTERM arrives mid-stream. The clients stop
         /// writing at the signal, half-close and read until EOF: every byte written before the
         /// signal must come back.
-        @Test func sigtermDuringTransfersEchoesEverythingReceived() throws {
-            try withEchod(config: Echod.config(stopTimeoutSec: 10)) { server in
+        @Test(arguments: servingModels)
+        func sigtermDuringTransfersEchoesEverythingReceived(model: String) throws {
+            try withEchod(config: Echod.config(model: model, stopTimeoutSec: 10)) { server in
                 let plans = (0..<20).map { FlowPlan(bytes: Int.max, seed: 7000 + UInt64($0)) }
                 let load = try EchoLoad(port: server.port, plans: plans)
                 let busy = try load.run(timeout: .seconds(15)) { $0.flows.allSatisfy { $0.readCount >= 512 << 10 } || !$0.failures.isEmpty }
@@ -30,9 +31,10 @@ extension EchodIntegration {
 
         /// Clients that neither write nor close do not keep echod alive past StopTimeoutSec;
         /// what they sent before still came back, and they then see the connection end.
-        @Test func stopTimeoutBoundsShutdownWithIdleClients() throws {
+        @Test(arguments: servingModels)
+        func stopTimeoutBoundsShutdownWithIdleClients(model: String) throws {
             let stopTimeout = 2
-            try withEchod(config: Echod.config(stopTimeoutSec: stopTimeout)) { server in
+            try withEchod(config: Echod.config(model: model, stopTimeoutSec: stopTimeout)) { server in
                 let plans = (0..<5).map { FlowPlan(bytes: 10_000, seed: 8000 + UInt64($0), halfClose: false) }
                 let load = try EchoLoad(port: server.port, plans: plans)
                 let echoed = try load.run(timeout: .seconds(10)) { $0.totalRead == 5 * 10_000 || !$0.failures.isEmpty }

@@ -6,8 +6,9 @@ import Testing
 
 extension EchodIntegration {
     @Suite struct SystemdProtocol {
-        @Test func readyArrivesWithStatusAndEchoWorksRightAfter() throws {
-            try withEchod(waitReady: false) { server in
+        @Test(arguments: servingModels)
+        func readyArrivesWithStatusAndEchoWorksRightAfter(model: String) throws {
+            try withEchod(config: Echod.config(model: model), waitReady: false) { server in
                 let ready = try server.waitReady()
                 #expect(notifyValue("STATUS", in: ready) != nil, "READY=1 datagram without STATUS=: \(ready.debugDescription)")
                 try roundTrip(port: server.port, count: 1000)
@@ -29,8 +30,9 @@ extension EchodIntegration {
             }
         }
 
-        @Test func sighupReloadsWithReloadingThenReady() throws {
-            try withEchod { server in
+        @Test(arguments: servingModels)
+        func sighupReloadsWithReloadingThenReady(model: String) throws {
+            try withEchod(config: Echod.config(model: model)) { server in
                 server.child.signal(SIGHUP)
                 let reloading = try server.notify.waitFor(line: "RELOADING=1", timeout: .seconds(5))
                 #expect(reloading != nil, "no RELOADING=1 after SIGHUP (\(server.describeState()))")
@@ -59,9 +61,9 @@ extension EchodIntegration {
             }
         }
 
-        @Test(arguments: [SIGTERM, SIGINT])
-        func terminationSignalGivesStoppingAndExitZero(signal: Int32) throws {
-            try withEchod { server in
+        @Test(arguments: servingModels, [SIGTERM, SIGINT])
+        func terminationSignalGivesStoppingAndExitZero(model: String, signal: Int32) throws {
+            try withEchod(config: Echod.config(model: model)) { server in
                 try roundTrip(port: server.port)
                 server.child.signal(signal)
                 let stopping = try server.notify.waitFor(line: "STOPPING=1", timeout: .seconds(5))

@@ -20,13 +20,13 @@ enum Echod {
     /// A configuration file in echod's INI syntax.
     static func config(
         model: String = "event", listen: [String] = ["127.0.0.1:0"], workers: Int = 2,
-        maxConnections: String = "auto", stopTimeoutSec: Int = 5, noFile: Int? = 4096
+        maxConnections: String = "auto", stopTimeoutSec: Int = 5, noFile: Int? = 4096, extra: String = ""
     ) -> String {
         var lines = ["[Server]", "Model=\(model)"]
         lines += listen.map { "Listen=\($0)" }
         lines += ["Workers=\(workers)", "MaxConnections=\(maxConnections)", "StopTimeoutSec=\(stopTimeoutSec)"]
         if let noFile { lines += ["[Limits]", "NoFile=\(noFile)"] }
-        return lines.joined(separator: "\n") + "\n"
+        return lines.joined(separator: "\n") + "\n" + extra
     }
 
     /// Runs `echod arguments…` to completion (e.g. --check-config) with output captured in `dir`.

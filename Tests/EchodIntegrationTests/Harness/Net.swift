@@ -194,6 +194,12 @@ final class Client {
         }
     }
 
+    /// Whether something (data or EOF) is ready to read now, without waiting.
+    func hasInput() -> Bool {
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        return poll(&entry, 1, 0) == 1
+    }
+
     func shutdownWrite() throws {
         guard shutdown(fd, Int32(SHUT_WR)) == 0 else { throw HarnessError.system("shutdown(SHUT_WR)") }
     }

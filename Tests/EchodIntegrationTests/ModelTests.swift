@@ -1,0 +1,147 @@
+// What is particular to each concurrency model: the fork model reaps every child and leaks no
+// descriptor, the thread model's threads all end, and every model's connection limit holds under
+// a burst while the excess waits in the backlog and is served once slots free.
+import Foundation
+import Glibc
+import Testing
+
+extension EchodIntegration {
+    @Suite struct Models {
+        /// 2000 short connections through the fork model: afterwards no child is left (zombie or
+        /// alive), and the parent's descriptor count is back where it started.
+        @Test func forkModelReapsEveryChildAndLeaksNoDescriptor() throws {
+            try withEchod(config: Echod.config(model: "fork")) { server in
+                try roundTrip(port: server.port)
+                let baseline = try server.settledDescriptorCount()
+                #expect(waitUntil(timeout: .seconds(5)) { childProcesses(of: server.pid).isEmpty })
+                var done = 0
+                for batch in 0..<20 {
+                    let plans = (0..<100).map { FlowPlan(bytes: 64, seed: UInt64(batch * 100 + $0)) }
+                    let load = try EchoLoad(port: server.port, plans: plans)
+                    let finished = try load.runToCompletion(timeout: .seconds(20))
+                    try #require(load.failures == [] && finished, "batch \(batch): \(load.unfinishedSummary)")
+                    done += plans.count
+                }
+                #expect(done == 2000)
+                var left: [(pid_t, String)] = []
+                let reaped = waitUntil(timeout: .seconds(10)) {
+                    left = childProcesses(of: server.pid)
+                    return left.isEmpty
+                }
+                #expect(reaped, "children still present (pid, state): \(left)")
+                var after = 0
+                let settled = try waitUntil(timeout: .seconds(10), interval: .milliseconds(50)) {
+                    after = try server.openDescriptorCount()
+                    return after == baseline
+                }
+                #expect(settled, "descriptors: \(baseline) before, \(after) after: \(server.openDescriptors())")
+            }
+        }
+
+        /// 2000 idle connections held at once by the thread model: 2000 more threads while they
+        /// are open, and back to the starting count once they close.
+        @Test func threadModelHoldsTwoThousandIdleConnectionsThenEndsEveryThread() throws {
+            try withEchod(config: Echod.config(model: "thread")) { server in
+                try roundTrip(port: server.port)
+                // The round trip's thread may still be on its way out.
+                let baseline = settledThreadCount(server.pid)
+                var clients: [Client] = []
+                for _ in 0..<2000 { clients.append(try Client(port: server.port, timeout: .seconds(10))) }
+                // Every connection is served by its own thread: a probe on each echoes.
+                for (i, c) in clients.enumerated() {
+                    let probe = Array("probe \(i)\n".utf8)
+                    try c.writeAll(probe)
+                    #expect(try c.readExactly(probe.count) == probe)
+                }
+                #expect(threadCount(server.pid) == baseline + 2000)
+                clients.removeAll()
+                var now = 0
+                let back = waitUntil(timeout: .seconds(15)) {
+                    now = threadCount(server.pid)
+                    return now == baseline
+                }
+                #expect(back, "threads: \(baseline) before, \(now) after closing 2000 connections")
+            }
+        }
+
+        /// A burst of 12 connections against a limit of 4: never more than 4 served at once, the
+        /// rest wait in the backlog (none refused) and are served as earlier ones close.
+        @Test(arguments: [
+            ("event", "4", ""),
+            ("thread", "auto", "[Thread]\nMaxThreads=4\n"),
+            ("fork", "auto", "[Fork]\nMaxChildren=4\n"),
+            ("thread", "4", ""),
+            ("fork", "4", ""),
+        ])
+        func limitHoldsUnderABurstAndTheExcessIsServedLater(model: String, maxConnections: String, extra: String) throws {
+            let config = Echod.config(model: model, maxConnections: maxConnections, extra: extra)
+            try withEchod(config: config) { server in
+                var clients: [Client] = []
+                for _ in 0..<12 { clients.append(try Client(port: server.port, timeout: .seconds(10))) }
+                for (i, c) in clients.enumerated() { try c.writeAll([UInt8(i)]) }
+                // Exactly four are served: their byte comes back; the others stay silent.
+                var served: [Int] = []
+                let four = waitUntil(timeout: .seconds(5)) {
+                    served = clients.indices.filter { clients[$0].hasInput() }
+                    return served.count >= 4
+                }
+                #expect(four, "served: \(served)")
+                Thread.sleep(forTimeInterval: 0.3)
+                served = clients.indices.filter { clients[$0].hasInput() }
+                #expect(served.count == 4, "with a limit of 4, served \(served.count): \(served)")
+                // Close the served ones; the waiting ones get their turn, in batches of four.
+                var remaining = Set(clients.indices)
+                while !remaining.isEmpty {
+                    let ready = remaining.filter { clients[$0].hasInput() }
+                    #expect(ready.count <= 4, "more than 4 served at once: \(ready.sorted())")
+                    for i in ready {
+                        #expect(try clients[i].readExactly(1) == [UInt8(i)])
+                        clients[i].close()
+                        remaining.remove(i)
+                    }
+                    if ready.isEmpty {
+                        let progressed = waitUntil(timeout: .seconds(5)) { remaining.contains { clients[$0].hasInput() } }
+                        try #require(progressed, "waiting connections not served after slots freed: \(remaining.sorted())")
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Direct children of `pid` with their state letter (Z = zombie), from /proc.
+func childProcesses(of pid: pid_t) -> [(pid_t, String)] {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    var children: [(pid_t, String)] = []
+    for entry in entries {
+        guard let child = pid_t(entry) else { continue }
+        let stat = readText("/proc/\(child)/stat")
+        // "pid (comm) S ppid ...": comm may hold spaces, so parse after the last ')'.
+        guard let close = stat.lastIndex(of: ")") else { continue }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 2, pid_t(fields[1]) == pid else { continue }
+        children.append((child, String(fields[0])))
+    }
+    return children
+}
+
+/// Threads of `pid` (entries of /proc/PID/task).
+func threadCount(_ pid: pid_t) -> Int {
+    ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []).count
+}
+
+/// Thread count once it has stayed the same for 300 ms (or after 5 s).
+func settledThreadCount(_ pid: pid_t) -> Int {
+    var count = threadCount(pid)
+    var stableSince = ContinuousClock.now
+    let deadline = ContinuousClock.now + .seconds(5)
+    while ContinuousClock.now < deadline && ContinuousClock.now - stableSince < .milliseconds(300) {
+        Thread.sleep(forTimeInterval: 0.02)
+        let now = threadCount(pid)
+        if now != count {
+            count = now
+            stableSince = ContinuousClock.now
+        }
+    }
+    return count
+}
