@@ -519,6 +519,10 @@ private let noFileReason = "expected a number from 1 to 4294967295 or 'max'"
             # default
             MaxChildren=4096
 
+            [Debug]
+            # default
+            WatchdogTestTrigger=no
+
             """
         #expect(Configuration().rendered() == expected)
     }

@@ -184,3 +184,27 @@ import Testing
         #expect(formatBytes(3 * 1024 * 1024) == "3.0 MiB")
     }
 }
+
+@Suite struct WatchdogTests {
+    @Test func pingsOnlyWhileEveryWorkerAdvances() {
+        var w = Watchdog(interval: 1_000_000_000, start: 0)
+        #expect(w.nextCheck == 500_000_000)
+        #expect(w.check([1, 1], now: 500_000_000) == .ping)  // first look: nothing to compare
+        #expect(w.nextCheck == 1_000_000_000)
+        #expect(w.check([2, 5], now: 1_000_000_000) == .ping)
+        #expect(w.check([3, 5], now: 1_500_000_000) == .stalled([1]))
+        #expect(w.check([4, 5], now: 2_000_000_000) == .quiet, "a stall is reported once")
+        #expect(w.check([5, 6], now: 2_500_000_000) == .ping, "pings resume when the worker moves again")
+        #expect(w.check([5, 6], now: 3_000_000_000) == .stalled([0, 1]))
+    }
+
+    @Test func noProgressCountersMeansTheControlLoopAloneDecides() {
+        var w = Watchdog(interval: 2_000_000_000, start: 0)
+        #expect(w.check([], now: 1_000_000_000) == .ping)
+        #expect(w.check([], now: 2_000_000_000) == .ping)
+    }
+
+    @Test func offWithoutAnInterval() {
+        #expect(Watchdog(interval: nil, start: 0).nextCheck == nil)
+    }
+}

@@ -73,6 +73,36 @@ extension EchodIntegration {
             }
         }
 
+        /// WatchdogSec= (WATCHDOG_USEC): pings arrive while the workers turn; once a worker is
+        /// made to hang (the test-only trigger), the pings stop and the stall is logged.
+        @Test func watchdogPingsStopWhenAWorkerHangs() throws {
+            let config = Echod.config(extra: "[Debug]\nWatchdogTestTrigger=yes\n")
+            try withEchod(config: config, environment: ["WATCHDOG_USEC": "400000"]) { server in
+                let first = try server.notify.waitFor(line: "WATCHDOG=1", timeout: .seconds(3))
+                #expect(first != nil, "no ping: \(server.notify.transcript)")
+                let second = try server.notify.waitFor(line: "WATCHDOG=1", timeout: .seconds(3))
+                #expect(second != nil, "pings must repeat")
+                server.child.signal(SIGUSR1)
+                let stalled = waitUntil(timeout: .seconds(5)) { server.child.stderrText.contains("withholding watchdog ping") }
+                #expect(stalled, "\(server.child.stderrTail())")
+                // From now on no ping: at half of 400 ms, two seconds would carry ten of them.
+                let late = try server.notify.waitFor(line: "WATCHDOG=1", timeout: .seconds(2))
+                #expect(late == nil, "pinged while hung")
+                server.child.terminate()
+            }
+        }
+
+        /// Without the trigger configured, SIGUSR1 is not caught: it does what it does to any
+        /// process (terminates it), rather than hanging a worker.
+        @Test func watchdogTriggerIsOffByDefault() throws {
+            try withEchod(environment: ["WATCHDOG_USEC": "400000"]) { server in
+                let ping = try server.notify.waitFor(line: "WATCHDOG=1", timeout: .seconds(3))
+                #expect(ping != nil)
+                server.child.signal(SIGUSR1)
+                #expect(server.child.waitExit(timeout: .seconds(5)) == .signaled(SIGUSR1))
+            }
+        }
+
         @Test func passedUDPSocketIsFatal() throws {
             let udp = try Socket.make(family: AF_INET, type: CEchoShims_SOCK_DGRAM)
             try udp.bind(.v4, port: 0)

@@ -43,6 +43,10 @@ public struct Configuration: Sendable, Equatable {
     /// `[Limits] StackSize=`: the soft `RLIMIT_STACK` in bytes (the main thread's stack, and so
     /// each fork-model child's). Default nil: left as inherited.
     public var stackSize: ResourceLimitValue?
+    /// `[Debug] WatchdogTestTrigger=`: when true, SIGUSR1 makes the first worker hang (it stops
+    /// its loop for good), so tests can check that the watchdog notices. Default false; never
+    /// set it in production.
+    public var watchdogTestTrigger: Bool
     /// Where each key's effective value came from, keyed "Section.Key" (e.g. "Limits.NoFile");
     /// absent = default.
     ///
@@ -69,6 +73,7 @@ public struct Configuration: Sendable, Equatable {
         nProc = nil
         core = nil
         stackSize = nil
+        watchdogTestTrigger = false
         origins = [:]
         sources = []
     }

@@ -192,6 +192,16 @@ struct ConfigurationKey: Sendable {
             },
             format: { String($0) }
         ),
+        .single(
+            "Debug", "WatchdogTestTrigger", \.watchdogTestTrigger,
+            parse: { (text) throws(ConfigurationValueError) in
+                guard let value = ConfigurationValueParser.boolean(text) else {
+                    throw ConfigurationValueError("expected a boolean (yes/no, true/false, on/off, 1/0)")
+                }
+                return value
+            },
+            format: { $0 ? "yes" : "no" }
+        ),
     ]
 
     /// Section names in first-appearance order of `all`.

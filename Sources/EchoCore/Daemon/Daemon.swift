@@ -69,6 +69,19 @@ public final class Daemon {
     /// How often `STATUS=` is refreshed.
     public var statusInterval: Duration = .seconds(2)
 
+    /// systemd's `WatchdogSec=`, if set: pings go out at half of it, and only while every worker
+    /// is making progress.
+    private var watchdogInterval: Int64? {
+        notifier.watchdogInterval.map { nanoseconds($0) }
+    }
+
+    /// Idle workers turn their loop at least this often (a quarter of the watchdog interval,
+    /// at most a second), so that idleness is never mistaken for a hang.
+    private var heartbeatMilliseconds: Int {
+        guard let w = watchdogInterval else { return 1000 }
+        return Int(min(1000, max(20, w / 4 / 1_000_000)))
+    }
+
     /// - Parameters:
     ///   - configuration: the validated configuration.
     ///   - source: where it came from (re-read on SIGHUP).
@@ -94,6 +107,11 @@ public final class Daemon {
     /// - Throws: `StartupError` if the daemon cannot start; it has then told the service
     ///   manager why (`STATUS=` and `ERRNO=`).
     public func run() throws(StartupError) {
+        if configuration.watchdogTestTrigger {
+            // Still the only thread: the mask is inherited by every worker.
+            Signals.block([SIGUSR1])
+            logger.warning("WatchdogTestTrigger=yes: SIGUSR1 will hang a worker (for tests only)")
+        }
         let signals = try makeSignalFD()
         let model: ServingModel
         do throws(StartupError) {
@@ -136,7 +154,8 @@ public final class Daemon {
     private func makeModel() throws(StartupError) -> ServingModel {
         let settings = ModelSettings(
             listeners: listeners, maxConnections: maxConnections, workers: workerCount,
-            threadStackSize: configuration.threadStackSize, stopTimeout: configuration.stopTimeout)
+            threadStackSize: configuration.threadStackSize, stopTimeout: configuration.stopTimeout,
+            heartbeatMilliseconds: heartbeatMilliseconds)
         do {
             let model: ServingModel
             switch configuration.model {
@@ -156,7 +175,7 @@ public final class Daemon {
 
     private func makeSignalFD() throws(StartupError) -> SignalFD {
         do {
-            return try SignalFD(daemonSignals)
+            return try SignalFD(daemonSignals + (configuration.watchdogTestTrigger ? [SIGUSR1] : []))
         } catch {
             let message = "cannot create signalfd: \(error)"
             notifier.notify("STATUS=Failed to start: \(message)\nERRNO=\(error.errno)")
@@ -176,6 +195,7 @@ public final class Daemon {
     ) -> Int32 {
         let statusInterval = nanoseconds(self.statusInterval)
         var nextStatus = monotonicNanoseconds() + statusInterval
+        var watchdog = Watchdog(interval: watchdogInterval, start: monotonicNanoseconds())
         var pollSet: [pollfd] = []
         while true {
             if stopping && model.isStopped { return 0 }
@@ -184,7 +204,18 @@ public final class Daemon {
                 notifier.notify("STATUS=\(stopping ? "Stopping: " : "")\(status.line(model.snapshot()))")
                 nextStatus = now + statusInterval
             }
+            if let due = watchdog.nextCheck, now >= due {
+                switch watchdog.check(model.progress(), now: now) {
+                case .ping: notifier.notify("WATCHDOG=1")
+                case .stalled(let workers):
+                    logger.error(
+                        "worker not making progress; withholding watchdog ping",
+                        metadata: ["worker.index": "\(workers.map(String.init).joined(separator: ","))"])
+                case .quiet: break
+                }
+            }
             var wait = nextStatus - now
+            if let due = watchdog.nextCheck { wait = min(wait, max(0, due - now)) }
             if let tick = model.tickInterval { wait = min(wait, tick) }
             pollSet.removeAll(keepingCapacity: true)
             pollSet.append(pollfd(fd: signals.descriptor.rawValue, events: Int16(POLLIN), revents: 0))
@@ -203,6 +234,9 @@ public final class Daemon {
                     model.handleSignal(signal)
                 case SIGHUP where !stopping:
                     reload(model: model, status: &status)
+                case SIGUSR1 where configuration.watchdogTestTrigger:
+                    logger.warning("SIGUSR1: hanging a worker (WatchdogTestTrigger)")
+                    model.hangWorkerForTest()
                 case SIGTERM, SIGINT:
                     if !stopping { return signal }
                 default:
@@ -431,6 +465,41 @@ struct StatusReporter {
     }
 }
 
+/// Decides, at half the watchdog interval, whether to send `WATCHDOG=1`: only when every
+/// worker's progress counter has moved since the last check.
+struct Watchdog {
+    enum Verdict: Equatable {
+        case ping
+        /// Workers (by index) whose counter has not moved: no ping (logged once per stall).
+        case stalled([Int])
+        /// Stalled, and already reported.
+        case quiet
+    }
+
+    let interval: Int64?
+    private(set) var nextCheck: Int64?
+    private var last: [UInt64] = []
+    private var reported = false
+
+    init(interval: Int64?, start: Int64) {
+        self.interval = interval
+        nextCheck = interval.map { start + $0 / 2 }
+    }
+
+    mutating func check(_ progress: [UInt64], now: Int64) -> Verdict {
+        if let interval { nextCheck = now + interval / 2 }
+        defer { last = progress }
+        let stuck = progress.indices.filter { $0 < last.count && progress[$0] == last[$0] }
+        if stuck.isEmpty {
+            reported = false
+            return .ping
+        }
+        if reported { return .quiet }
+        reported = true
+        return .stalled(stuck)
+    }
+}
+
 /// `1.5 MiB`-style binary units.
 func formatBytes(_ bytes: Double) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"]
@@ -452,6 +521,7 @@ func signalName(_ signal: Int32) -> String {
     case SIGTERM: return "SIGTERM"
     case SIGINT: return "SIGINT"
     case SIGCHLD: return "SIGCHLD"
+    case SIGUSR1: return "SIGUSR1"
     default: return "signal \(signal)"
     }
 }

@@ -125,8 +125,8 @@ final class Worker: @unchecked Sendable {
     }
 
     private func nextTimeout() -> Int32 {
-        // Wake at least once a second so the heartbeat shows the worker alive even when idle.
-        var timeout: Int64 = 1000
+        // Wake regularly so the heartbeat shows the worker alive even when idle.
+        var timeout = Int64(control.heartbeatMilliseconds.load(ordering: .relaxed))
         if !drainAgain.isEmpty { return 0 }
         let now = monotonicNanoseconds()
         if let until = backoffUntil { timeout = min(timeout, max(0, (until - now) / 1_000_000 + 1)) }
@@ -251,6 +251,11 @@ final class Worker: @unchecked Sendable {
     }
 
     private func handleControlChange() {
+        if index == 0 && control.hangRequested.load(ordering: .relaxed) {
+            // Test-only ([Debug] WatchdogTestTrigger=yes): stand for a worker stuck in a bug.
+            logger.warning("worker hanging on request (WatchdogTestTrigger)")
+            while true { sleep(3600) }
+        }
         if control.stopping.load(ordering: .acquiring) && !draining {
             beginDraining()
         }

@@ -27,10 +27,13 @@ public final class WorkerPool: @unchecked Sendable {
     ///   - maxConnections: the limit on open connections across all workers.
     ///   - logger: base logger; workers add `worker.index`.
     /// - Throws: `SystemError` if an epoll instance or eventfd cannot be made.
-    public init(listeners: [Int32], workerCount: Int, maxConnections: Int, logger: Logger) throws(SystemError) {
+    ///   - heartbeatMilliseconds: longest an idle worker waits before its heartbeat advances.
+    public init(
+        listeners: [Int32], workerCount: Int, maxConnections: Int, heartbeatMilliseconds: Int = 1000, logger: Logger
+    ) throws(SystemError) {
         precondition(workerCount >= 1)
         precondition(listeners.count <= 0xFFFF)
-        control = PoolControl(maxConnections: maxConnections)
+        control = PoolControl(maxConnections: maxConnections, heartbeatMilliseconds: heartbeatMilliseconds)
         var workers: [Worker] = []
         for i in 0..<workerCount {
             workers.append(try Worker(index: i, listeners: listeners, control: control, logger: logger))
@@ -91,6 +94,12 @@ public final class WorkerPool: @unchecked Sendable {
     public func setMaxConnections(_ limit: Int) {
         control.maxConnections.store(limit, ordering: .relaxed)
         for w in workers { w.wakeup.wake() }
+    }
+
+    /// Test-only: makes worker 0 hang (see `[Debug] WatchdogTestTrigger=`).
+    public func hangFirstWorker() {
+        control.hangRequested.store(true, ordering: .relaxed)
+        workers[0].wakeup.wake()
     }
 
     /// Snapshot of the totals across workers.

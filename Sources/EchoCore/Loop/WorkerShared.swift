@@ -13,11 +13,16 @@ public final class PoolControl: Sendable {
     /// Monotonic deadline (nanoseconds, CLOCK_MONOTONIC) after which draining workers close
     /// whatever is left.
     let stopDeadline = Atomic<Int64>(Int64.max)
+    /// Test-only: set by SIGUSR1 with `[Debug] WatchdogTestTrigger=yes`; worker 0 then hangs.
+    let hangRequested = Atomic<Bool>(false)
+    /// Longest a worker waits in epoll_wait before turning its loop (and heartbeat) again.
+    let heartbeatMilliseconds: Atomic<Int>
     /// Workers that stopped accepting at the limit and wait to be woken when a slot frees.
     let pausedWorkers = Atomic<Int>(0)
 
-    init(maxConnections: Int) {
+    init(maxConnections: Int, heartbeatMilliseconds: Int) {
         self.maxConnections = Atomic(maxConnections)
+        self.heartbeatMilliseconds = Atomic(heartbeatMilliseconds)
     }
 
     /// Takes one connection slot if the limit allows.

@@ -12,7 +12,8 @@ public final class EventModel: ServingModel {
         workers = settings.workers
         pool = try WorkerPool(
             listeners: settings.listeners, workerCount: settings.workers,
-            maxConnections: settings.maxConnections, logger: logger)
+            maxConnections: settings.maxConnections, heartbeatMilliseconds: settings.heartbeatMilliseconds,
+            logger: logger)
     }
 
     public func start() throws(SystemError) { try pool.start() }
@@ -46,6 +47,8 @@ public final class EventModel: ServingModel {
     }
 
     public func progress() -> [UInt64] { pool.heartbeats() }
+
+    public func hangWorkerForTest() { pool.hangFirstWorker() }
 
     public var summary: String { "event model, \(workers) worker\(workers == 1 ? "" : "s")" }
 }

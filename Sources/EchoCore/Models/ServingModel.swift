@@ -31,13 +31,20 @@ public struct ModelSettings: Sendable {
     public var threadStackSize: Int
     /// How long a graceful stop may take.
     public var stopTimeout: Duration
+    /// Longest an idle worker goes without advancing its progress counter (the watchdog checks
+    /// progress at a fraction of WatchdogSec=).
+    public var heartbeatMilliseconds: Int
 
-    public init(listeners: [Int32], maxConnections: Int, workers: Int, threadStackSize: Int, stopTimeout: Duration) {
+    public init(
+        listeners: [Int32], maxConnections: Int, workers: Int, threadStackSize: Int, stopTimeout: Duration,
+        heartbeatMilliseconds: Int = 1000
+    ) {
         self.listeners = listeners
         self.maxConnections = maxConnections
         self.workers = workers
         self.threadStackSize = threadStackSize
         self.stopTimeout = stopTimeout
+        self.heartbeatMilliseconds = heartbeatMilliseconds
     }
 }
 
@@ -75,9 +82,14 @@ public protocol ServingModel: AnyObject {
     /// Current totals.
     func snapshot() -> ServerSnapshot
 
-    /// A counter that advances while the model makes progress (worker loops turning); the
-    /// watchdog pings systemd only while it does.
+    /// One counter per worker that advances while the worker makes progress (its loop turning);
+    /// the watchdog pings systemd only while every one of them does. Empty when the control
+    /// loop is the only thing to watch.
     func progress() -> [UInt64]
+
+    /// Test-only: makes a worker hang so the watchdog's reaction can be tested. Models without
+    /// worker threads ignore it.
+    func hangWorkerForTest()
 
     /// Short description for STATUS= and logs, e.g. "event model, 2 workers".
     var summary: String { get }

@@ -117,7 +117,8 @@ final class Child {
         env["LISTEN_FDS"] = "1"
         env["LISTEN_FDNAMES"] = name
         return try spawn(
-            "/bin/sh", ["-c", #"LISTEN_PID=$$ exec "$0" "$@""#, executable] + arguments,
+            // WATCHDOG_PID too: it only counts when the test also sets WATCHDOG_USEC.
+            "/bin/sh", ["-c", #"LISTEN_PID=$$ WATCHDOG_PID=$$ exec "$0" "$@""#, executable] + arguments,
             environment: env, fd3: listener, stdoutPath: stdoutPath, stderrPath: stderrPath)
     }
 

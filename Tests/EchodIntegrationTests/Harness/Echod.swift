@@ -140,13 +140,14 @@ final class EchodServer {
 ///   - waitReady: wait for READY=1 before calling `body`.
 func withEchod<R>(
     config: String = Echod.config(), activation: Activation = .socket, listener: Socket? = nil,
-    dropIns: [String: String] = [:], waitReady: Bool = true, _ body: (EchodServer) throws -> R
+    dropIns: [String: String] = [:], waitReady: Bool = true, environment extraEnvironment: [String: String] = [:],
+    _ body: (EchodServer) throws -> R
 ) throws -> R {
     try withTempDir { dir in
         let configPath = try dir.write("echod.conf", config)
         for (name, text) in dropIns { try dir.write("echod.conf.d/\(name)", text) }
         let notify = try NotifyListener(path: dir.file("notify.sock"))
-        let environment = ["NOTIFY_SOCKET": notify.path]
+        let environment = ["NOTIFY_SOCKET": notify.path].merging(extraEnvironment) { $1 }
         let arguments = ["--config", configPath]
         let child: Child
         var endpoints: [(Loopback, UInt16)] = []
