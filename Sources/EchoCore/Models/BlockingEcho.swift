@@ -48,6 +48,31 @@ public enum BlockingEcho {
         }
     }
 
+    /// Blocks until the peer sends something (left queued, MSG_PEEK) or closes.
+    ///
+    /// - Returns: true when there is input to serve (data, or EOF for `serve` to see); false when
+    ///   a stop arrived first or the connection failed.
+    public static func waitForInput(fd: Int32, stopRequested: () -> Bool) -> Bool {
+        var byte: UInt8 = 0
+        while !stopRequested() {
+            let n = recv(fd, &byte, 1, Int32(MSG_PEEK))
+            if n >= 0 { return true }
+            if errno == EINTR { continue }
+            return false
+        }
+        return false
+    }
+
+    /// A stop reached a connection that never sent anything: nothing to echo, so shut the write
+    /// side and wait (briefly, as in `drainAndLinger`) for the peer to close.
+    public static func lingerIdle(fd: Int32) {
+        var scratch = [UInt8](repeating: 0, count: 512)
+        var echoed: UInt64 = 0
+        scratch.withUnsafeMutableBytes { raw in
+            drainAndLinger(fd: fd, buffer: raw.baseAddress!, capacity: raw.count, echoed: &echoed)
+        }
+    }
+
     /// Writes all `count` bytes, waiting as needed (also on a non-blocking socket).
     /// - Returns: false if the peer went away.
     static func writeAll(fd: Int32, _ buffer: UnsafeMutableRawPointer, count: Int) -> Bool {

@@ -108,12 +108,18 @@ public final class ThreadModel: ServingModel {
 
     private static func connectionThread(fd: Int32, state: SharedState) {
         state.threads.withLock { $0[fd] = pthread_self() }
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: 16)
-        BlockingEcho.serve(
-            fd: fd, buffer: buffer, capacity: bufferSize,
-            stopRequested: { state.stopping.load(ordering: .relaxed) },
-            echoed: { state.bytesEchoed.add($0, ordering: .relaxed) })
-        buffer.deallocate()
+        // An idle connection costs its thread's stack pages and no buffer: wait for the first
+        // byte (MSG_PEEK leaves it queued) before allocating one.
+        if BlockingEcho.waitForInput(fd: fd, stopRequested: { state.stopping.load(ordering: .relaxed) }) {
+            let buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: 16)
+            BlockingEcho.serve(
+                fd: fd, buffer: buffer, capacity: bufferSize,
+                stopRequested: { state.stopping.load(ordering: .relaxed) },
+                echoed: { state.bytesEchoed.add($0, ordering: .relaxed) })
+            buffer.deallocate()
+        } else if state.stopping.load(ordering: .relaxed) {
+            BlockingEcho.lingerIdle(fd: fd)
+        }
         state.threads.withLock { _ = $0.removeValue(forKey: fd) }
         closeNoRetry(fd)
         let before = state.open.subtract(1, ordering: .relaxed).oldValue
