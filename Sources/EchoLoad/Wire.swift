@@ -2,7 +2,8 @@
 // the parent passes each child its options as one JSON argument; the child writes JSON lines on
 // its stdout (a pipe): `{"type":"progress",...}` about once a second, then one
 // `{"type":"result",...}` carrying its whole `Tally`, histogram included as (value, count)
-// pairs, which re-record into the same buckets, so the parent's merge is exact.
+// pairs plus the exact minimum and maximum: re-recorded, the pairs fill the same buckets and the
+// extremes restore the min/max trackers, so the parent's merge equals an in-process `add`.
 import EchoCore
 import Histogram
 
@@ -74,6 +75,8 @@ extension Tally {
             ("premature_closes", .int(Int64(prematureCloses))), ("timeouts", .int(Int64(timeouts))),
             ("io_errors", counts(ioErrors)),
             ("latency", latency == nil ? .null : .array(pairs)),
+            ("latency_min", .int(Int64(latency?.min ?? 0))),
+            ("latency_max", .int(Int64(latency?.maxRecorded ?? 0))),
             ("first_fault", firstFault.map { .string($0) } ?? .null),
         ])
     }
@@ -105,12 +108,25 @@ extension Tally {
         prematureCloses = i("premature_closes")
         timeouts = i("timeouts")
         ioErrors = counts("io_errors")
-        if let pairs = json["latency"]?.arrayValue {
+        if let wirePairs = json["latency"]?.arrayValue {
             var h = Latency.makeHistogram()
-            for p in pairs {
-                guard let a = p.arrayValue, a.count == 2, let v = a[0].intValue, let c = a[1].intValue else { continue }
-                _ = h.record(UInt64(v), count: UInt64(c))
+            var pairs: [(value: UInt64, count: UInt64)] = wirePairs.compactMap { p in
+                guard let a = p.arrayValue, a.count == 2, let v = a[0].intValue, let c = a[1].intValue, v > 0, c > 0
+                else { return nil }
+                return (UInt64(v), UInt64(c))
             }
+            let total = pairs.reduce(0) { $0 + $1.count }
+            let lo = UInt64(max(1, json["latency_min"]?.intValue ?? 1))
+            let hi = UInt64(max(1, json["latency_max"]?.intValue ?? Int64(Latency.highest)))
+            // The exact extremes once each, taken out of their buckets' counts...
+            for (k, extreme) in [lo, hi].enumerated() where k < total {
+                if let i = pairs.firstIndex(where: { $0.count > 0 && h.valuesAreEquivalent($0.value, extreme) }) {
+                    pairs[i].count -= 1
+                    _ = h.record(extreme)
+                }
+            }
+            // ...and the rest at a value of the same bucket that lies between them.
+            for p in pairs where p.count > 0 { _ = h.record(Swift.min(Swift.max(p.value, lo), hi), count: p.count) }
             latency = h
         }
         firstFault = json["first_fault"]?.stringValue

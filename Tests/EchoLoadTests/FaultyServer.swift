@@ -1,0 +1,111 @@
+// Deliberately wrong echo servers, run inside the test process on 127.0.0.1:0: one that flips a
+// byte now and then, one that drops the connection in the middle of a message, one that never
+// answers. One blocking thread per connection; `stop()` (or deinit) wakes and joins them all.
+import CEchoShims
+import EchoCore
+import Glibc
+import Synchronization
+
+enum Fault: String, CaseIterable, Sendable, CustomStringConvertible {
+    /// Echoes, but every 7919th byte (from offset 3000) comes back with its bits flipped.
+    case flipByte
+    /// Echoes the first 5000 bytes, then sends back half of the next read and closes.
+    case dropMidMessage
+    /// Reads and discards; never writes a byte.
+    case silent
+    /// A correct echo that stalls for 300 ms once per connection, after 2000 bytes (not a fault:
+    /// it shows up as latency in an open-loop run).
+    case stallOnce
+    var description: String { rawValue }
+}
+
+final class FaultyServer: Sendable {
+    let fault: Fault
+    let address: String
+    private let listener: Int32
+    private let connections = Mutex<[Int32]>([])
+    private let threads = Mutex<[JoinableThread]>([])
+    private let stopping = Atomic<Bool>(false)
+
+    init(_ fault: Fault) throws {
+        self.fault = fault
+        let fd = try Socket.listen(on: try SocketAddress(parsing: "127.0.0.1:0"), backlog: 1024)
+        guard let local = try Socket.localAddress(fd.rawValue) else { throw TestError.failed("getsockname") }
+        address = local.description
+        listener = fd.release()
+        // Blocking accepts on the accept thread.
+        let flags = fcntl(listener, F_GETFL)
+        _ = fcntl(listener, F_SETFL, flags & ~O_NONBLOCK)
+        let acceptor = try JoinableThread(name: "faulty-accept") { [self] in self.acceptLoop() }
+        threads.withLock { $0.append(acceptor) }
+    }
+
+    deinit { stop() }
+
+    func stop() {
+        guard !stopping.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        Glibc.shutdown(listener, Int32(SHUT_RDWR))  // wakes accept(2) with EINVAL
+        connections.withLock { for fd in $0 { Glibc.shutdown(fd, Int32(SHUT_RDWR)) } }
+        while let t = threads.withLock({ $0.popLast() }) { t.join() }
+        connections.withLock { for fd in $0 { closeNoRetry(fd) }; $0.removeAll() }
+        closeNoRetry(listener)
+    }
+
+    private func acceptLoop() {
+        while !stopping.load(ordering: .acquiring) {
+            let fd = CEchoShims_accept4(listener, nil, nil, CEchoShims_SOCK_CLOEXEC)
+            if fd < 0 {
+                if errno == EINTR || errno == ECONNABORTED { continue }
+                return
+            }
+            let registered = connections.withLock { list -> Bool in
+                guard !stopping.load(ordering: .acquiring) else { return false }
+                list.append(fd)
+                return true
+            }
+            guard registered else { closeNoRetry(fd); return }
+            if let t = try? JoinableThread(name: "faulty-conn", stackSize: 256 * 1024, { [self] in self.serve(fd) }) {
+                threads.withLock { $0.append(t) }
+            }
+        }
+    }
+
+    private func serve(_ fd: Int32) {
+        let buffer = UnsafeMutablePointer<UInt8>.allocate(capacity: 65536)
+        defer { buffer.deallocate() }
+        var offset = 0
+        var stalled = false
+        while true {
+            let n = Glibc.recv(fd, buffer, 65536, 0)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            var count = n
+            switch fault {
+            case .silent:
+                continue
+            case .stallOnce:
+                if !stalled && offset >= 2000 {
+                    stalled = true
+                    usleep(300_000)
+                }
+            case .flipByte:
+                for i in 0..<n where (offset + i) >= 3000 && (offset + i) % 7919 == 3000 % 7919 { buffer[i] ^= 0xFF }
+            case .dropMidMessage:
+                if offset >= 5000 {
+                    count = max(1, n / 2)
+                    _ = Glibc.send(fd, buffer, count, Int32(MSG_NOSIGNAL))
+                    Glibc.shutdown(fd, Int32(SHUT_RDWR))
+                    return
+                }
+            }
+            offset += n
+            var sent = 0
+            while sent < count {
+                let w = Glibc.send(fd, buffer + sent, count - sent, Int32(MSG_NOSIGNAL))
+                if w < 0 && errno == EINTR { continue }
+                if w <= 0 { return }
+                sent += w
+            }
+        }
+    }
+}

@@ -1,0 +1,152 @@
+// Pure pieces of the engine: the payload pattern, the parsers, JSON, and exact merging.
+import EchoCore
+@testable import EchoLoad
+import Glibc
+import Testing
+
+@Suite struct PatternTests {
+    @Test func seedsAreDistinctForManyConnections() {
+        var seen = Set<Int>()
+        for i in 0..<Pattern.period { seen.insert(Pattern.seed(forConnection: i)) }
+        #expect(seen.count == Pattern.period)
+    }
+
+    @Test func anEchoOfTheStreamMatches() {
+        let seed = Pattern.seed(forConnection: 7)
+        // Across the period boundary, in uneven chunks.
+        var position: UInt64 = UInt64(Pattern.period - 1000)
+        for chunk in [1, 999, 1, 4096, 70_000] {
+            let copy = Array(UnsafeBufferPointer(start: Pattern.bytes(seed: seed, position: position), count: chunk))
+            #expect(copy.withUnsafeBytes { Pattern.firstMismatch($0.baseAddress!, count: chunk, seed: seed, position: position) } == nil)
+            position += UInt64(chunk)
+        }
+    }
+
+    @Test func aFlippedByteIsFoundAtItsOffset() {
+        let seed = Pattern.seed(forConnection: 3)
+        var copy = Array(UnsafeBufferPointer(start: Pattern.bytes(seed: seed, position: 100), count: 5000))
+        copy[4321] ^= 0x01
+        #expect(copy.withUnsafeBytes { Pattern.firstMismatch($0.baseAddress!, count: 5000, seed: seed, position: 100) } == 4321)
+    }
+
+    @Test func aShiftedOrForeignStreamIsFound() {
+        let seed = Pattern.seed(forConnection: 3)
+        // One byte lost: the rest of the stream arrives one position early.
+        let shifted = Array(UnsafeBufferPointer(start: Pattern.bytes(seed: seed, position: 1), count: 256))
+        #expect(shifted.withUnsafeBytes { Pattern.firstMismatch($0.baseAddress!, count: 256, seed: seed, position: 0) } != nil)
+        // Another connection's bytes at the same position (cross-talk).
+        let other = Array(UnsafeBufferPointer(start: Pattern.bytes(seed: Pattern.seed(forConnection: 4), position: 0), count: 256))
+        #expect(other.withUnsafeBytes { Pattern.firstMismatch($0.baseAddress!, count: 256, seed: seed, position: 0) } != nil)
+    }
+}
+
+@Suite struct ParsingTests {
+    @Test func durations() {
+        #expect(LoadParsing.duration("10") == 10_000_000_000)
+        #expect(LoadParsing.duration("10s") == 10_000_000_000)
+        #expect(LoadParsing.duration("1.5s") == 1_500_000_000)
+        #expect(LoadParsing.duration("250ms") == 250_000_000)
+        #expect(LoadParsing.duration("2m") == 120_000_000_000)
+        #expect(LoadParsing.duration("-1") == nil)
+        #expect(LoadParsing.duration("ten") == nil)
+    }
+
+    @Test func rates() {
+        #expect(LoadParsing.rate("1000") == 1000)
+        #expect(LoadParsing.rate("1000/s") == 1000)
+        #expect(LoadParsing.rate("60/m") == 1)
+        #expect(LoadParsing.rate("0") == nil)
+        #expect(LoadParsing.rate("fast") == nil)
+    }
+
+    @Test func sourceRangesAndLists() throws {
+        let range = try LoadParsing.sources("127.0.0.2-127.0.0.250")
+        #expect(range.count == 249)
+        #expect(range.first?.description == "127.0.0.2:0")
+        #expect(range.last?.description == "127.0.0.250:0")
+        #expect(try LoadParsing.sources("127.0.0.2,127.0.1.255-127.0.2.1,::1").map(\.description)
+            == ["127.0.0.2:0", "127.0.1.255:0", "127.0.2.0:0", "127.0.2.1:0", "[::1]:0"])
+        #expect(throws: LoadError.self) { try LoadParsing.sources("127.0.0.9-127.0.0.2") }
+        #expect(throws: LoadError.self) { try LoadParsing.sources("127.0.0.300") }
+    }
+
+    @Test func targets() throws {
+        #expect(try LoadParsing.target("127.0.0.1:7").description == "127.0.0.1:7")
+        #expect(try LoadParsing.target("[::1]:7007").description == "[::1]:7007")
+        #expect(try LoadParsing.target("localhost:9").description == "127.0.0.1:9")
+        #expect(throws: LoadError.self) { try LoadParsing.target("127.0.0.1") }
+        #expect(throws: LoadError.self) { try LoadParsing.target("127.0.0.1:0") }
+        #expect(throws: LoadError.self) { try LoadParsing.target("example.com:7") }
+    }
+
+    @Test func impossibleCombinationsAreUsageErrors() throws {
+        let target = try LoadParsing.target("127.0.0.1:7")
+        var o = LoadOptions(mode: .rate, target: target, connections: 4)
+        #expect(throws: LoadError.self) { try o.validate() }  // rate without --rate
+        o.rate = 100
+        try o.validate()
+        o.processes = 5
+        #expect(throws: LoadError.self) { try o.validate() }
+        o.processes = 1
+        o.sources = try LoadParsing.sources("::1")
+        #expect(throws: LoadError.self) { try o.validate() }
+    }
+}
+
+@Suite struct ReportTests {
+    @Test func jsonRoundTrips() throws {
+        let text = #"{"a":[1,-2,3.5,"x\"y\n",true,false,null],"b":{"c":{}},"d":[]}"#
+        let v = try JSONValue(parsing: text)
+        #expect(v.text == text)
+        #expect(try JSONValue(parsing: v.prettyText) == v)
+        #expect(throws: JSONValue.ParseError.self) { try JSONValue(parsing: "{\"a\":1,}") }
+        #expect(throws: JSONValue.ParseError.self) { try JSONValue(parsing: "[1] x") }
+    }
+
+    @Test func tallyMergesExactlyThroughTheWire() throws {
+        var a = Tally()
+        var b = Tally()
+        a.requested = 3; a.established = 3; a.messages = 1000; a.ioErrors["ECONNRESET"] = 1
+        b.requested = 2; b.established = 1; b.connectFailures["ECONNREFUSED"] = 1; b.messages = 500; b.mismatches = 2
+        var ha = Latency.makeHistogram()
+        var hb = Latency.makeHistogram()
+        for i in 0..<1000 { Latency.record(Int64(20_000 + i * 37), into: &ha) }
+        for i in 0..<500 { Latency.record(Int64(1_000_000 + i * 9_999), into: &hb) }
+        a.latency = ha
+        b.latency = hb
+        var direct = a
+        direct.merge(b)
+        var wired = Tally(wire: try JSONValue(parsing: a.wireJSON.text))
+        wired.merge(Tally(wire: try JSONValue(parsing: b.wireJSON.text)))
+        #expect(wired.requested == 5 && wired.established == 4 && wired.messages == 1500)
+        #expect(wired.connectFailures == ["ECONNREFUSED": 1] && wired.ioErrors == ["ECONNRESET": 1] && wired.mismatches == 2)
+        let (d, w) = (direct.latency!, wired.latency!)
+        #expect(w.totalCount == 1500)
+        for p in [0.0, 50, 90, 99, 99.9, 100] { #expect(d.valueAtPercentile(p) == w.valueAtPercentile(p)) }
+        #expect(d.max == w.max && d.min == w.min)
+    }
+
+    @Test func optionsTravelToChildrenIntact() throws {
+        var o = LoadOptions(mode: .rate, target: try LoadParsing.target("[::1]:7007"), connections: 10)
+        o.rate = 1234.5
+        o.size = 99
+        o.sources = try LoadParsing.sources("::1")
+        o.connectionIndexBase = 40
+        o.model = .thread
+        #expect(try LoadOptions(wire: try JSONValue(parsing: o.wireJSON.text)) == o)
+    }
+
+    @Test func processPlanSplitsConnectionsAndRate() throws {
+        var o = LoadOptions(mode: .rate, target: try LoadParsing.target("127.0.0.1:7"), connections: 10)
+        o.rate = 1000
+        o.processes = 3
+        let plan = ProcessDriver.plan(o)
+        #expect(plan.map(\.connections) == [4, 3, 3])
+        #expect(plan.map(\.connectionIndexBase) == [0, 4, 7])
+        #expect(abs(plan.compactMap(\.rate).reduce(0, +) - 1000) < 1e-9)
+        o.model = .fork
+        o.processes = 1
+        #expect(ProcessDriver.plan(o).count == 10)
+        #expect(ProcessDriver.plan(o).allSatisfy { $0.model == .thread && $0.connections == 1 })
+    }
+}
