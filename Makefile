@@ -5,9 +5,23 @@ PREFIX ?= /usr
 DESTDIR ?=
 
 # Debian packages the build and the tests need.
-APT_PACKAGES := libsystemd-dev pkg-config systemd systemd-container python3 procps iproute2
+APT_PACKAGES := libsystemd-dev pkg-config systemd systemd-container python3 procps iproute2 \
+	debhelper dpkg-dev fakeroot man-db
 
-.PHONY: all setup build release demo test test-unit clean
+# Release binaries with the Swift runtime linked in (they run where no toolchain is: a .deb, a
+# container), built in their own scratch directory.
+STATIC_SCRATCH ?= .build-static
+BUILT ?= $(STATIC_SCRATCH)/release
+VERSION := 0.1.0
+# Installation directories (GNU names). echod's configuration path is fixed: /etc/echod.
+BINDIR ?= $(PREFIX)/bin
+SBINDIR ?= $(PREFIX)/sbin
+MANDIR ?= $(PREFIX)/share/man
+SYSTEMD_UNIT_DIR ?= $(PREFIX)/lib/systemd/system
+SYSCTL_DIR ?= $(PREFIX)/lib/sysctl.d
+SYSCONFDIR ?= /etc
+
+.PHONY: all setup build release demo test test-unit clean release-static install uninstall deb e2e
 
 all: build
 
@@ -35,9 +49,58 @@ release: setup
 demo: release
 	./scripts/demo.sh .build/release/echod
 
-## test: set-up, build, every test.
+## test: set-up, build, every test, then the end-to-end test against real systemd (e2e).
 test: build
 	$(SWIFT) test --skip-build
+	$(MAKE) e2e
+
+## release-static: echod and echoload with the Swift runtime linked in, in $(BUILT).
+release-static: setup
+	$(SWIFT) build -c release --static-swift-stdlib --scratch-path $(STATIC_SCRATCH) --product echod
+	$(SWIFT) build -c release --static-swift-stdlib --scratch-path $(STATIC_SCRATCH) --product echoload
+
+## install: binaries, units, sysctl drop-in, configuration, man pages (DESTDIR, PREFIX=/usr).
+## Does not build (run release-static first); never overwrites an existing echod.conf.
+install:
+	@for b in echod echoload; do [ -x $(BUILT)/$$b ] || { echo "install: $(BUILT)/$$b missing: run 'make release-static'" >&2; exit 1; }; done
+	install -D -m 0755 $(BUILT)/echod $(DESTDIR)$(SBINDIR)/echod
+	install -D -m 0755 $(BUILT)/echoload $(DESTDIR)$(BINDIR)/echoload
+	install -d $(DESTDIR)$(SYSTEMD_UNIT_DIR)
+	sed 's|/usr/sbin/echod|$(SBINDIR)/echod|' packaging/echod.service >$(DESTDIR)$(SYSTEMD_UNIT_DIR)/echod.service
+	chmod 0644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/echod.service
+	install -m 0644 packaging/echod.socket $(DESTDIR)$(SYSTEMD_UNIT_DIR)/echod.socket
+	install -D -m 0644 packaging/sysctl.d/60-echod.conf $(DESTDIR)$(SYSCTL_DIR)/60-echod.conf
+	install -d $(DESTDIR)$(SYSCONFDIR)/echod/echod.conf.d
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/echod/echod.conf ]; then \
+	  echo "install: keeping $(DESTDIR)$(SYSCONFDIR)/echod/echod.conf (the shipped one is etc/echod.conf)"; \
+	else install -v -m 0644 etc/echod.conf $(DESTDIR)$(SYSCONFDIR)/echod/echod.conf; fi
+	install -D -m 0644 packaging/man/echod.8 $(DESTDIR)$(MANDIR)/man8/echod.8
+	install -D -m 0644 packaging/man/echod.conf.5 $(DESTDIR)$(MANDIR)/man5/echod.conf.5
+	install -D -m 0644 packaging/man/echoload.1 $(DESTDIR)$(MANDIR)/man1/echoload.1
+	@[ -n "$(DESTDIR)" ] || echo "install: now run 'systemctl daemon-reload && systemctl enable --now echod.socket'"
+
+## uninstall: removes what install put there except the configuration in $(SYSCONFDIR)/echod.
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/echod $(DESTDIR)$(BINDIR)/echoload \
+	  $(DESTDIR)$(SYSTEMD_UNIT_DIR)/echod.service $(DESTDIR)$(SYSTEMD_UNIT_DIR)/echod.socket \
+	  $(DESTDIR)$(SYSCTL_DIR)/60-echod.conf $(DESTDIR)$(MANDIR)/man8/echod.8 \
+	  $(DESTDIR)$(MANDIR)/man5/echod.conf.5 $(DESTDIR)$(MANDIR)/man1/echoload.1
+
+## deb: the Debian package, .build-deb/echod_$(VERSION)-1_<arch>.deb, built by dpkg-buildpackage
+## from a copy of the source tree (so debhelper's clean step cannot touch this tree's builds),
+## with the binaries of release-static.
+deb: release-static
+	rm -rf .build-deb && mkdir -p .build-deb/echod-$(VERSION)
+	cp -a Makefile Package.swift $(wildcard Package.resolved) README.md Sources etc packaging debian .build-deb/echod-$(VERSION)/
+	cd .build-deb/echod-$(VERSION) && ECHOD_PREBUILT=$(CURDIR)/$(BUILT) \
+	  dpkg-buildpackage --build=binary --no-sign --root-command=fakeroot >../build.log 2>&1 \
+	  || { tail -40 ../build.log; exit 1; }
+	@ls .build-deb/*.deb
+
+## e2e: install the .deb in a throwaway systemd-nspawn container booted from this machine's /usr
+## and drive it with systemctl and echoload (tests/e2e/run.sh). Needs root.
+e2e: deb
+	tests/e2e/run.sh .build-deb/echod_$(VERSION)-1_$$(dpkg --print-architecture).deb
 
 clean:
 	rm -rf .build .build-*
