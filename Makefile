@@ -5,7 +5,7 @@ PREFIX ?= /usr
 DESTDIR ?=
 
 # Debian packages the build and the tests need.
-APT_PACKAGES := libsystemd-dev pkg-config systemd systemd-container python3 procps iproute2 \
+APT_PACKAGES := libsystemd-dev pkg-config systemd systemd-container python3 python3-jsonschema procps iproute2 gcc util-linux \
 	debhelper dpkg-dev fakeroot man-db
 
 # Release binaries with the Swift runtime linked in (they run where no toolchain is: a .deb, a
@@ -21,7 +21,7 @@ SYSTEMD_UNIT_DIR ?= $(PREFIX)/lib/systemd/system
 SYSCTL_DIR ?= $(PREFIX)/lib/sysctl.d
 SYSCONFDIR ?= /etc
 
-.PHONY: all setup build release demo test test-unit clean release-static install uninstall deb e2e
+.PHONY: all setup build release demo test test-unit bench bench-smoke clean release-static install uninstall deb e2e
 
 all: build
 
@@ -101,6 +101,21 @@ deb: release-static
 ## and drive it with systemctl and echoload (tests/e2e/run.sh). Needs root.
 e2e: deb
 	tests/e2e/run.sh .build-deb/echod_$(VERSION)-1_$$(dpkg --print-architecture).deb
+
+## bench: the three models against the C baseline (bench/baseline.c); several minutes.
+BENCH_OUT ?= bench/out
+$(BENCH_OUT)/baseline: bench/baseline.c
+	@mkdir -p $(BENCH_OUT)
+	$(CC) -O2 -Wall -Wextra -o $@ $<
+
+bench: release $(BENCH_OUT)/baseline
+	python3 bench/run.py --echod .build/release/echod --echoload .build/release/echoload \
+	  --baseline $(BENCH_OUT)/baseline --out $(BENCH_OUT)
+
+## bench-smoke: the benchmark end to end in under a minute; asserts nothing about speed.
+bench-smoke: release $(BENCH_OUT)/baseline
+	python3 bench/run.py --echod .build/release/echod --echoload .build/release/echoload \
+	  --baseline $(BENCH_OUT)/baseline --out $(BENCH_OUT)/smoke --smoke
 
 clean:
 	rm -rf .build .build-*
