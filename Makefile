@@ -47,7 +47,7 @@ release: setup
 
 ## demo: build, run echod on loopback, push traffic through it, show the result.
 demo: release
-	./scripts/demo.sh .build/release/echod
+	./scripts/demo.sh .build/release
 
 ## test: set-up, build, every test, then the end-to-end test against real systemd (e2e).
 test: build
