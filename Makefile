@@ -100,7 +100,7 @@ deb: release-static
 ## e2e: install the .deb in a throwaway systemd-nspawn container booted from this machine's /usr
 ## and drive it with systemctl and echoload (tests/e2e/run.sh). Needs root.
 e2e: deb
-	tests/e2e/run.sh .build-deb/echod_$(VERSION)-1_$$(dpkg --print-architecture).deb
+	E2E_RESULTS=.build-e2e tests/e2e/run.sh .build-deb/echod_$(VERSION)-1_$$(dpkg --print-architecture).deb
 
 ## bench: the three models against the C baseline (bench/baseline.c); several minutes.
 BENCH_OUT ?= bench/out

@@ -1,0 +1,411 @@
+#!/bin/bash
+# echod end to end, inside a throwaway systemd container (started by tests/e2e/run.sh): installs
+# the .deb, then drives echod.socket / echod.service with systemctl and echoload, as a user would.
+#
+# Each scenario prints "PASS name" or "FAIL name: first failed check"; the exit status is the
+# number of failed scenarios. Writes RESULTS (one "PASS|FAIL name" line each) to $OUT.
+#
+# systemd 252 notes (../shared/notes/systemd-testing.md): "systemctl reload" may return before
+# READY=1, so every reload is followed by polling ActiveState; "systemd-analyze verify" exits 0
+# on warnings, so its output is what is tested.
+set -u
+DEB=${1:?usage: inside.sh PACKAGE.deb OUTDIR}
+OUT=${2:?usage: inside.sh PACKAGE.deb OUTDIR}
+TARGET=127.0.0.1:7
+DROPIN_DIR=/etc/echod/echod.conf.d
+DROPIN=$DROPIN_DIR/50-e2e.conf
+UNIT_DIR=/lib/systemd/system
+passed=0
+failed=0
+: >"$OUT/RESULTS"
+
+# --- scenario bookkeeping ------------------------------------------------------------------------
+
+scenario_name=""
+scenario_error=""
+scenario_start=0
+
+begin() {
+    scenario_name=$1
+    scenario_error=""
+    scenario_start=$(date +%s%N)
+    # journalctl --after-cursor (252) skipped entries here; a microsecond --since does not.
+    since="@$(date +%s.%6N)"
+    echo
+    echo "=== $scenario_name"
+}
+
+# fail MESSAGE: records the scenario's first failure (later checks still run and log).
+fail() {
+    echo "  check failed: $*"
+    [ -n "$scenario_error" ] || scenario_error=$*
+}
+
+end() {
+    local tenths took
+    tenths=$((($(date +%s%N) - scenario_start) / 100000000))
+    took=$((tenths / 10)).$((tenths % 10))
+    if [ -z "$scenario_error" ]; then
+        passed=$((passed + 1))
+        echo "PASS $scenario_name (${took}s)"
+        echo "PASS $scenario_name" >>"$OUT/RESULTS"
+    else
+        failed=$((failed + 1))
+        echo "FAIL $scenario_name: $scenario_error (${took}s)"
+        echo "FAIL $scenario_name: $scenario_error" >>"$OUT/RESULTS"
+        echo "  --- journal of this scenario:"
+        journalctl -q --no-pager -o short-monotonic --since="$since" 2>/dev/null | tail -60 | sed 's/^/  | /'
+    fi
+}
+
+# --- helpers -------------------------------------------------------------------------------------
+
+prop() { systemctl show -P "$2" "$1"; }
+
+# expect_prop UNIT PROPERTY VALUE
+expect_prop() {
+    local v
+    v=$(prop "$1" "$2")
+    [ "$v" = "$3" ] || fail "$1 $2=$v, expected $3"
+}
+
+# wait_prop UNIT PROPERTY VALUE SECONDS: polls (0.1 s) until the property has the value.
+wait_prop() {
+    local deadline v
+    deadline=$(($(date +%s) + $4))
+    while :; do
+        v=$(prop "$1" "$2")
+        [ "$v" = "$3" ] && return 0
+        [ "$(date +%s)" -ge "$deadline" ] && { fail "$1 $2=$v after $4 s, expected $3"; return 1; }
+        sleep 0.1
+    done
+}
+
+# wait_for SECONDS DESCRIPTION COMMAND...: polls the command until it succeeds.
+wait_for() {
+    local seconds=$1 deadline=$(($(date +%s) + $1)) what=$2
+    shift 2
+    until "$@" >/dev/null 2>&1; do
+        [ "$(date +%s)" -ge "$deadline" ] && { fail "timed out after ${seconds}s waiting for: $what"; return 1; }
+        sleep 0.1
+    done
+}
+
+# journal_has PATTERN [journalctl options]: the journal since the scenario began has PATTERN.
+journal_has() {
+    local pattern=$1
+    shift
+    journalctl -q --no-pager --since="$since" "$@" 2>/dev/null | grep -q -- "$pattern"
+}
+
+expect_journal() {
+    local pattern=$1
+    shift
+    wait_for 5 "journal line '$pattern'" journal_has "$pattern" "$@"
+}
+
+# echo_check [CONNECTIONS]: echoload pingpong against echod.socket; every byte verified.
+echo_check() {
+    local out
+    if ! out=$(echoload pingpong "$TARGET" --connections "${1:-2}" --size 512 --duration 500ms --warmup 0 \
+        --quiet 2>&1); then
+        fail "echoload pingpong (${1:-2} connections) failed: $(echo "$out" | tail -3 | tr '\n' ' ')"
+        return 1
+    fi
+}
+
+# held_connections N: at least N established connections to port 7 (server side).
+held_connections() { [ "$(ss -Htn state established '( sport = :7 )' | wc -l)" -ge "$1" ]; }
+
+accepted() { prop echod.service StatusText | sed -n 's/.* \([0-9][0-9]*\) accepted.*/\1/p'; }
+
+accepted_at_least() { local a; a=$(accepted); [ -n "$a" ] && [ "$a" -ge "$1" ]; }
+
+# set_dropin TEXT: the test's drop-in in /etc/echod/echod.conf.d (empty: removed).
+set_dropin() {
+    if [ -n "$1" ]; then printf '%b' "$1" >"$DROPIN"; else rm -f "$DROPIN"; fi
+}
+
+# reload_and_wait: systemctl reload, then ActiveState back to active (252 may return early).
+reload_and_wait() {
+    systemctl reload echod.service || fail "systemctl reload echod returned $?"
+    wait_prop echod.service ActiveState active 10
+}
+
+# stop_service: systemctl stop echod.service, without its note that echod.socket can start it
+# again (which is the point).
+stop_service() {
+    local out rc
+    out=$(systemctl stop echod.service 2>&1)
+    rc=$?
+    echo "$out" | grep -v -e '^Warning: Stopping echod.service' -e '^  echod.socket$' -e '^$'
+    [ "$rc" -eq 0 ] || fail "systemctl stop echod returned $rc"
+}
+
+socket_listening() {
+    expect_prop echod.socket ActiveState active
+    expect_prop echod.socket SubState listening
+}
+
+# --- scenarios -----------------------------------------------------------------------------------
+
+scenario_install() {
+    begin "package installs: socket enabled and listening, service waits for a connection"
+    local log
+    if ! log=$(DEBIAN_FRONTEND=noninteractive dpkg -i "$DEB" 2>&1); then
+        fail "dpkg -i failed: $log"
+    fi
+    echo "$log" | sed 's/^/  dpkg: /'
+    for f in /usr/sbin/echod /usr/bin/echoload $UNIT_DIR/echod.service $UNIT_DIR/echod.socket \
+        /usr/lib/sysctl.d/60-echod.conf /etc/echod/echod.conf /usr/share/man/man8/echod.8.gz \
+        /usr/share/man/man5/echod.conf.5.gz /usr/share/man/man1/echoload.1.gz; do
+        [ -e "$f" ] || fail "$f not installed"
+    done
+    grep -qx /etc/echod/echod.conf /var/lib/dpkg/info/echod.conffiles || fail "echod.conf is not a conffile"
+    [ "$(systemctl is-enabled echod.socket)" = enabled ] || fail "echod.socket is $(systemctl is-enabled echod.socket), not enabled"
+    socket_listening
+    expect_prop echod.service ActiveState inactive
+    ss -Hltn 'sport = :7' | grep -q '127.0.0.1:7' || fail "nothing listens on 127.0.0.1:7"
+    # The postinst applied the sysctl drop-in; in a container only the network namespace's keys
+    # can be written.
+    [ "$(cat /proc/sys/net/core/somaxconn)" = 16384 ] || fail "net.core.somaxconn=$(cat /proc/sys/net/core/somaxconn), expected 16384"
+    [ "$(tr -s '\t ' ' ' </proc/sys/net/ipv4/ip_local_port_range)" = "10000 65535" ] \
+        || fail "ip_local_port_range=$(cat /proc/sys/net/ipv4/ip_local_port_range)"
+    local k
+    for k in $(sed -n 's/^-\{0,1\}\([a-z][a-z0-9_.-]*\) *=.*/\1/p' /usr/lib/sysctl.d/60-echod.conf); do
+        [ -e "/proc/sys/${k//./\/}" ] || fail "sysctl key $k does not exist"
+    done
+    MANWIDTH=200 man -l /usr/share/man/man8/echod.8.gz 2>&1 | grep -q 'RFC 862 echo daemon' || fail "man echod(8) does not render"
+    end
+}
+
+scenario_analyze() {
+    begin "systemd-analyze verify is silent, security exposure within threshold"
+    local out score
+    out=$(systemd-analyze verify $UNIT_DIR/echod.socket $UNIT_DIR/echod.service 2>&1)
+    [ -z "$out" ] || fail "systemd-analyze verify printed: $out"
+    if ! out=$(systemd-analyze security --offline=yes --threshold=10 $UNIT_DIR/echod.service 2>&1); then
+        fail "systemd-analyze security --threshold=10 failed: $(echo "$out" | tail -3)"
+    fi
+    score=$(echo "$out" | sed -n 's/.*Overall exposure level for echod.service: \([0-9.]*\).*/\1/p')
+    echo "  exposure: $score"
+    echo "$score" >"$OUT/exposure"
+    [ -n "$score" ] || fail "no exposure score in: $out"
+    end
+}
+
+scenario_activation() {
+    begin "socket activation: first connection starts echod, active only after READY=1, live STATUS"
+    expect_prop echod.service ActiveState inactive
+    expect_prop echod.service Type notify
+    # PID1's own debug log shows the order: READY=1 received, then start -> running.
+    systemctl log-level debug
+    echo_check 2
+    systemctl log-level info
+    expect_prop echod.service ActiveState active
+    expect_prop echod.service SubState running
+    local ready running
+    ready=$(journalctl -q --no-pager --since="$since" -o cat _PID=1 \
+        | grep -n 'echod.service: Got notification message from PID .*READY=1' | head -1 | cut -d: -f1)
+    running=$(journalctl -q --no-pager --since="$since" -o cat _PID=1 \
+        | grep -n 'echod.service: Changed start -> running' | head -1 | cut -d: -f1)
+    if [ -z "$ready" ] || [ -z "$running" ]; then
+        fail "PID1 log lacks READY=1 ($ready) or start -> running ($running)"
+    elif [ "$ready" -gt "$running" ]; then
+        fail "echod.service went running before READY=1 arrived"
+    fi
+    expect_journal "serving" -u echod.service
+    # STATUS= every 2 s: the figures follow the traffic.
+    wait_for 5 "StatusText with 2 accepted" accepted_at_least 2
+    local status
+    status=$(prop echod.service StatusText)
+    echo "  StatusText: $status"
+    [[ $status =~ ^event\ model,\ [0-9]+\ workers:\ [0-9]+\ open,\ [0-9]+\ accepted,\ .*echoed,\ .*/s$ ]] \
+        || fail "StatusText '$status' is not the live summary"
+    echo_check 3
+    wait_for 5 "StatusText with 5 accepted" accepted_at_least 5
+    echo "  StatusText: $(prop echod.service StatusText)"
+    end
+}
+
+scenario_reload() {
+    begin "reload applies a changed configuration"
+    local pid
+    pid=$(prop echod.service MainPID)
+    set_dropin '[Server]\nMaxConnections=123\nLogLevel=debug\n'
+    reload_and_wait
+    expect_prop echod.service MainPID "$pid"
+    expect_journal "configuration reloaded.*max_connections=123" -u echod.service
+    echo_check 2
+    end
+}
+
+scenario_reload_broken() {
+    begin "reload of a broken configuration keeps the running one, reason in the journal"
+    local pid
+    pid=$(prop echod.service MainPID)
+    set_dropin '[Server]\nModle=fork\n'
+    reload_and_wait
+    expect_prop echod.service MainPID "$pid"
+    expect_journal "reload failed; keeping the running configuration" -u echod.service -p err
+    expect_journal "$DROPIN:2" -u echod.service -p err
+    echo_check 2
+    journalctl -q --no-pager --since="$since" -u echod.service -p err -o cat | sed 's/^/  journal: /'
+    set_dropin ''
+    reload_and_wait
+    end
+}
+
+# unit_processes: processes in echod.service's cgroup (read from /proc: the container's cgroup
+# mount is v1 or v2 depending on the host).
+unit_processes() { grep -l '/echod\.service$' /proc/[0-9]*/cgroup 2>/dev/null | wc -l; }
+
+# main_threads: threads of echod's main process.
+main_threads() { sed -n 's/^Threads:[[:space:]]*//p' "/proc/$(prop echod.service MainPID)/status"; }
+
+# stop_with_connections [MODEL]: systemctl stop while echoload holds 8 idle connections; echod
+# drains them (KillMode=mixed: only echod gets SIGTERM; in the fork model it forwards it to its
+# children, in the thread model it interrupts its threads with SIGUSR2).
+stop_with_connections() {
+    local holder procs threads
+    echoload hold "$TARGET" --connections 8 --duration 2s --quiet >/dev/null 2>&1 &
+    holder=$!
+    wait_for 5 "8 connections established" held_connections 8
+    procs=$(unit_processes)
+    threads=$(main_threads)
+    echo "  holding 8 connections: echod.service has $procs processes, the main one $threads threads"
+    case ${1:-} in
+    fork) [ "$procs" -ge 9 ] || fail "fork model: $procs processes for 8 connections" ;;
+    thread) [ "$threads" -ge 9 ] || fail "thread model: $threads threads for 8 connections" ;;
+    event) [ "$procs" -eq 1 ] || fail "event model: $procs processes" ;;
+    esac
+    stop_service
+    kill "$holder" 2>/dev/null
+    wait "$holder" 2>/dev/null
+    expect_prop echod.service ActiveState inactive
+    expect_prop echod.service Result success
+    expect_prop echod.service ExecMainStatus 0
+    socket_listening
+    expect_journal "stopped" -u echod.service
+}
+
+scenario_stop() {
+    begin "stop: Result=success, socket keeps listening, next connection starts echod again"
+    local pid
+    pid=$(prop echod.service MainPID)
+    stop_with_connections
+    echo_check 2
+    expect_prop echod.service ActiveState active
+    [ "$(prop echod.service MainPID)" != "$pid" ] || fail "MainPID did not change after stop and reactivation"
+    end
+}
+
+# scenario_model MODEL: the whole cycle under the hardened unit with Model=MODEL.
+scenario_model() {
+    local model=$1
+    begin "Model=$model under the hardened unit: activation, echo, status, reload, stop"
+    stop_service
+    set_dropin "[Server]\nModel=$model\n"
+    expect_prop echod.service ActiveState inactive
+    echo_check 4
+    expect_prop echod.service ActiveState active
+    local out
+    out=$(echoload stream "$TARGET" --connections 2 --duration 500ms --warmup 0 --quiet 2>&1) \
+        || fail "echoload stream failed: $(echo "$out" | tail -2 | tr '\n' ' ')"
+    wait_for 5 "StatusText of the $model model" sh -c "systemctl show -P StatusText echod | grep -q '^$model model'"
+    echo "  StatusText: $(prop echod.service StatusText)"
+    local pid
+    pid=$(prop echod.service MainPID)
+    reload_and_wait
+    expect_prop echod.service MainPID "$pid"
+    echo_check 4
+    stop_with_connections "$model"
+    set_dropin ''
+    end
+}
+
+scenario_broken_start() {
+    begin "broken configuration at start: the unit fails with file:line in status and journal"
+    stop_service
+    local restarts
+    restarts=$(prop echod.service NRestarts)
+    set_dropin '[Server]\nModle=fork\n'
+    if systemctl start echod.service 2>/dev/null; then fail "systemctl start succeeded"; fi
+    expect_prop echod.service ActiveState failed
+    expect_prop echod.service Result exit-code
+    expect_prop echod.service ExecMainStatus 78
+    sleep 0.5  # RestartSec= is 100ms: a restart (which 78 must not cause) would show by now
+    expect_prop echod.service NRestarts "$restarts"
+    expect_journal "$DROPIN:2: unknown key 'Modle'" -u echod.service -p err
+    local status
+    status=$(systemctl status --no-pager -l -n 20 echod.service 2>&1)
+    echo "$status" | sed 's/^/  | /'
+    echo "$status" | grep -q "$DROPIN:2" || fail "systemctl status does not show $DROPIN:2"
+    socket_listening
+    set_dropin ''
+    systemctl reset-failed echod.service
+    echo_check 2
+    end
+}
+
+scenario_watchdog() {
+    begin "watchdog: a hung worker stops the pings and systemd restarts echod"
+    stop_service
+    set_dropin '[Debug]\nWatchdogTestTrigger=yes\n'
+    echo_check 2
+    local pid restarts watchdog
+    pid=$(prop echod.service MainPID)
+    restarts=$(prop echod.service NRestarts)
+    watchdog=$(prop echod.service WatchdogUSec)
+    echo "  WatchdogUSec=$watchdog MainPID=$pid NRestarts=$restarts"
+    expect_journal "WatchdogTestTrigger=yes" -u echod.service
+    systemctl kill -s SIGUSR1 --kill-who=main echod.service
+    expect_journal "hanging a worker" -u echod.service
+    wait_for 30 "NRestarts above $restarts" sh -c "[ \$(systemctl show -P NRestarts echod) -gt $restarts ]"
+    wait_prop echod.service ActiveState active 10
+    [ "$(prop echod.service MainPID)" != "$pid" ] || fail "MainPID unchanged after the watchdog restart"
+    expect_journal "withholding watchdog ping" -u echod.service -p err
+    expect_journal "echod.service: Watchdog timeout"
+    set_dropin ''
+    systemctl restart echod.service
+    echo_check 2
+    end
+}
+
+scenario_remove() {
+    begin "dpkg -r stops every unit; purge removes the configuration"
+    echo_check 1
+    local log
+    log=$(dpkg -r echod 2>&1) || fail "dpkg -r failed: $log"
+    local u
+    for u in echod.socket echod.service; do
+        [ "$(systemctl is-active $u)" != active ] || fail "$u still active after dpkg -r"
+    done
+    ! ss -Hltn 'sport = :7' | grep -q . || fail "something still listens on port 7"
+    [ ! -e /usr/sbin/echod ] || fail "/usr/sbin/echod left behind"
+    [ -e /etc/echod/echod.conf ] || fail "dpkg -r removed the conffile (only purge should)"
+    log=$(dpkg --purge echod 2>&1) || fail "dpkg --purge failed: $log"
+    [ ! -e /etc/echod ] || fail "/etc/echod left after purge: $(ls -R /etc/echod)"
+    [ ! -e /etc/systemd/system/sockets.target.wants/echod.socket ] || fail "enablement symlink left after purge"
+    ! pgrep -x echod >/dev/null || fail "an echod process is left"
+    end
+}
+
+# --- main ----------------------------------------------------------------------------------------
+
+echo "echod e2e in $(systemd-detect-virt) container, systemd $(systemctl --version | head -1 | cut -d' ' -f2)"
+scenario_install
+if [ "$failed" -eq 0 ]; then
+    scenario_analyze
+    scenario_activation
+    scenario_reload
+    scenario_reload_broken
+    scenario_stop
+    for model in event thread fork; do scenario_model $model; done
+    scenario_broken_start
+    scenario_watchdog
+    scenario_remove
+fi
+echo
+echo "$passed passed, $failed failed"
+exit "$failed"
