@@ -97,7 +97,7 @@ deb: release-static
 	  || { tail -40 ../build.log; exit 1; }
 	@ls .build-deb/*.deb
 
-## e2e: install the .deb in a throwaway systemd-nspawn container booted from this machine's /usr
+## e2e: install the .deb in a throwaway systemd-nspawn container booted from this machine's own tree
 ## and drive it with systemctl and echoload (tests/e2e/run.sh). Needs root.
 e2e: deb
 	E2E_RESULTS=.build-e2e tests/e2e/run.sh .build-deb/echod_$(VERSION)-1_$$(dpkg --print-architecture).deb
