@@ -67,7 +67,8 @@ public struct Epoll: ~Copyable {
     public func _blockingWaitForEvents(
         into buffer: UnsafeMutableBufferPointer<epoll_event>, timeoutMilliseconds: Int32
     ) throws(SystemError) -> Int {
-        let n = epoll_wait(descriptor.rawValue, buffer.baseAddress, Int32(buffer.count), timeoutMilliseconds)
+        // A raw system call: glibc's epoll_wait is a cancellation point (see CEchoShims_recv).
+        let n = CEchoShims_epoll_wait(descriptor.rawValue, buffer.baseAddress, Int32(buffer.count), timeoutMilliseconds)
         if n < 0 {
             let err = Glibc.errno
             if err == EINTR { return 0 }
