@@ -30,6 +30,11 @@ public final class ForkModel: ServingModel {
     /// Bytes echoed, added to by children: an anonymous shared page, so the parent can report
     /// them without a pipe per child.
     private let sharedBytes: UnsafeMutablePointer<UInt64>
+    /// The children's echo buffer: mapped once in the parent and never touched there, so a
+    /// child's first write faults in fresh zero pages instead of copying the parent's, and the
+    /// child does not write malloc's bookkeeping (each written page of the parent's heap would
+    /// be copied for every child).
+    private let childBuffer: UnsafeMutableRawPointer
     private var accepted: UInt64 = 0
     private var backoffs: UInt64 = 0
     private var backoffUntil: Int64? = nil
@@ -47,10 +52,18 @@ public final class ForkModel: ServingModel {
         guard let page, page != MAP_FAILED else { throw SystemError("mmap", errno: errno) }
         sharedBytes = page.bindMemory(to: UInt64.self, capacity: 1)
         sharedBytes.pointee = 0
+        let buffer = mmap(nil, Self.bufferSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        guard let buffer, buffer != MAP_FAILED else {
+            let err = errno
+            munmap(page, 4096)
+            throw SystemError("mmap", errno: err)
+        }
+        childBuffer = buffer
     }
 
     deinit {
         munmap(sharedBytes, 4096)
+        munmap(childBuffer, Self.bufferSize)
     }
 
     public func start() throws(SystemError) {}
@@ -98,10 +111,9 @@ public final class ForkModel: ServingModel {
             fd = 3
         }
         if CEchoShims_close_from(4) != 0 { _exit(71) }
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: Self.bufferSize, alignment: 16)
         let shared = sharedBytes
         BlockingEcho.serve(
-            fd: fd, buffer: buffer, capacity: Self.bufferSize,
+            fd: fd, buffer: childBuffer, capacity: Self.bufferSize,
             stopRequested: { CEchoShims_stop_requested() != 0 },
             echoed: { CEchoShims_atomic_add_u64(shared, $0) })
         _exit(0)
