@@ -196,6 +196,11 @@ scenario_analyze() {
 
 scenario_activation() {
     begin "socket activation: first connection starts echod, active only after READY=1, live STATUS"
+    systemctl stop echod.socket
+    ! ss -Hltn 'sport = :7' | grep -q . || fail "port 7 still listening with echod.socket stopped"
+    systemctl start echod.socket || fail "systemctl start echod.socket returned $?"
+    socket_listening
+    sleep 0.3
     expect_prop echod.service ActiveState inactive
     expect_prop echod.service Type notify
     # PID1's own debug log shows the order: READY=1 received, then start -> running.
@@ -373,9 +378,15 @@ scenario_watchdog() {
 }
 
 scenario_remove() {
-    begin "dpkg -r stops every unit; purge removes the configuration"
+    begin "reinstall while running: echod restarted, still serving; dpkg -r stops every unit; purge removes the configuration"
     echo_check 1
-    local log
+    local log pid
+    pid=$(prop echod.service MainPID)
+    log=$(DEBIAN_FRONTEND=noninteractive dpkg -i "$DEB" 2>&1) || fail "dpkg -i (reinstall) failed: $log"
+    wait_prop echod.service ActiveState active 10
+    [ "$(prop echod.service MainPID)" != "$pid" ] || fail "reinstall did not restart the running echod"
+    expect_prop echod.socket ActiveState active
+    echo_check 1
     log=$(dpkg -r echod 2>&1) || fail "dpkg -r failed: $log"
     local u
     for u in echod.socket echod.service; do

@@ -25,7 +25,9 @@ root=$work/root
 nspawn_pid=""
 cleanup() {
     if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
-        kill -KILL "$nspawn_pid" 2>/dev/null || true
+        # $nspawn_pid is timeout(1): it passes SIGTERM on to systemd-nspawn (which powers the
+        # container off) and SIGKILLs it 10 s later if need be.
+        kill -TERM "$nspawn_pid" 2>/dev/null || true
         wait "$nspawn_pid" 2>/dev/null || true
     fi
     mountpoint -q "$root" && umount "$root"
