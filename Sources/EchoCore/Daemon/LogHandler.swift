@@ -60,8 +60,15 @@ public struct EchodLogHandler: LogHandler {
         var all = metadata
         if let provided = metadataProvider?.get() { all.merge(provided) { $1 } }
         if let extra = event.metadata { all.merge(extra) { $1 } }
-        let line = Self.format(
-            level: event.level, message: event.message.description, metadata: all, journal: journal, label: label)
+        Self.write(
+            Self.format(level: event.level, message: event.message.description, metadata: all, journal: journal, label: label),
+            to: fd)
+    }
+
+    /// Writes `line` with as few write(2) calls as the kernel allows (one, for a line shorter
+    /// than PIPE_BUF, so lines from several threads never interleave). Failures are dropped:
+    /// logging must not take the daemon down.
+    private static func write(_ line: String, to fd: Int32) {
         var bytes = Array(line.utf8)
         var offset = 0
         while offset < bytes.count {
@@ -96,15 +103,7 @@ public struct EchodLogHandler: LogHandler {
     /// journald: for diagnostics such as `echod.conf:12: unknown key ...`, which read best
     /// like a compiler's, without the log's timestamp and level.
     public static func writeDiagnostic(_ text: String, level: Logger.Level, fd: Int32 = 2) {
-        let line = (isJournalStream(fd) ? "<\(priority(level))>" : "") + text.replacing("\n", with: "\\n") + "\n"
-        var bytes = Array(line.utf8)
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes.withUnsafeMutableBytes { Glibc.write(fd, $0.baseAddress! + offset, $0.count - offset) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
-            offset += n
-        }
+        write((isJournalStream(fd) ? "<\(priority(level))>" : "") + text.replacing("\n", with: "\\n") + "\n", to: fd)
     }
 
     /// syslog(3) priority for a level.

@@ -26,18 +26,7 @@ public struct JoinableThread: Sendable {
     ///   - body: what the thread runs.
     /// - Throws: `SystemError` from `pthread_create` (EAGAIN: out of threads or RLIMIT_NPROC).
     public init(name: String, stackSize: Int? = nil, _ body: @escaping @Sendable () -> Void) throws(SystemError) {
-        var attr = pthread_attr_t()
-        pthread_attr_init(&attr)
-        defer { pthread_attr_destroy(&attr) }
-        if let stackSize { pthread_attr_setstacksize(&attr, stackSize) }
-        let box = Unmanaged.passRetained(Box(name: name, body: body)).toOpaque()
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, &attr, threadMain, box)
-        guard rc == 0 else {
-            Unmanaged<Box>.fromOpaque(box).release()
-            throw SystemError("pthread_create", errno: rc)
-        }
-        self.thread = thread
+        thread = try Self.create(name: name, stackSize: stackSize, detached: false, body)
     }
 
     /// Starts `body` on a detached thread (its resources go back to the system when it ends).
@@ -46,10 +35,16 @@ public struct JoinableThread: Sendable {
     public static func detach(
         name: String, stackSize: Int? = nil, _ body: @escaping @Sendable () -> Void
     ) throws(SystemError) {
+        _ = try create(name: name, stackSize: stackSize, detached: true, body)
+    }
+
+    private static func create(
+        name: String, stackSize: Int?, detached: Bool, _ body: @escaping @Sendable () -> Void
+    ) throws(SystemError) -> pthread_t {
         var attr = pthread_attr_t()
         pthread_attr_init(&attr)
         defer { pthread_attr_destroy(&attr) }
-        pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED))
+        if detached { pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED)) }
         if let stackSize {
             let rc = pthread_attr_setstacksize(&attr, stackSize)
             if rc != 0 { throw SystemError("pthread_attr_setstacksize", errno: rc) }
@@ -61,6 +56,7 @@ public struct JoinableThread: Sendable {
             Unmanaged<Box>.fromOpaque(box).release()
             throw SystemError("pthread_create", errno: rc)
         }
+        return thread
     }
 
     /// Waits for the thread to finish.

@@ -36,8 +36,7 @@ public final class ForkModel: ServingModel {
     /// be copied for every child).
     private let childBuffer: UnsafeMutableRawPointer
     private var accepted: UInt64 = 0
-    private var backoffs: UInt64 = 0
-    private var backoffUntil: Int64? = nil
+    private var backoff: AcceptBackoff
     private var stopping = false
     private var deadline: Int64 = .max
     private var killed = false
@@ -48,6 +47,7 @@ public final class ForkModel: ServingModel {
         listeners = settings.listeners
         limit = settings.maxConnections
         self.logger = logger
+        backoff = AcceptBackoff(logger: logger)
         let page = mmap(nil, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)
         guard let page, page != MAP_FAILED else { throw SystemError("mmap", errno: errno) }
         sharedBytes = page.bindMemory(to: UInt64.self, capacity: 1)
@@ -68,36 +68,36 @@ public final class ForkModel: ServingModel {
 
     public func start() throws(SystemError) {}
 
-    private var accepting: Bool { !stopping && backoffUntil == nil && children.count < limit }
+    /// Whether a new connection may be taken, back-off aside (the accept loop checks that one
+    /// itself; reading `backoff` from inside its own mutating call would be an exclusivity error).
+    private var roomForMore: Bool { !stopping && children.count < limit }
+
+    private var accepting: Bool { roomForMore && !backoff.isActive }
 
     public var controlDescriptors: [Int32] { accepting ? listeners : [] }
 
     public func controlDescriptorReadable(_ fd: Int32) {
-        while accepting {
-            let result: IOResult<Int32>
-            do {
-                result = try Socket.acceptBlocking(fd)
-            } catch {
-                if Socket.isTransientAcceptError(error.errno) { continue }
-                backOff("accept failed; pausing accepts for 1s", error)
-                return
-            }
-            guard case .processed(let connection) = result else { return }
-            spawnChild(for: connection)
+        var spawned: [pid_t] = []
+        backoff.acceptConnections(from: fd, while: { !stopping && children.count + spawned.count < limit }) {
+            (connection) throws(AcceptBackoff.HandlerFailure) in
+            spawned.append(try spawnChild(for: connection))
         }
+        children.formUnion(spawned)
+        accepted &+= UInt64(spawned.count)
     }
 
-    private func spawnChild(for connection: Int32) {
+    /// Forks a child to serve `connection` and closes the parent's copy.
+    /// - Returns: the child's pid.
+    private func spawnChild(for connection: Int32) throws(AcceptBackoff.HandlerFailure) -> pid_t {
         fflush(nil)  // nothing buffered may be written twice, once by each process
         let pid = fork()
         if pid == 0 { childMain(connection) }
+        let err = errno
         closeNoRetry(connection)
         if pid < 0 {
-            backOff("fork failed; pausing accepts for 1s", SystemError("fork", errno: errno))
-            return
+            throw .init(message: "fork failed; pausing accepts for 1s", error: SystemError("fork", errno: err))
         }
-        children.insert(pid)
-        accepted &+= 1
+        return pid
     }
 
     /// The child: never returns.
@@ -146,24 +146,12 @@ public final class ForkModel: ServingModel {
         }
     }
 
-    private func backOff(_ message: Logger.Message, _ error: SystemError) {
-        backoffs &+= 1
-        let now = monotonicNanoseconds()
-        backoffUntil = now + 1_000_000_000
-        if now - lastWarning >= 1_000_000_000 {
-            lastWarning = now
-            logger.warning(message, metadata: ["error": "\(error)"])
-        }
-    }
-
     public var tickInterval: Int64? {
-        if stopping { return 100_000_000 }
-        if let until = backoffUntil { return max(0, until - monotonicNanoseconds()) }
-        return nil
+        stopping ? 100_000_000 : backoff.remaining
     }
 
     public func tick(now: Int64) {
-        if let until = backoffUntil, now >= until { backoffUntil = nil }
+        backoff.expire(now: now)
         guard stopping else { return }
         reapChildren()
         if now >= deadline && !killed {
@@ -194,7 +182,7 @@ public final class ForkModel: ServingModel {
         s.accepted = accepted
         s.open = children.count
         s.bytesEchoed = CEchoShims_atomic_load_u64(sharedBytes)
-        s.acceptBackoffs = backoffs
+        s.acceptBackoffs = backoff.count
         return s
     }
 

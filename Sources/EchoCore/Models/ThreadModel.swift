@@ -21,12 +21,10 @@ public final class ThreadModel: ServingModel {
     private var logger: Logger
     private let state: SharedState
     private var accepted: UInt64 = 0
-    private var backoffs: UInt64 = 0
-    private var backoffUntil: Int64? = nil
+    private var backoff: AcceptBackoff
     private var stopping = false
     private var deadline: Int64 = .max
     private var forcedClose = false
-    private var lastWarning: Int64 = 0
 
     /// What connection threads share with the control thread.
     final class SharedState: Sendable {
@@ -52,6 +50,7 @@ public final class ThreadModel: ServingModel {
         listeners = settings.listeners
         stackSize = settings.threadStackSize
         self.logger = logger
+        backoff = AcceptBackoff(logger: logger)
         state = try SharedState(limit: settings.maxConnections)
     }
 
@@ -62,10 +61,13 @@ public final class ThreadModel: ServingModel {
         }
     }
 
-    private var accepting: Bool {
-        !stopping && backoffUntil == nil
-            && state.open.load(ordering: .relaxed) < state.limit.load(ordering: .relaxed)
+    /// Whether a new connection may be taken, back-off aside (the accept loop checks that one
+    /// itself; reading `backoff` from inside its own mutating call would be an exclusivity error).
+    private var roomForMore: Bool {
+        !stopping && state.open.load(ordering: .relaxed) < state.limit.load(ordering: .relaxed)
     }
+
+    private var accepting: Bool { roomForMore && !backoff.isActive }
 
     public var controlDescriptors: [Int32] {
         (accepting ? listeners : []) + [state.wakeup.descriptor.rawValue]
@@ -80,30 +82,23 @@ public final class ThreadModel: ServingModel {
     }
 
     private func acceptConnections(from listener: Int32) {
-        while accepting {
-            let result: IOResult<Int32>
-            do {
-                result = try Socket.acceptBlocking(listener)
-            } catch {
-                if Socket.isTransientAcceptError(error.errno) { continue }
-                backOff("accept failed; pausing accepts for 1s", error)
-                return
-            }
-            guard case .processed(let fd) = result else { return }
+        let state = self.state
+        let stackSize = self.stackSize
+        var started: UInt64 = 0
+        backoff.acceptConnections(from: listener, while: { roomForMore }) { (fd) throws(AcceptBackoff.HandlerFailure) in
             state.open.add(1, ordering: .relaxed)
-            let state = self.state
-            do {
+            do throws(SystemError) {
                 try JoinableThread.detach(name: "echod-conn", stackSize: stackSize) {
                     Self.connectionThread(fd: fd, state: state)
                 }
-                accepted &+= 1
+                started &+= 1
             } catch {
                 state.open.subtract(1, ordering: .relaxed)
                 closeNoRetry(fd)
-                backOff("cannot start a connection thread; pausing accepts for 1s", error)
-                return
+                throw .init(message: "cannot start a connection thread; pausing accepts for 1s", error: error)
             }
         }
+        accepted &+= started
     }
 
     private static func connectionThread(fd: Int32, state: SharedState) {
@@ -128,26 +123,14 @@ public final class ThreadModel: ServingModel {
         }
     }
 
-    private func backOff(_ message: Logger.Message, _ error: SystemError) {
-        backoffs &+= 1
-        backoffUntil = monotonicNanoseconds() + 1_000_000_000
-        let now = monotonicNanoseconds()
-        if now - lastWarning >= 1_000_000_000 {
-            lastWarning = now
-            logger.warning(message, metadata: ["error": "\(error)"])
-        }
-    }
-
     public func handleSignal(_ signal: Int32) {}
 
     public var tickInterval: Int64? {
-        if stopping { return 100_000_000 }
-        if let until = backoffUntil { return max(0, until - monotonicNanoseconds()) }
-        return nil
+        stopping ? 100_000_000 : backoff.remaining
     }
 
     public func tick(now: Int64) {
-        if let until = backoffUntil, now >= until { backoffUntil = nil }
+        backoff.expire(now: now)
         guard stopping else { return }
         if now >= deadline && !forcedClose {
             // Out of time: shut the sockets under the threads; their blocked calls return.
@@ -188,7 +171,7 @@ public final class ThreadModel: ServingModel {
         s.accepted = accepted
         s.open = state.open.load(ordering: .relaxed)
         s.bytesEchoed = state.bytesEchoed.load(ordering: .relaxed)
-        s.acceptBackoffs = backoffs
+        s.acceptBackoffs = backoff.count
         return s
     }
 
