@@ -145,3 +145,29 @@ func settledThreadCount(_ pid: pid_t) -> Int {
     }
     return count
 }
+
+extension EchodIntegration.Models {
+    /// The thread model catches SIGUSR2 (without SA_RESTART) to interrupt blocked connection
+    /// threads at a stop: a storm of it during transfers makes every blocking read and write
+    /// return EINTR now and then, and not one byte may be lost or doubled for it.
+    @Test func threadModelSurvivesAnInterruptStormDuringTransfers() throws {
+        try withEchod(config: Echod.config(model: "thread")) { server in
+            let plans = (0..<20).map { FlowPlan(bytes: 2 << 20, seed: 9100 + UInt64($0)) }
+            let load = try EchoLoad(port: server.port, plans: plans)
+            let pid = server.pid
+            let storm = Thread {
+                for _ in 0..<2000 {
+                    kill(pid, SIGUSR2)
+                    usleep(500)
+                }
+            }
+            storm.start()
+            let finished = try load.runToCompletion(timeout: .seconds(30))
+            while !storm.isFinished { usleep(10_000) }
+            #expect(load.failures == [])
+            #expect(finished, "\(load.unfinishedSummary); \(server.describeState())")
+            #expect(load.totalRead == plans.count * (2 << 20))
+            #expect(server.child.isRunning, "\(server.describeState())")
+        }
+    }
+}
