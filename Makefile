@@ -53,6 +53,7 @@ demo: release
 test: build
 	$(SWIFT) test --skip-build
 	$(MAKE) e2e
+	$(MAKE) bench-smoke
 
 ## release-static: echod and echoload with the Swift runtime linked in, in $(BUILT).
 release-static: setup
@@ -108,13 +109,13 @@ $(BENCH_OUT)/baseline: bench/baseline.c
 	@mkdir -p $(BENCH_OUT)
 	$(CC) -O2 -Wall -Wextra -o $@ $<
 
-bench: release $(BENCH_OUT)/baseline
-	python3 bench/run.py --echod .build/release/echod --echoload .build/release/echoload \
+bench: release-static $(BENCH_OUT)/baseline
+	python3 bench/run.py --echod $(BUILT)/echod --echoload $(BUILT)/echoload \
 	  --baseline $(BENCH_OUT)/baseline --out $(BENCH_OUT)
 
 ## bench-smoke: the benchmark end to end in under a minute; asserts nothing about speed.
-bench-smoke: release $(BENCH_OUT)/baseline
-	python3 bench/run.py --echod .build/release/echod --echoload .build/release/echoload \
+bench-smoke: release-static $(BENCH_OUT)/baseline
+	python3 bench/run.py --echod $(BUILT)/echod --echoload $(BUILT)/echoload \
 	  --baseline $(BENCH_OUT)/baseline --out $(BENCH_OUT)/smoke --smoke
 
 clean:
