@@ -50,10 +50,11 @@ demo: release
 	./scripts/demo.sh .build/release
 
 ## test: set-up, build, every test, then the end-to-end test against real systemd (e2e).
+# The Swift suites run last so that their summary line closes the output.
 test: build
-	$(SWIFT) test --skip-build
 	$(MAKE) e2e
 	$(MAKE) bench-smoke
+	$(SWIFT) test --skip-build
 
 ## release-static: echod and echoload with the Swift runtime linked in, in $(BUILT).
 release-static: setup
@@ -116,7 +117,7 @@ bench: release-static $(BENCH_OUT)/baseline
 ## bench-smoke: the benchmark end to end in under a minute; asserts nothing about speed.
 bench-smoke: release-static $(BENCH_OUT)/baseline
 	python3 bench/run.py --echod $(BUILT)/echod --echoload $(BUILT)/echoload \
-	  --baseline $(BENCH_OUT)/baseline --out $(BENCH_OUT)/smoke --smoke
+	  --baseline $(BENCH_OUT)/baseline --out $(BENCH_OUT)/smoke --smoke --quiet
 
 clean:
 	rm -rf .build .build-*

@@ -28,8 +28,12 @@ import time
 SERVERS = ["baseline", "event", "thread", "fork"]
 
 
+QUIET = False
+
+
 def log(msg):
-    print(msg, file=sys.stderr, flush=True)
+    if not QUIET:
+        print(msg, file=sys.stderr, flush=True)
 
 
 class Server:
@@ -222,7 +226,10 @@ def main():
     ap.add_argument("--out", default="bench/out")
     ap.add_argument("--smoke", action="store_true", help="tiny, quick run: checks the benchmark works end to end")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--quiet", action="store_true", help="no progress lines; print only where the report went")
     args = ap.parse_args()
+    global QUIET
+    QUIET = args.quiet
 
     if args.smoke:
         args.runs, args.duration, args.warmup, args.hold_seconds = 1, "0.5s", "0.2s", "1s"
@@ -277,8 +284,11 @@ def main():
         f.write(report)
     with open(os.path.join(args.out, "chart.svg"), "w") as f:
         f.write(render_chart(results))
-    print(report)
     validate(results, sizes, conn_counts)
+    if args.quiet:
+        print(f"bench: every point measured for every server; report in {os.path.join(args.out, 'report.md')}")
+    else:
+        print(report)
 
 
 def machine():
@@ -428,7 +438,7 @@ def validate(results, sizes, conn_counts):
             problems.append(f"hold {n}: held {h and h['held']} of {h and h['requested']}")
     if problems:
         for p in problems:
-            log(f"bench: {p}")
+            print(f"bench: {p}", file=sys.stderr)
         raise SystemExit(1)
 
 
