@@ -430,6 +430,13 @@ def validate(results, sizes, conn_counts):
             for n in SERVERS:
                 if not by.get(n) or not by[n]["msgs_per_s"]:
                     problems.append(f"pingpong {size}x{conns} {n}: no figure")
+    for key, by in results["pingpong"].items():
+        for n, r in by.items():
+            if not all(run["clean"] for run in r["runs"]):
+                problems.append(f"pingpong {key} {n}: echoload found faults")
+    for n, r in results["stream"].items():
+        if not all(run["clean"] for run in r["runs"]):
+            problems.append(f"stream {n}: echoload found faults")
     for n in SERVERS:
         if not results["stream"].get(n) or not results["stream"][n]["mb_per_s"]:
             problems.append(f"stream {n}: no figure")
