@@ -6,7 +6,7 @@ DESTDIR ?=
 
 # Debian packages the build and the tests need.
 APT_PACKAGES := libsystemd-dev pkg-config systemd systemd-container python3 python3-jsonschema procps iproute2 gcc util-linux \
-	debhelper dpkg-dev fakeroot man-db
+	debhelper dpkg-dev man-db
 
 # Release binaries with the Swift runtime linked in (they run where no toolchain is: a .deb, a
 # container), built in their own scratch directory.
@@ -95,7 +95,7 @@ deb: release-static
 	rm -rf .build-deb && mkdir -p .build-deb/echod-$(VERSION)
 	cp -a Makefile Package.swift $(wildcard Package.resolved) README.md Sources etc packaging debian .build-deb/echod-$(VERSION)/
 	cd .build-deb/echod-$(VERSION) && ECHOD_PREBUILT=$(CURDIR)/$(BUILT) \
-	  dpkg-buildpackage --build=binary --no-sign --root-command=fakeroot >../build.log 2>&1 \
+	  dpkg-buildpackage --build=binary --no-sign >../build.log 2>&1 \
 	  || { tail -40 ../build.log; exit 1; }
 	@ls .build-deb/*.deb
 
