@@ -52,7 +52,7 @@ demo: release
 ## test: set-up, build, every test, then the end-to-end test against real systemd (e2e).
 # The Swift suites run last so that their summary line closes the output.
 test: build
-	$(MAKE) e2e
+	$(MAKE) --no-print-directory e2e
 	$(MAKE) bench-smoke
 	$(SWIFT) test --skip-build
 
