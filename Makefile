@@ -49,7 +49,7 @@ release: setup
 demo: release
 	./scripts/demo.sh .build/release
 
-## test: set-up, build, every test, then the end-to-end test against real systemd (e2e).
+## test: set-up, build, the end-to-end test against real systemd (e2e), bench-smoke, the Swift suites.
 # The Swift suites run last so that their summary line closes the output.
 test: build
 	$(MAKE) --no-print-directory e2e
