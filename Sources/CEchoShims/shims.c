@@ -3,6 +3,7 @@
 #endif
 #include "CEchoShims.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <unistd.h>
@@ -106,7 +107,11 @@ void CEchoShims_child_signal_setup(void) {
 }
 
 int CEchoShims_close_from(unsigned int first) {
-    return close_range(first, ~0U, 0);
+    if (close_range(first, ~0U, 0) == 0) return 0;
+    if (errno != ENOSYS) return -1;
+    long max = sysconf(_SC_OPEN_MAX);
+    for (long fd = first; fd < max; fd++) (void)close((int)fd);
+    return 0;
 }
 
 void CEchoShims_atomic_add_u64(uint64_t *p, uint64_t v) {

@@ -53,7 +53,8 @@ int CEchoShims_install_interrupt_handler(int signo);
 /// when children stop), and only then the inherited mask cleared, so a SIGTERM that arrived
 /// while the child was being set up is handled, never fatal.
 void CEchoShims_child_signal_setup(void);
-/// close_range(2): closes every descriptor from `first` up.
+/// close_range(2): closes every descriptor from `first` up; on kernels before 5.9 (ENOSYS),
+/// close(2) on each number up to the open-files limit.
 int CEchoShims_close_from(unsigned int first);
 /// Atomic add/load on memory shared between processes (MAP_SHARED), where Swift's
 /// Synchronization.Atomic cannot be placed.
@@ -72,7 +73,12 @@ static inline long CEchoShims_send(int fd, const void *buf, size_t len, int flag
     return syscall(SYS_sendto, fd, buf, len, flags, (void *)0, 0);
 }
 static inline int CEchoShims_epoll_wait(int epfd, struct epoll_event *events, int maxevents, int timeout) {
+#ifdef SYS_epoll_wait
     return (int)syscall(SYS_epoll_wait, epfd, events, maxevents, timeout);
+#else
+    /* arm64, riscv64 and newer ports have only epoll_pwait. */
+    return (int)syscall(SYS_epoll_pwait, epfd, events, maxevents, timeout, (void *)0, 0);
+#endif
 }
 
 // Macro constants whose import is unreliable or typed awkwardly.

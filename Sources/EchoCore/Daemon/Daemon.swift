@@ -117,8 +117,8 @@ public final class Daemon {
         do throws(StartupError) {
             try applyResourceLimits(configuration)
             try openListeners()
-            maxConnections = effectiveMaxConnections(configuration)
             workerCount = configuration.workers > 0 ? configuration.workers : Int(CEchoShims_available_cpus())
+            maxConnections = effectiveMaxConnections(configuration)
             model = try makeModel()
         } catch {
             closeListeners()
@@ -249,7 +249,9 @@ public final class Daemon {
     // MARK: - Reload
 
     private func reload(model: ServingModel, status: inout StatusReporter) {
-        notifier.notify("RELOADING=1\nSTATUS=Reloading configuration")
+        // MONOTONIC_USEC lets systemd 253+ (Type=notify-reload) tie this to the request; 252
+        // ignores it.
+        notifier.notify("RELOADING=1\nMONOTONIC_USEC=\(monotonicNanoseconds() / 1000)\nSTATUS=Reloading configuration")
         logger.info("reloading configuration", metadata: ["config.path": "\(source.path)"])
         let new: Configuration
         do {
@@ -365,7 +367,8 @@ public final class Daemon {
         return wanted
     }
 
-    /// Descriptors kept back from `MaxConnections=auto` for listeners, epoll, logs and the like.
+    /// Descriptors kept back from `MaxConnections=auto` for listeners, logs, the signalfd and
+    /// the like, besides the two (epoll, eventfd) of each event-model worker.
     static let descriptorReserve = 64
 
     /// `MaxConnections=` resolved (`auto`: the open-file soft limit less a reserve), combined with
@@ -378,7 +381,8 @@ public final class Daemon {
         case .auto:
             let soft = (try? ResourceLimits.get(ResourceLimits.noFile).soft) ?? 1024
             let usable = min(soft, UInt64(Int32.max))
-            limit = max(1, Int(usable) - Self.descriptorReserve)
+            let reserve = Self.descriptorReserve + (config.model == .event ? 2 * workerCount : 0)
+            limit = max(1, Int(usable) - reserve)
         }
         switch config.model {
         case .event: break

@@ -78,7 +78,14 @@ final class Worker: @unchecked Sendable {
     }
 
     deinit {
-        for slot in table.usedSlots() { close(slot) }
+        // Only after the loop failed: close what is left without waking peers, whose eventfds
+        // may be closed (and their numbers reused) by now.
+        for slot in table.usedSlots() {
+            let c = table.entry(slot)
+            releasePending(c)
+            closeNoRetry(c.pointee.fd)
+            table.free(slot)
+        }
         readBuffer.deallocate()
         for b in bufferPool { b.deallocate() }
     }
@@ -200,13 +207,13 @@ final class Worker: @unchecked Sendable {
             do {
                 result = try Socket.accept(listener)
             } catch {
-                _ = control.releaseConnection()
+                releaseSlot()
                 if handleAcceptError(error) { continue }
                 return
             }
             switch result {
             case .wouldBlock:
-                _ = control.releaseConnection()
+                releaseSlot()
                 return
             case .processed(let fd):
                 let slot = table.allocate(fd: fd)
@@ -394,7 +401,15 @@ final class Worker: @unchecked Sendable {
         // close(2) also removes the descriptor from this epoll instance (it is not dup'ed).
         closeNoRetry(c.pointee.fd)
         table.free(slot)
-        if control.releaseConnection(), control.pausedWorkers.load(ordering: .sequentiallyConsistent) > 0 {
+        releaseSlot()
+    }
+
+    /// Returns a connection slot to the pool and wakes the workers if any is paused at the
+    /// limit: on every path that gives a slot back (a close, but also an accept that found the
+    /// queue empty or failed after the slot was reserved), or a paused worker could wait for
+    /// good while there is room.
+    private func releaseSlot() {
+        if control.releaseConnection() {
             for peer in peers { wake(peer) }
         }
     }

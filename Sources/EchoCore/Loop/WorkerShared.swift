@@ -27,13 +27,18 @@ public final class PoolControl: Sendable {
 
     /// Takes one connection slot if the limit allows.
     /// - Returns: false when at the limit (the caller stops accepting).
+    ///
+    /// Sequentially consistent, with `releaseConnection` and `pausedWorkers`: a worker that
+    /// pauses (increments `pausedWorkers`, then reads `hasRoom`) and a worker that releases
+    /// (decrements `openConnections`, then reads `pausedWorkers`) must not both read the old
+    /// value, or the pause is never undone (the store-buffering pattern).
     @inline(__always)
     func reserveConnection() -> Bool {
-        var current = openConnections.load(ordering: .relaxed)
+        var current = openConnections.load(ordering: .sequentiallyConsistent)
         let limit = maxConnections.load(ordering: .relaxed)
         while current < limit {
             let (exchanged, original) = openConnections.compareExchange(
-                expected: current, desired: current + 1, ordering: .relaxed)
+                expected: current, desired: current + 1, ordering: .sequentiallyConsistent)
             if exchanged { return true }
             current = original
         }
@@ -41,16 +46,16 @@ public final class PoolControl: Sendable {
     }
 
     /// Gives a slot back.
-    /// - Returns: true when the pool was at its limit before, so paused workers should resume.
+    /// - Returns: true when some worker is paused at the limit and should be woken to look again.
     @inline(__always)
     func releaseConnection() -> Bool {
-        let before = openConnections.subtract(1, ordering: .relaxed).oldValue
-        return before >= maxConnections.load(ordering: .relaxed)
+        openConnections.subtract(1, ordering: .sequentiallyConsistent)
+        return pausedWorkers.load(ordering: .sequentiallyConsistent) > 0
     }
 
     /// True while a new connection would fit under the limit.
     var hasRoom: Bool {
-        openConnections.load(ordering: .relaxed) < maxConnections.load(ordering: .relaxed)
+        openConnections.load(ordering: .sequentiallyConsistent) < maxConnections.load(ordering: .relaxed)
     }
 }
 

@@ -40,6 +40,7 @@ public final class ForkModel: ServingModel {
     private var stopping = false
     private var deadline: Int64 = .max
     private var killed = false
+    private var lastSignal: Int64 = 0
     private var lastWarning: Int64 = 0
 
     /// - Throws: `SystemError` if the shared counter page cannot be mapped.
@@ -154,6 +155,10 @@ public final class ForkModel: ServingModel {
         backoff.expire(now: now)
         guard stopping else { return }
         reapChildren()
+        // The control loop turns for every SIGCHLD during a stop; signalling every other child
+        // each time would be quadratic. Every 100 ms is enough.
+        guard now - lastSignal >= 100_000_000 else { return }
+        lastSignal = now
         if now >= deadline && !killed {
             killed = true
             logger.warning("stop timeout reached; killing remaining connection processes", metadata: ["children": "\(children.count)"])
@@ -167,6 +172,7 @@ public final class ForkModel: ServingModel {
     public func beginStop(deadline: Int64) {
         stopping = true
         self.deadline = deadline
+        lastSignal = monotonicNanoseconds()
         for pid in children { kill(pid, SIGTERM) }
     }
 

@@ -25,6 +25,7 @@ public final class ThreadModel: ServingModel {
     private var stopping = false
     private var deadline: Int64 = .max
     private var forcedClose = false
+    private var lastInterrupt: Int64 = 0
 
     /// What connection threads share with the control thread.
     final class SharedState: Sendable {
@@ -131,15 +132,21 @@ public final class ThreadModel: ServingModel {
 
     public func tick(now: Int64) {
         backoff.expire(now: now)
-        guard stopping else { return }
-        if now >= deadline && !forcedClose {
-            // Out of time: shut the sockets under the threads; their blocked calls return.
-            forcedClose = true
+        // The control loop turns for every thread that ends during a stop; interrupting all the
+        // others each time would be quadratic. Every 100 ms is enough.
+        guard stopping, now - lastInterrupt >= 100_000_000 else { return }
+        lastInterrupt = now
+        if now >= deadline {
+            // Out of time: shut the sockets under the threads; their blocked calls return. Again
+            // on every tick, for threads that registered after the first pass.
             let left = state.threads.withLock { threads in
                 for fd in threads.keys { shutdown(fd, Int32(SHUT_RDWR)) }
                 return threads.count
             }
-            logger.warning("stop timeout reached; closed remaining connections", metadata: ["connections.closed": "\(left)"])
+            if !forcedClose {
+                forcedClose = true
+                logger.warning("stop timeout reached; closed remaining connections", metadata: ["connections.closed": "\(left)"])
+            }
         }
         interruptAll()
     }
@@ -157,6 +164,7 @@ public final class ThreadModel: ServingModel {
         stopping = true
         self.deadline = deadline
         state.stopping.store(true, ordering: .relaxed)
+        lastInterrupt = monotonicNanoseconds()
         interruptAll()
     }
 
