@@ -257,10 +257,13 @@ public final class Daemon {
         do {
             let (loaded, warnings) = try ConfigurationLoader.load(
                 path: source.path, explicitlyRequested: source.explicitlyRequested)
-            for w in warnings { logger.warning("configuration warning", metadata: ["diagnostic": "\(w)"]) }
+            for w in warnings { EchodLogHandler.writeDiagnostic("\(w)", level: .warning) }
             new = loaded
         } catch {
-            for d in error.diagnostics { logger.error("configuration error", metadata: ["diagnostic": "\(d)"]) }
+            // As at start: each diagnostic as its own "file:line: message" line.
+            for d in error.diagnostics {
+                EchodLogHandler.writeDiagnostic("\(d)", level: d.severity == .error ? .error : .warning)
+            }
             logger.error("reload failed; keeping the running configuration")
             notifier.notify("READY=1\nSTATUS=Reload failed, running on previous configuration: \(error.diagnostics.first.map { "\($0)" } ?? "")")
             return
