@@ -228,10 +228,11 @@ public final class Daemon {
                 model.controlDescriptorReadable(p.fd)
             }
             guard pollSet[0].revents != 0 else { continue }
-            while let signal = try? signals.next() {
+            while let delivery = try? signals.nextDelivery() {
+                let signal = delivery.signal
                 switch signal {
                 case SIGCHLD:
-                    model.handleSignal(signal)
+                    model.handleSignal(signal, from: delivery.pid)
                 case SIGHUP where !stopping:
                     reload(model: model, status: &status)
                 case SIGUSR1 where configuration.watchdogTestTrigger:

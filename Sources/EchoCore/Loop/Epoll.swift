@@ -118,16 +118,28 @@ public struct SignalFD: ~Copyable {
         descriptor = FileDescriptor(owning: fd)
     }
 
+    /// A delivered signal: its number and the process that sent it (for SIGCHLD, the child).
+    public struct Delivery: Equatable, Sendable {
+        public var signal: Int32
+        public var pid: pid_t
+    }
+
     /// Reads one pending signal.
     /// - Returns: the signal number, or nil when none is pending.
     public func next() throws(SystemError) -> Int32? {
+        try nextDelivery()?.signal
+    }
+
+    /// Reads one pending signal with its sender.
+    /// - Returns: the delivery, or nil when none is pending.
+    public func nextDelivery() throws(SystemError) -> Delivery? {
         var info = signalfd_siginfo()
         let size = MemoryLayout<signalfd_siginfo>.size
         switch try syscallNonBlocking("read(signalfd)", { Glibc.read(descriptor.rawValue, &info, size) }) {
         case .wouldBlock: return nil
         case .processed(let n):
             precondition(n == size, "short read from signalfd")
-            return Int32(bitPattern: info.ssi_signo)
+            return Delivery(signal: Int32(bitPattern: info.ssi_signo), pid: pid_t(bitPattern: info.ssi_pid))
         }
     }
 }

@@ -1,3 +1,4 @@
+import Glibc
 import Logging
 
 /// The event model: a pool of epoll worker threads (see `Worker`). It needs nothing from the
@@ -19,7 +20,7 @@ public final class EventModel: ServingModel {
     public func start() throws(SystemError) { try pool.start() }
     public var controlDescriptors: [Int32] { [] }
     public func controlDescriptorReadable(_ fd: Int32) {}
-    public func handleSignal(_ signal: Int32) {}
+    public func handleSignal(_ signal: Int32, from pid: pid_t) {}
     public func tick(now: Int64) {}
     public var tickInterval: Int64? { stopping ? 20_000_000 : nil }
 

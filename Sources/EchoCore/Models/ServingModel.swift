@@ -5,6 +5,7 @@
 // The control loop runs on the daemon's main thread. The event model does its work on worker
 // threads and asks nothing of the loop; the thread and fork models accept in the loop itself
 // (the classic design), which is also what keeps the fork model's parent single-threaded.
+import Glibc
 
 /// Totals of a serving model at one moment, for `STATUS=` and logs.
 public struct ServerSnapshot: Equatable, Sendable {
@@ -60,8 +61,8 @@ public protocol ServingModel: AnyObject {
     /// One of `controlDescriptors` is readable.
     func controlDescriptorReadable(_ fd: Int32)
 
-    /// A signal the daemon routes to the model (SIGCHLD).
-    func handleSignal(_ signal: Int32)
+    /// A signal the daemon routes to the model (SIGCHLD), with the pid that sent it.
+    func handleSignal(_ signal: Int32, from pid: pid_t)
 
     /// Called from the control loop at least every `tickInterval` while the model wants it.
     func tick(now: Int64)

@@ -124,7 +124,7 @@ public final class ThreadModel: ServingModel {
         }
     }
 
-    public func handleSignal(_ signal: Int32) {}
+    public func handleSignal(_ signal: Int32, from pid: pid_t) {}
 
     public var tickInterval: Int64? {
         stopping ? 100_000_000 : backoff.remaining
