@@ -39,14 +39,8 @@ struct EchodCommand: ParsableCommand {
 
         let configuration: Configuration
         do {
-            let (loaded, warnings) = try ConfigurationLoader.load(
-                path: source.path, explicitlyRequested: source.explicitlyRequested)
-            for w in warnings { EchodLogHandler.writeDiagnostic("\(w)", level: .warning) }
-            configuration = loaded
+            configuration = try source.loadReportingDiagnostics()
         } catch {
-            for d in error.diagnostics {
-                EchodLogHandler.writeDiagnostic("\(d)", level: d.severity == .error ? .error : .warning)
-            }
             let first = error.diagnostics.first.map { "\($0)" } ?? "invalid configuration"
             notifier.notify("STATUS=Configuration error: \(first)\nERRNO=\(EINVAL)")
             throw ExitCode(ExitStatus.config)

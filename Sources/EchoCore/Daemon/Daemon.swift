@@ -43,6 +43,26 @@ public struct ConfigurationSource: Sendable {
     }
 }
 
+extension ConfigurationSource {
+    /// Reads the configuration, writing every warning and error to stderr as its own
+    /// `file:line: message` line (with a priority prefix under journald), as at start and on
+    /// reload alike.
+    ///
+    /// - Throws: `ConfigurationError` when the configuration is invalid (already reported).
+    public func loadReportingDiagnostics() throws(ConfigurationError) -> Configuration {
+        do {
+            let (loaded, warnings) = try ConfigurationLoader.load(path: path, explicitlyRequested: explicitlyRequested)
+            for w in warnings { EchodLogHandler.writeDiagnostic("\(w)", level: .warning) }
+            return loaded
+        } catch {
+            for d in error.diagnostics {
+                EchodLogHandler.writeDiagnostic("\(d)", level: d.severity == .error ? .error : .warning)
+            }
+            throw error
+        }
+    }
+}
+
 /// The echo daemon: owns the listeners and the serving model, and answers signals.
 public final class Daemon {
     /// The daemon's lifecycle; each case carries what exists in that state.
@@ -256,15 +276,8 @@ public final class Daemon {
         logger.info("reloading configuration", metadata: ["config.path": "\(source.path)"])
         let new: Configuration
         do {
-            let (loaded, warnings) = try ConfigurationLoader.load(
-                path: source.path, explicitlyRequested: source.explicitlyRequested)
-            for w in warnings { EchodLogHandler.writeDiagnostic("\(w)", level: .warning) }
-            new = loaded
+            new = try source.loadReportingDiagnostics()
         } catch {
-            // As at start: each diagnostic as its own "file:line: message" line.
-            for d in error.diagnostics {
-                EchodLogHandler.writeDiagnostic("\(d)", level: d.severity == .error ? .error : .warning)
-            }
             logger.error("reload failed; keeping the running configuration")
             notifier.notify("READY=1\nSTATUS=Reload failed, running on previous configuration: \(error.diagnostics.first.map { "\($0)" } ?? "")")
             return
