@@ -163,6 +163,8 @@ final class EventWorker: @unchecked Sendable {
             do {
                 n = try epoll._blockingWaitForEvents(into: events, timeoutMilliseconds: timeout)
             } catch {
+                // The run cannot go on: a fault, so the run is not clean.
+                tally.ioErrors[errnoName(error.errno), default: 0] += 1
                 tally.noteFault("epoll_wait failed: \(error)")
                 break
             }
@@ -291,8 +293,7 @@ final class EventWorker: @unchecked Sendable {
             do {
                 try epoll.add(fd, events: .output, token: UInt64(i))
             } catch {
-                inFlight -= 1
-                connectFailed(i, errno: error.errno, now)
+                connectFailed(i, errno: error.errno, now)  // undoes inFlight (state is .connecting)
             }
         } else {
             connectFailed(i, errno: errno, now)
@@ -377,10 +378,13 @@ final class EventWorker: @unchecked Sendable {
     private func schedule(_ now: Int64) {
         guard !active.isEmpty else { return }
         let n = Int64(active.count)
+        var handedOut = 0
         while true {
             let intended = ready + Int64(Double(nextMessage) * messageInterval)
             if intended >= windowEnd { return }
-            if intended > now {
+            // Behind schedule by more than a batch: hand out the rest after the next epoll_wait
+            // (the timer, armed in the past, fires at once) so reads and deadlines are not starved.
+            if intended > now || handedOut >= 4096 {
                 var spec = itimerspec()
                 spec.it_value.tv_sec = Int(intended / 1_000_000_000)
                 spec.it_value.tv_nsec = Int(intended % 1_000_000_000)
@@ -389,6 +393,7 @@ final class EventWorker: @unchecked Sendable {
             }
             let i = Int(active[Int(nextMessage % n)])
             nextMessage += 1
+            handedOut += 1
             if intended >= windowStart { tally.scheduled += 1 }
             if conns[i].state == .open {
                 conns[i].goal += size

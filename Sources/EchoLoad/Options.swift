@@ -76,12 +76,33 @@ public struct LoadOptions: Sendable, Equatable {
     /// - Throws: `LoadError.usage` with one line to show.
     public func validate() throws(LoadError) {
         guard connections >= 1 else { throw .usage("--connections must be at least 1") }
+        // Upper bounds keep every derived figure (ranks, deadlines, intervals) inside Int64.
+        guard connections <= Self.maxConnections else {
+            throw .usage("--connections must be at most \(Self.maxConnections)")
+        }
+        guard duration <= Self.maxSpan, warmup <= Self.maxSpan, duration + warmup <= Self.maxSpan else {
+            throw .usage("--duration plus --warmup must be at most 1000h")
+        }
+        guard connectTimeout >= 1_000_000 && connectTimeout <= Self.maxSpan else {
+            throw .usage("--connect-timeout must be between 1ms and 1000h")
+        }
+        guard drainTimeout >= 1_000_000 && drainTimeout <= Self.maxSpan else {
+            throw .usage("--drain-timeout must be between 1ms and 1000h")
+        }
         guard size >= 1 && size <= 64 << 20 else { throw .usage("--size must be between 1 and 67108864 bytes") }
         guard duration >= 0 else { throw .usage("--duration must not be negative") }
         guard warmup >= 0 else { throw .usage("--warmup must not be negative") }
         guard processes >= 1 && processes <= 1024 else { throw .usage("--processes must be between 1 and 1024") }
         guard processes <= connections else { throw .usage("--processes (\(processes)) exceeds --connections (\(connections))") }
-        if let rate { guard rate > 0 && rate.isFinite else { throw .usage("--rate must be positive") } }
+        if let rate {
+            guard rate > 0 && rate.isFinite else { throw .usage("--rate must be positive") }
+            // At most one message (or connect) per nanosecond, and at least one per 1000 hours
+            // per connection, so that intervals are whole, positive nanosecond counts.
+            guard rate <= 1e9 else { throw .usage("--rate must be at most 1000000000/s") }
+            guard 1e9 * Double(connections) / rate <= Double(Self.maxSpan) else {
+                throw .usage("--rate is too low: one message per connection must be due within 1000h")
+            }
+        }
         if mode == .rate && rate == nil { throw .usage("rate needs --rate MESSAGES/s") }
         if model == .fork && connections > Self.forkConnectionLimit {
             throw .usage("--model fork starts one process per connection; at most \(Self.forkConnectionLimit) (use --model event --processes P for more)")
@@ -91,6 +112,12 @@ public struct LoadOptions: Sendable, Equatable {
             throw .usage("--source \(s.host) is not of the target's address family")
         }
     }
+
+    /// Most connections one run accepts (far beyond what descriptor limits allow anyway).
+    public static let maxConnections = 100_000_000
+
+    /// The longest duration, warm-up or timeout (1000 hours, in nanoseconds).
+    public static let maxSpan: Int64 = 1000 * 3600 * 1_000_000_000
 
     /// Most connections `--model fork` accepts (each is a whole process).
     public static let forkConnectionLimit = 1000

@@ -233,6 +233,20 @@ func defaultConnections(_ mode: LoadMode) -> Int {
             expectOneLine(try echoload(["launch", "127.0.0.1:7"]), status: 64, containing: "launch")
         }
 
+        /// Values at the edges of what the arithmetic can hold are refused up front, rather than
+        /// trapping on an overflow, hanging, or (timeouts of 0) blocking forever.
+        @Test(arguments: [
+            (["rate", "127.0.0.1:7", "--rate", "1e-10"], "--rate is too low"),
+            (["rate", "127.0.0.1:7", "--rate", "1e300"], "--rate must be at most"),
+            (["hold", "127.0.0.1:7", "-c", "9223372036854775807"], "--connections must be at most"),
+            (["pingpong", "127.0.0.1:7", "--warmup", "2000000h", "--duration", "2000000h"], "at most 1000h"),
+            (["pingpong", "127.0.0.1:7", "--model", "thread", "--drain-timeout", "0"], "--drain-timeout"),
+            (["pingpong", "127.0.0.1:7", "--connect-timeout", "500ns"], "--connect-timeout"),
+        ])
+        func extremeValuesAreRefusedInOneLine(arguments: [String], message: String) throws {
+            expectOneLine(try echoload(arguments), status: 64, containing: message)
+        }
+
         @Test func unreachableTargetIsOneLine() throws {
             // A port that was just free: bind, read it back, close, connect.
             let fd = try Socket.listen(on: try SocketAddress(parsing: "127.0.0.1:0"), backlog: 1)
