@@ -54,6 +54,9 @@ struct EventConnection {
     var wantsOutput = false
     /// Write side shut down (stream end).
     var shutDown = false
+    /// Owed nothing more: write side shut, reading to EOF so that bytes the server sends
+    /// beyond the echo are caught too.
+    var finishing = false
     /// Position among the worker's established connections (rate schedule).
     var slot: Int32 = -1
     var seed: Int = 0
@@ -207,6 +210,9 @@ final class EventWorker: @unchecked Sendable {
             if openCount == 0 {
                 phase = .done
             } else if now >= drainDeadline {
+                for i in 0..<count where conns[i].state == .open && conns[i].finishing {
+                    close(i)  // owed nothing; the server just did not close: not a fault
+                }
                 for i in 0..<count where conns[i].state == .open {
                     tally.timeouts += 1
                     pending.faults += 1
@@ -421,9 +427,9 @@ final class EventWorker: @unchecked Sendable {
                 setOutput(i, false)
                 Glibc.shutdown(conns[i].fd, Int32(SHUT_WR))
                 conns[i].shutDown = true
-                if conns[i].received == conns[i].sent { close(i) }
+                if conns[i].received == conns[i].sent { finish(i) }
             default:
-                if conns[i].received == conns[i].sent && conns[i].sent == conns[i].goal { close(i) }
+                if conns[i].received == conns[i].sent && conns[i].sent == conns[i].goal { finish(i) }
             }
         }
         if openCount == 0 { phase = .done }
@@ -501,12 +507,17 @@ final class EventWorker: @unchecked Sendable {
     }
 
     private func read(_ i: Int, _ now: Int64) {
+        if conns[i].finishing {
+            readToEOF(i)
+            return
+        }
         let fd = conns[i].fd
         while true {
             let n = Glibc.recv(fd, readBuffer, Self.readBufferSize, 0)
             if n > 0 {
                 received(i, n, now)
-                if conns[i].state != .open || n < Self.readBufferSize { return }
+                // Finishing connections have already read on (to EOF or EAGAIN) in finish().
+                if conns[i].state != .open || conns[i].finishing || n < Self.readBufferSize { return }
                 continue
             }
             if n == 0 {
@@ -560,11 +571,11 @@ final class EventWorker: @unchecked Sendable {
             if probing && after == conns[i].goal {
                 tally.held += 1
                 pending.held += 1
-                close(i)
+                finish(i)
             }
         case .stream:
             if inWindow { tally.bytesReceived += UInt64(n) }
-            if conns[i].shutDown && after == conns[i].sent { close(i) }
+            if conns[i].shutDown && after == conns[i].sent { finish(i) }
         case .pingpong:
             guard after == conns[i].goal else { return }
             pending.messages += 1
@@ -578,7 +589,7 @@ final class EventWorker: @unchecked Sendable {
             if phase == .connecting || (phase == .running && now < windowEnd) {
                 startMessage(i, now)
             } else {
-                close(i)
+                finish(i)
             }
         case .rate:
             // Every message completed by these bytes: its latency counts from its intended time.
@@ -595,7 +606,44 @@ final class EventWorker: @unchecked Sendable {
                 }
                 m += 1
             }
-            if phase == .draining && after == conns[i].goal { close(i) }
+            if phase == .draining && after == conns[i].goal { finish(i) }
+        }
+    }
+
+    /// The connection was owed nothing more: shut the write side and wait for the server's EOF,
+    /// reading meanwhile, so that bytes beyond the echo do not go unchecked.
+    private func finish(_ i: Int) {
+        guard conns[i].state == .open, !conns[i].finishing else { return }
+        conns[i].finishing = true
+        setOutput(i, false)
+        if !conns[i].shutDown {
+            Glibc.shutdown(conns[i].fd, Int32(SHUT_WR))
+            conns[i].shutDown = true
+        }
+        readToEOF(i)
+    }
+
+    /// Reads a finishing connection: EOF closes it; any byte is one more than was sent.
+    private func readToEOF(_ i: Int) {
+        while conns[i].state == .open {
+            let n = Glibc.recv(conns[i].fd, readBuffer, Self.readBufferSize, 0)
+            if n > 0 {
+                tally.mismatches += 1
+                pending.faults += 1
+                tally.noteFault(
+                    "connection \(global(i)): \(n) bytes arrived after the whole echo (\(conns[i].received) of \(conns[i].sent) bytes sent)")
+                close(i)
+                return
+            }
+            if n == 0 {
+                close(i)
+                return
+            }
+            let e = errno
+            if e == EINTR { continue }
+            if e == EAGAIN || e == EWOULDBLOCK { return }
+            close(i)  // a reset after a complete echo loses nothing we sent
+            return
         }
     }
 

@@ -272,6 +272,26 @@ struct ConnectionThread {
         if ok {
             tally.held += 1
             shared.live.held.add(1, ordering: .relaxed)
+            expectEOF(fd, sent: 16, &tally)
+        }
+    }
+
+    /// The echo is complete: shut the write side and read to the server's EOF (bounded by the
+    /// drain timeout), so that bytes sent beyond the echo are caught, not left unread.
+    private func expectEOF(_ fd: Int32, sent: UInt64, _ tally: inout Tally) {
+        Glibc.shutdown(fd, Int32(SHUT_WR))
+        setTimeout(fd, SO_RCVTIMEO, options.drainTimeout)
+        var scratch = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+        while true {
+            let n = withUnsafeMutableBytes(of: &scratch) { Glibc.recv(fd, $0.baseAddress!, $0.count, 0) }
+            if n > 0 {
+                tally.mismatches += 1
+                tally.noteFault("connection \(global): bytes arrived after the whole echo (\(sent) bytes sent)")
+                shared.live.faults.add(1, ordering: .relaxed)
+                return
+            }
+            if n < 0 && errno == EINTR { continue }
+            return  // EOF; or no close within the drain timeout, or a reset: nothing we sent is lost
         }
     }
 
@@ -299,6 +319,7 @@ struct ConnectionThread {
                 stripe.histogram.withLock { Latency.record(t1 - t0, into: &$0) }
             }
         }
+        expectEOF(fd, sent: position, &tally)
     }
 
     /// rate and stream: this thread writes, a second one reads and verifies.
@@ -389,7 +410,10 @@ struct ConnectionThread {
         while true {
             let done = progress.writerDone.load(ordering: .acquiring)
             let sent = progress.sent.load(ordering: .acquiring)
-            if done && received == sent { return }
+            if done && received == sent {
+                expectEOF(fd, sent: sent, &tally)
+                return
+            }
             let n = Glibc.recv(fd, buffer, capacity, 0)
             let now = monotonicNanoseconds()
             if n > 0 {

@@ -1,6 +1,6 @@
 // Deliberately wrong echo servers, run inside the test process on 127.0.0.1:0: one that flips a
 // byte now and then, one that drops the connection in the middle of a message, one that never
-// answers. One blocking thread per connection; `stop()` (or deinit) wakes and joins them all.
+// answers, one that sends more than the echo. One blocking thread per connection; `stop()` (or deinit) wakes and joins them all.
 import CEchoShims
 import EchoCore
 import Glibc
@@ -16,6 +16,8 @@ enum Fault: String, CaseIterable, Sendable, CustomStringConvertible {
     /// A correct echo that stalls for 300 ms once per connection, after 2000 bytes (not a fault:
     /// it shows up as latency in an open-loop run).
     case stallOnce
+    /// Echoes correctly, then answers the client's half-close with bytes it never sent.
+    case trailingGarbage
     var description: String { rawValue }
 }
 
@@ -78,9 +80,14 @@ final class FaultyServer: Sendable {
         while true {
             let n = Glibc.recv(fd, buffer, 65536, 0)
             if n < 0 && errno == EINTR { continue }
+            if n == 0 && fault == .trailingGarbage {
+                _ = Glibc.send(fd, "GARBAGE", 7, Int32(MSG_NOSIGNAL))
+            }
             if n <= 0 { break }
             var count = n
             switch fault {
+            case .trailingGarbage:
+                break
             case .silent:
                 continue
             case .stallOnce:

@@ -141,6 +141,17 @@ func defaultConnections(_ mode: LoadMode) -> Int {
             try expectFault(run, fault)
         }
 
+        @Test("bytes after the whole echo are caught, in every mode and both client models",
+              arguments: [LoadMode.hold, .pingpong, .rate, .stream], ["event", "thread"])
+        func trailingGarbageIsCaught(mode: LoadMode, model: String) throws {
+            let server = try FaultyServer(.trailingGarbage)
+            defer { server.stop() }
+            var args = shortRun(mode, server.address, connections: 2)
+            args += ["--drain-timeout", "500ms", "--model", model]
+            let run = try echoload(args, timeout: 30)
+            try expectFault(run, .trailingGarbage)
+        }
+
         @Test("hold against a server that never answers: no connection counts as held")
         func holdSilent() throws {
             let server = try FaultyServer(.silent)
@@ -174,6 +185,7 @@ func defaultConnections(_ mode: LoadMode) -> Int {
                 let io = value(j, "errors.io")?.objectValue?.count ?? 0
                 #expect(e("short_reads") + e("premature_closes") + Int64(io) > 0, "\(run)", sourceLocation: sourceLocation)
             case .silent: #expect(e("timeouts") > 0, "\(run)", sourceLocation: sourceLocation)
+            case .trailingGarbage: #expect(e("mismatches") > 0, "\(run)", sourceLocation: sourceLocation)
             case .stallOnce: break
             }
             #expect(value(j, "errors.first")?.stringValue != nil, sourceLocation: sourceLocation)
