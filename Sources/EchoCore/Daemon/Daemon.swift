@@ -174,8 +174,7 @@ public final class Daemon {
     private func makeModel() throws(StartupError) -> ServingModel {
         let settings = ModelSettings(
             listeners: listeners, maxConnections: maxConnections, workers: workerCount,
-            threadStackSize: configuration.threadStackSize, stopTimeout: configuration.stopTimeout,
-            heartbeatMilliseconds: heartbeatMilliseconds)
+            threadStackSize: configuration.threadStackSize, heartbeatMilliseconds: heartbeatMilliseconds)
         do {
             let model: ServingModel
             switch configuration.model {

@@ -297,7 +297,8 @@ final class Worker: @unchecked Sendable {
     }
 
     /// One read and its echo.
-    /// - Returns: true if a read returned data and all of it was written back.
+    /// - Returns: whether the data was echoed, the socket had none, the rest is pending, or the
+    ///   connection was closed.
     @inline(__always)
     @discardableResult
     private func echoOnce(_ slot: Int32, _ c: UnsafeMutablePointer<Connection>) -> EchoOutcome {

@@ -103,8 +103,8 @@ public final class WorkerPool: @unchecked Sendable {
     }
 
     /// Snapshot of the totals across workers.
-    public func snapshot() -> PoolSnapshot {
-        var s = PoolSnapshot()
+    public func snapshot() -> ServerSnapshot {
+        var s = ServerSnapshot()
         for c in counters {
             s.accepted &+= c.accepted.load(ordering: .relaxed)
             s.open += c.open.load(ordering: .relaxed)
@@ -118,13 +118,4 @@ public final class WorkerPool: @unchecked Sendable {
     public func heartbeats() -> [UInt64] {
         workers.map { $0.counters.heartbeat.load(ordering: .relaxed) }
     }
-}
-
-/// Totals across a pool's workers at one moment.
-public struct PoolSnapshot: Equatable, Sendable {
-    public var accepted: UInt64 = 0
-    public var open: Int = 0
-    public var bytesEchoed: UInt64 = 0
-    public var acceptBackoffs: UInt64 = 0
-    public init() {}
 }

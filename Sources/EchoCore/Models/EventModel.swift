@@ -37,15 +37,7 @@ public final class EventModel: ServingModel {
 
     public func setMaxConnections(_ limit: Int) { pool.setMaxConnections(limit) }
 
-    public func snapshot() -> ServerSnapshot {
-        let s = pool.snapshot()
-        var out = ServerSnapshot()
-        out.accepted = s.accepted
-        out.open = s.open
-        out.bytesEchoed = s.bytesEchoed
-        out.acceptBackoffs = s.acceptBackoffs
-        return out
-    }
+    public func snapshot() -> ServerSnapshot { pool.snapshot() }
 
     public func progress() -> [UInt64] { pool.heartbeats() }
 

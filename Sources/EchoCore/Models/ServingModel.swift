@@ -30,21 +30,18 @@ public struct ModelSettings: Sendable {
     public var workers: Int
     /// Thread model: stack size of each connection thread, in bytes.
     public var threadStackSize: Int
-    /// How long a graceful stop may take.
-    public var stopTimeout: Duration
     /// Longest an idle worker goes without advancing its progress counter (the watchdog checks
     /// progress at a fraction of WatchdogSec=).
     public var heartbeatMilliseconds: Int
 
     public init(
-        listeners: [Int32], maxConnections: Int, workers: Int, threadStackSize: Int, stopTimeout: Duration,
+        listeners: [Int32], maxConnections: Int, workers: Int, threadStackSize: Int,
         heartbeatMilliseconds: Int = 1000
     ) {
         self.listeners = listeners
         self.maxConnections = maxConnections
         self.workers = workers
         self.threadStackSize = threadStackSize
-        self.stopTimeout = stopTimeout
         self.heartbeatMilliseconds = heartbeatMilliseconds
     }
 }

@@ -189,5 +189,5 @@ public final class ThreadModel: ServingModel {
 
     public func hangWorkerForTest() {}
 
-    public var summary: String { "thread model, \(ResourceLimit.format(UInt64(stackSize / 1024)))K stacks" }
+    public var summary: String { "thread model, \(stackSize / 1024)K stacks" }
 }
