@@ -48,6 +48,17 @@ struct ConfigurationKey: Sendable {
         )
     }
 
+    /// A key holding a decimal number in `range`.
+    static func integer(
+        _ section: String, _ name: String, _ path: WritableKeyPath<Configuration, Int> & Sendable,
+        in range: ClosedRange<Int>, model: ConcurrencyModel? = nil
+    ) -> ConfigurationKey {
+        .single(
+            section, name, path, model: model,
+            parse: { (text) throws(ConfigurationValueError) in try ConfigurationValueParser.integer(text, in: range) },
+            format: { String($0) })
+    }
+
     /// A key holding a list; each assignment appends, and an empty assignment empties the list.
     ///
     /// The first assignment anywhere replaces the built-in default list rather than appending
@@ -89,13 +100,7 @@ struct ConfigurationKey: Sendable {
             },
             format: { $0.description }
         ),
-        .single(
-            "Server", "Workers", \.workers,
-            parse: { (text) throws(ConfigurationValueError) in
-                try ConfigurationValueParser.integer(text, in: 0...1024)
-            },
-            format: { String($0) }
-        ),
+        .integer("Server", "Workers", \.workers, in: 0...1024),
         .single(
             "Server", "MaxConnections", \.maxConnections,
             parse: { (text) throws(ConfigurationValueError) in
@@ -178,20 +183,8 @@ struct ConfigurationKey: Sendable {
             },
             format: { ConfigurationValueParser.formatSize(UInt64($0)) }
         ),
-        .single(
-            "Thread", "MaxThreads", \.maxThreads, model: .thread,
-            parse: { (text) throws(ConfigurationValueError) in
-                try ConfigurationValueParser.integer(text, in: 1...1_000_000)
-            },
-            format: { String($0) }
-        ),
-        .single(
-            "Fork", "MaxChildren", \.maxChildren, model: .fork,
-            parse: { (text) throws(ConfigurationValueError) in
-                try ConfigurationValueParser.integer(text, in: 1...1_000_000)
-            },
-            format: { String($0) }
-        ),
+        .integer("Thread", "MaxThreads", \.maxThreads, in: 1...1_000_000, model: .thread),
+        .integer("Fork", "MaxChildren", \.maxChildren, in: 1...1_000_000, model: .fork),
         .single(
             "Debug", "WatchdogTestTrigger", \.watchdogTestTrigger,
             parse: { (text) throws(ConfigurationValueError) in
