@@ -99,15 +99,15 @@ final class EventWorker: @unchecked Sendable {
     private let connectInterval: Double?  // ns between connect starts, from --rate (hold)
     // Running.
     private var ready: Int64 = 0
-    private var windowStart: Int64 = 0
-    private var windowEnd: Int64 = 0
+    private var window = MeasuredWindow(start: 0, end: 0)
     private var drainDeadline: Int64 = 0
     private var openCount = 0
     private var probing = false
-    // rate: the worker's schedule, message j intended at ready + j × interval on active[j % n].
+    // rate: the worker's schedule over its open connections, message j on active[j % n].
     private var active: [Int32] = []
     private var nextMessage: Int64 = 0
     private var messageInterval: Double = 0
+    private var rateSchedule = RateSchedule(start: 0, spacing: 0, connections: 1)
     // Totals not yet published to `live`.
     private var pending = ProgressSnapshot()
 
@@ -199,12 +199,12 @@ final class EventWorker: @unchecked Sendable {
         case .running:
             switch options.mode {
             case .hold:
-                if now >= windowEnd && !probing { startProbes(now) }
+                if now >= window.end && !probing { startProbes(now) }
             case .pingpong, .stream:
-                if now >= windowEnd { endTraffic(now) }
+                if now >= window.end { endTraffic(now) }
             case .rate:
                 schedule(now)
-                if now >= windowEnd { endTraffic(now) }
+                if now >= window.end { endTraffic(now) }
             }
         case .draining:
             if openCount == 0 {
@@ -214,9 +214,7 @@ final class EventWorker: @unchecked Sendable {
                     close(i)  // owed nothing; the server just did not close: not a fault
                 }
                 for i in 0..<count where conns[i].state == .open {
-                    tally.timeouts += 1
-                    pending.faults += 1
-                    tally.noteFault("connection \(global(i)): no echo within the drain timeout (\(conns[i].received) of \(conns[i].sent) bytes back)")
+                    fault { $0.recordEchoTimeout(connection: global(i), received: conns[i].received, sent: conns[i].sent) }
                     close(i)
                 }
                 phase = .done
@@ -237,7 +235,7 @@ final class EventWorker: @unchecked Sendable {
             }
             if oldestPending < nextToStart { next = min(next, conns[oldestPending].connectStarted + options.connectTimeout) }
         case .running:
-            if !(options.mode == .hold && probing) { next = min(next, windowEnd) }
+            if !(options.mode == .hold && probing) { next = min(next, window.end) }
         case .draining:
             next = min(next, drainDeadline)
         case .done:
@@ -273,27 +271,14 @@ final class EventWorker: @unchecked Sendable {
     }
 
     private func startConnect(_ i: Int, _ now: Int64) {
-        let target = options.target
-        let fd = Glibc.socket(target.family, CEchoShims_SOCK_STREAM | CEchoShims_SOCK_NONBLOCK | CEchoShims_SOCK_CLOEXEC, 0)
-        if fd < 0 { connectFailed(i, errno: errno, now); return }
-        conns[i].fd = fd
+        let source = options.sources.isEmpty ? nil : options.sources[global(i) % options.sources.count]
         conns[i].connectStarted = now
-        if !options.sources.isEmpty {
-            let source = options.sources[global(i) % options.sources.count]
-            var one: Int32 = 1
-            // Defer the choice of source port to connect(), which then only needs the 4-tuple to be
-            // unique: without this, bind() reserves a port per source address for every destination.
-            _ = setsockopt(fd, Int32(IPPROTO_IP), CEchoShims_IP_BIND_ADDRESS_NO_PORT, &one, 4)
-            let rc = source.withSockAddr { Glibc.bind(fd, $0, $1) }
-            if rc != 0 { connectFailed(i, errno: errno, now); return }
-        }
-        var one: Int32 = 1
-        _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, 4)
-        var rc: Int32
-        repeat { rc = target.withSockAddr { Glibc.connect(fd, $0, $1) } } while rc != 0 && errno == EINTR
-        if rc == 0 {
+        switch ClientSocket.open(to: options.target, from: source, blocking: false) {
+        case .connected(let fd):
+            conns[i].fd = fd
             connected(i, now)
-        } else if errno == EINPROGRESS {
+        case .inProgress(let fd):
+            conns[i].fd = fd
             conns[i].state = .connecting
             inFlight += 1
             do {
@@ -301,8 +286,8 @@ final class EventWorker: @unchecked Sendable {
             } catch {
                 connectFailed(i, errno: error.errno, now)  // undoes inFlight (state is .connecting)
             }
-        } else {
-            connectFailed(i, errno: errno, now)
+        case .failed(_, let e):
+            connectFailed(i, errno: e, now)
         }
     }
 
@@ -357,8 +342,8 @@ final class EventWorker: @unchecked Sendable {
 
     private func becomeReady(_ now: Int64) {
         ready = now
-        windowStart = now + options.warmup
-        windowEnd = windowStart + options.duration
+        window.start = now + options.warmup
+        window.end = window.start + options.duration
         phase = .running
         tally.measuredNanos = options.mode == .hold ? 0 : options.duration
         if options.mode == .rate {
@@ -366,7 +351,8 @@ final class EventWorker: @unchecked Sendable {
                 conns[i].slot = Int32(active.count)
                 active.append(Int32(i))
             }
-            if active.isEmpty { windowEnd = now }
+            if active.isEmpty { window.end = now }
+            rateSchedule = RateSchedule(start: ready, spacing: messageInterval, connections: max(active.count, 1))
             schedule(now)
         }
         if openCount == 0 { phase = .done }
@@ -386,8 +372,8 @@ final class EventWorker: @unchecked Sendable {
         let n = Int64(active.count)
         var handedOut = 0
         while true {
-            let intended = ready + Int64(Double(nextMessage) * messageInterval)
-            if intended >= windowEnd { return }
+            let intended = rateSchedule.intended(nextMessage)
+            if intended >= window.end { return }
             // Behind schedule by more than a batch: hand out the rest after the next epoll_wait
             // (the timer, armed in the past, fires at once) so reads and deadlines are not starved.
             if intended > now || handedOut >= 4096 {
@@ -400,19 +386,12 @@ final class EventWorker: @unchecked Sendable {
             let i = Int(active[Int(nextMessage % n)])
             nextMessage += 1
             handedOut += 1
-            if intended >= windowStart { tally.scheduled += 1 }
+            if intended >= window.start { tally.scheduled += 1 }
             if conns[i].state == .open {
                 conns[i].goal += size
                 if !conns[i].wantsOutput { write(i, now) }
             }
         }
-    }
-
-    /// Intended send time of connection `i`'s message number `m` (rate).
-    @inline(__always)
-    private func intendedTime(_ i: Int, message m: UInt64) -> Int64 {
-        let j = Int64(m) * Int64(active.count) + Int64(conns[i].slot)
-        return ready + Int64(Double(j) * messageInterval)
     }
 
     /// End of the measured period: no new messages; pingpong/rate connections that owe nothing
@@ -457,7 +436,7 @@ final class EventWorker: @unchecked Sendable {
                 conns[i].sent += UInt64(n)
                 tally.totalBytesSent += UInt64(n)
                 pending.bytesSent += n
-                if options.mode == .stream && now >= windowStart && now < windowEnd { tally.bytesSent += UInt64(n) }
+                if options.mode == .stream && now >= window.start && now < window.end { tally.bytesSent += UInt64(n) }
                 continue
             }
             let e = errno
@@ -488,13 +467,11 @@ final class EventWorker: @unchecked Sendable {
         let now = monotonicNanoseconds()
         switch conns[i].state {
         case .connecting:
-            var err: Int32 = 0
-            var len = socklen_t(4)
-            getsockopt(conns[i].fd, SOL_SOCKET, SO_ERROR, &err, &len)
-            if err == 0 && flags & (CEchoShims_EPOLLERR | CEchoShims_EPOLLHUP) == 0 {
+            let err = ClientSocket.pendingError(conns[i].fd, hangup: flags & (CEchoShims_EPOLLERR | CEchoShims_EPOLLHUP) != 0)
+            if err == 0 {
                 connected(i, now)
             } else {
-                connectFailed(i, errno: err != 0 ? err : ECONNREFUSED, now)
+                connectFailed(i, errno: err, now)
             }
         case .open:
             if flags & (CEchoShims_EPOLLIN | CEchoShims_EPOLLRDHUP | CEchoShims_EPOLLHUP | CEchoShims_EPOLLERR) != 0 {
@@ -521,15 +498,7 @@ final class EventWorker: @unchecked Sendable {
                 continue
             }
             if n == 0 {
-                let c = conns[i]
-                if c.received < c.sent {
-                    tally.shortReads += 1
-                    tally.noteFault("connection \(global(i)): peer closed with \(c.sent - c.received) echo bytes owed (\(c.received) of \(c.sent) back)")
-                } else {
-                    tally.prematureCloses += 1
-                    tally.noteFault("connection \(global(i)): peer closed the connection after \(c.received) bytes")
-                }
-                pending.faults += 1
+                fault { $0.recordPeerClose(connection: global(i), received: conns[i].received, sent: conns[i].sent) }
                 close(i)
                 return
             }
@@ -546,18 +515,14 @@ final class EventWorker: @unchecked Sendable {
     private func received(_ i: Int, _ n: Int, _ now: Int64) {
         let before = conns[i].received
         if before + UInt64(n) > conns[i].sent {
-            tally.mismatches += 1
-            pending.faults += 1
-            tally.noteFault("connection \(global(i)): received \(before + UInt64(n)) bytes but sent only \(conns[i].sent)")
+            fault { $0.recordOverrun(connection: global(i), received: before + UInt64(n), sent: conns[i].sent) }
             close(i)
             return
         }
         if let bad = Pattern.firstMismatch(readBuffer, count: n, seed: conns[i].seed, position: before) {
-            tally.mismatches += 1
-            pending.faults += 1
             let expected = Pattern.bytes(seed: conns[i].seed, position: before + UInt64(bad)).pointee
             let got = readBuffer.load(fromByteOffset: bad, as: UInt8.self)
-            tally.noteFault("connection \(global(i)): byte \(before + UInt64(bad)) of the echo is \(got), sent \(expected)")
+            fault { $0.recordMismatch(connection: global(i), position: before + UInt64(bad), got: got, expected: expected) }
             close(i)
             return
         }
@@ -565,7 +530,7 @@ final class EventWorker: @unchecked Sendable {
         conns[i].received = after
         tally.totalBytesReceived += UInt64(n)
         pending.bytesReceived += n
-        let inWindow = now >= windowStart && now < windowEnd && phase == .running
+        let inWindow = now >= window.start && now < window.end && phase == .running
         switch options.mode {
         case .hold:
             if probing && after == conns[i].goal {
@@ -579,33 +544,17 @@ final class EventWorker: @unchecked Sendable {
         case .pingpong:
             guard after == conns[i].goal else { return }
             pending.messages += 1
-            if inWindow {
-                tally.messages += 1
-                tally.bytesSent += size
-                tally.bytesReceived += size
-                Latency.record(now - conns[i].messageStarted, into: &histogram)
-            }
+            if inWindow { tally.countMessage(size: options.size, latency: now - conns[i].messageStarted, into: &histogram) }
             // Before every connection is up (`connecting`), traffic already runs as warm-up.
-            if phase == .connecting || (phase == .running && now < windowEnd) {
+            if phase == .connecting || (phase == .running && now < window.end) {
                 startMessage(i, now)
             } else {
                 finish(i)
             }
         case .rate:
-            // Every message completed by these bytes: its latency counts from its intended time.
-            var m = before / size
-            let done = after / size
-            while m < done {
-                let intended = intendedTime(i, message: m)
-                pending.messages += 1
-                if intended >= windowStart && intended < windowEnd {
-                    tally.messages += 1
-                    tally.bytesSent += size
-                    tally.bytesReceived += size
-                    Latency.record(now - intended, into: &histogram)
-                }
-                m += 1
-            }
+            pending.messages += tally.countRateEchoes(
+                connection: Int(conns[i].slot), from: before, to: after, size: options.size, schedule: rateSchedule,
+                window: window, now: now, into: &histogram)
             if phase == .draining && after == conns[i].goal { finish(i) }
         }
     }
@@ -628,10 +577,7 @@ final class EventWorker: @unchecked Sendable {
         while conns[i].state == .open {
             let n = Glibc.recv(conns[i].fd, readBuffer, Self.readBufferSize, 0)
             if n > 0 {
-                tally.mismatches += 1
-                pending.faults += 1
-                tally.noteFault(
-                    "connection \(global(i)): \(n) bytes arrived after the whole echo (\(conns[i].received) of \(conns[i].sent) bytes sent)")
+                fault { $0.recordTrailingBytes(connection: global(i), sent: conns[i].sent) }
                 close(i)
                 return
             }
@@ -648,10 +594,15 @@ final class EventWorker: @unchecked Sendable {
     }
 
     private func ioFailed(_ i: Int, _ e: Int32) {
-        tally.ioErrors[errnoName(e), default: 0] += 1
-        pending.faults += 1
-        tally.noteFault("connection \(global(i)): \(SystemError("recv/send", errno: e))")
+        fault { $0.recordIOError(connection: global(i), errno: e) }
         close(i)
+    }
+
+    /// Records one fault into the tally and the progress counters.
+    @inline(__always)
+    private func fault(_ record: (inout Tally) -> Void) {
+        record(&tally)
+        pending.faults += 1
     }
 
     private func close(_ i: Int) {

@@ -1,6 +1,6 @@
 // Entry points of the engine: `LoadRunner.run` for a whole run (checks, descriptor limit,
 // reachability, then the driver the model asks for) and `LoadRunner.runChild` for one part of a
-// split run. Plus the once-a-second progress line.
+// split run.
 import CEchoShims
 import EchoCore
 import Glibc
@@ -105,97 +105,26 @@ public enum LoadRunner {
     /// that an unreachable target or a bad source is one clear line rather than N failures.
     static func preflight(_ options: LoadOptions) throws(LoadError) {
         let target = options.target
-        let fd = Glibc.socket(target.family, CEchoShims_SOCK_STREAM | CEchoShims_SOCK_NONBLOCK | CEchoShims_SOCK_CLOEXEC, 0)
-        guard fd >= 0 else { throw .system("echoload: socket: \(SystemError("socket", errno: errno))") }
-        defer { closeNoRetry(fd) }
-        if let source = options.sources.first {
-            var one: Int32 = 1
-            _ = setsockopt(fd, Int32(IPPROTO_IP), CEchoShims_IP_BIND_ADDRESS_NO_PORT, &one, 4)
-            if source.withSockAddr({ Glibc.bind(fd, $0, $1) }) != 0 {
-                throw .usage("echoload: cannot use source address \(source.host): \(SystemError("bind", errno: errno).reason)")
-            }
-        }
-        let rc = target.withSockAddr { Glibc.connect(fd, $0, $1) }
-        var err: Int32 = rc == 0 ? 0 : errno
-        if err == EINPROGRESS {
+        var err: Int32 = 0
+        switch ClientSocket.open(to: target, from: options.sources.first, blocking: false) {
+        case .connected(let fd):
+            closeNoRetry(fd)
+        case .inProgress(let fd):
+            defer { closeNoRetry(fd) }
             var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
             let ms = Int32(min(options.connectTimeout, 5_000_000_000) / 1_000_000)
             var n: Int32
             repeat { n = poll(&p, 1, ms) } while n < 0 && errno == EINTR
-            if n == 0 {
-                err = ETIMEDOUT
-            } else {
-                var len = socklen_t(4)
-                getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len)
+            err = n == 0 ? ETIMEDOUT : ClientSocket.pendingError(fd, hangup: false)
+        case .failed(let step, let e):
+            if step == .bind, let source = options.sources.first {
+                throw .usage("echoload: cannot use source address \(source.host): \(SystemError("bind", errno: e).reason)")
             }
+            if step == .socket { throw .system("echoload: socket: \(SystemError("socket", errno: e))") }
+            err = e
         }
         if err != 0 {
             throw .unreachable("echoload: cannot connect to \(target): \(SystemError("connect", errno: err).reason) (\(errnoName(err)))")
         }
-    }
-}
-
-/// The once-a-second progress line: redrawn in place on a terminal, plain lines otherwise, or
-/// JSON lines to the parent in a child process. Used by one thread at a time.
-public final class ProgressReporter: @unchecked Sendable {
-    // @unchecked: begin/report/end are called by one thread at a time (the sampler thread, or the
-    // process driver's loop), and `end` runs after the sampler is joined.
-    public enum Style: Sendable { case none, lines, terminal, childPipe }
-
-    let style: Style
-    private var started: Int64 = 0
-    private var lastPrinted: Int64 = 0
-    private var previous = ProgressSnapshot()
-    private var drewInPlace = false
-
-    public init(style: Style) { self.style = style }
-
-    /// `.terminal` if stderr is a TTY, else `.lines`.
-    public static func forStderr(quiet: Bool) -> ProgressReporter {
-        ProgressReporter(style: quiet ? .none : (isatty(2) == 1 ? .terminal : .lines))
-    }
-
-    func begin() {
-        started = monotonicNanoseconds()
-        lastPrinted = started
-    }
-
-    func report(_ s: ProgressSnapshot, requested: Int) {
-        let now = monotonicNanoseconds()
-        guard now - lastPrinted >= 1_000_000_000 else { return }
-        lastPrinted = now
-        switch style {
-        case .none: break
-        case .childPipe: writeAll(1, s.wireJSON.text + "\n")
-        case .lines:
-            writeAll(2, "echoload: " + s.line(elapsedSeconds: Int((now - started) / 1_000_000_000), previous: previous, requested: requested) + "\n")
-        case .terminal:
-            writeAll(2, "\r\u{1B}[K" + s.line(elapsedSeconds: Int((now - started) / 1_000_000_000), previous: previous, requested: requested))
-            drewInPlace = true
-        }
-        previous = s
-    }
-
-    func end() {
-        if drewInPlace {
-            writeAll(2, "\r\u{1B}[K")
-            drewInPlace = false
-        }
-    }
-}
-
-/// Writes all of `text` to `fd` with write(2), retrying on EINTR and short writes.
-@discardableResult
-public func writeAll(_ fd: Int32, _ text: String) -> Bool {
-    var bytes = Array(text.utf8)
-    var done = 0
-    return bytes.withUnsafeMutableBytes { raw -> Bool in
-        while done < raw.count {
-            let n = Glibc.write(fd, raw.baseAddress! + done, raw.count - done)
-            if n > 0 { done += n; continue }
-            if n < 0 && errno == EINTR { continue }
-            return false
-        }
-        return true
     }
 }

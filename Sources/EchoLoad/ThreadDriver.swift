@@ -58,8 +58,11 @@ final class ThreadShared: Sendable {
         stripes = (0..<(measuresLatency ? 8 : 0)).map { _ in LockedHistogram() }
     }
 
-    var windowStart: Int64 { gate.wait() + options.warmup }
-    var windowEnd: Int64 { gate.wait() + options.warmup + options.duration }
+    /// The measured window (waits for the gate).
+    var window: MeasuredWindow {
+        let ready = gate.wait()
+        return MeasuredWindow(start: ready + options.warmup, end: ready + options.warmup + options.duration)
+    }
 
     /// Counts one connect's outcome; the last one opens the gate.
     func connectOutcome(failure: Int32?) {
@@ -137,41 +140,21 @@ struct ConnectionThread {
 
     /// Blocking connect bounded by `connectTimeout`. - Returns: the socket, or nil (counted).
     private func connect() -> Int32? {
-        let target = options.target
-        let fd = Glibc.socket(target.family, CEchoShims_SOCK_STREAM | CEchoShims_SOCK_CLOEXEC, 0)
-        guard fd >= 0 else {
-            shared.connectOutcome(failure: errno)
-            return nil
-        }
-        var one: Int32 = 1
-        if !options.sources.isEmpty {
-            let source = options.sources[global % options.sources.count]
-            _ = setsockopt(fd, Int32(IPPROTO_IP), CEchoShims_IP_BIND_ADDRESS_NO_PORT, &one, 4)
-            if source.withSockAddr({ Glibc.bind(fd, $0, $1) }) != 0 {
-                shared.connectOutcome(failure: errno)
-                closeNoRetry(fd)
-                return nil
-            }
-        }
-        _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, 4)
-        setTimeout(fd, SO_SNDTIMEO, options.connectTimeout)
-        var rc: Int32
-        repeat { rc = target.withSockAddr { Glibc.connect(fd, $0, $1) } } while rc != 0 && errno == EINTR
-        if rc != 0 {
-            let e = errno
-            shared.connectOutcome(failure: e == EINPROGRESS || e == EAGAIN ? ETIMEDOUT : e)
+        let source = options.sources.isEmpty ? nil : options.sources[global % options.sources.count]
+        switch ClientSocket.open(to: options.target, from: source, blocking: true, connectTimeout: options.connectTimeout) {
+        case .connected(let fd):
+            ClientSocket.setTimeout(fd, SO_SNDTIMEO, options.drainTimeout)
+            ClientSocket.setTimeout(fd, SO_RCVTIMEO, options.drainTimeout)
+            shared.connectOutcome(failure: nil)
+            return fd
+        case .inProgress(let fd):  // not for blocking sockets; counted as a timeout all the same
             closeNoRetry(fd)
+            shared.connectOutcome(failure: ETIMEDOUT)
+            return nil
+        case .failed(_, let e):
+            shared.connectOutcome(failure: e)
             return nil
         }
-        setTimeout(fd, SO_SNDTIMEO, options.drainTimeout)
-        setTimeout(fd, SO_RCVTIMEO, options.drainTimeout)
-        shared.connectOutcome(failure: nil)
-        return fd
-    }
-
-    private func setTimeout(_ fd: Int32, _ option: Int32, _ ns: Int64) {
-        var tv = timeval(tv_sec: Int(ns / 1_000_000_000), tv_usec: Int(ns % 1_000_000_000 / 1000))
-        _ = setsockopt(fd, SOL_SOCKET, option, &tv, socklen_t(MemoryLayout<timeval>.size))
     }
 
     // MARK: - Blocking I/O with verification
@@ -193,12 +176,10 @@ struct ConnectionThread {
             let e = errno
             if n < 0 && e == EINTR { continue }
             if n < 0 && (e == EAGAIN || e == EWOULDBLOCK) {
-                tally.timeouts += 1
-                tally.noteFault("connection \(global): send blocked longer than the drain timeout")
+                fault(&tally) { $0.recordSendTimeout(connection: global) }
             } else {
-                ioError(e, &tally)
+                fault(&tally) { $0.recordIOError(connection: global, errno: e) }
             }
-            shared.live.faults.add(1, ordering: .relaxed)
             return .failed
         }
         return .ok
@@ -224,40 +205,29 @@ struct ConnectionThread {
             }
             let e = errno
             if n < 0 && e == EINTR { continue }
+            let received = from + UInt64(done)
             if n == 0 {
-                closedByPeer(received: from + UInt64(done), sent: sent, &tally)
+                fault(&tally) { $0.recordPeerClose(connection: global, received: received, sent: sent) }
             } else if e == EAGAIN || e == EWOULDBLOCK {
-                tally.timeouts += 1
-                tally.noteFault("connection \(global): no echo within the drain timeout (\(from + UInt64(done)) of \(sent) bytes back)")
+                fault(&tally) { $0.recordEchoTimeout(connection: global, received: received, sent: sent) }
             } else {
-                ioError(e, &tally)
+                fault(&tally) { $0.recordIOError(connection: global, errno: e) }
             }
-            shared.live.faults.add(1, ordering: .relaxed)
             return .failed
         }
         return .ok
     }
 
     private func mismatch(at position: UInt64, got: UInt8, _ tally: inout Tally) {
-        tally.mismatches += 1
         let expected = Pattern.bytes(seed: seed, position: position).pointee
-        tally.noteFault("connection \(global): byte \(position) of the echo is \(got), sent \(expected)")
+        fault(&tally) { $0.recordMismatch(connection: global, position: position, got: got, expected: expected) }
+    }
+
+    /// Records one fault into `tally` and the progress counters.
+    @inline(__always)
+    private func fault(_ tally: inout Tally, _ record: (inout Tally) -> Void) {
+        record(&tally)
         shared.live.faults.add(1, ordering: .relaxed)
-    }
-
-    private func closedByPeer(received: UInt64, sent: UInt64, _ tally: inout Tally) {
-        if received < sent {
-            tally.shortReads += 1
-            tally.noteFault("connection \(global): peer closed with \(sent - received) echo bytes owed (\(received) of \(sent) back)")
-        } else {
-            tally.prematureCloses += 1
-            tally.noteFault("connection \(global): peer closed the connection after \(received) bytes")
-        }
-    }
-
-    private func ioError(_ e: Int32, _ tally: inout Tally) {
-        tally.ioErrors[errnoName(e), default: 0] += 1
-        tally.noteFault("connection \(global): \(SystemError("recv/send", errno: e))")
     }
 
     // MARK: - Modes
@@ -280,14 +250,12 @@ struct ConnectionThread {
     /// drain timeout), so that bytes sent beyond the echo are caught, not left unread.
     private func expectEOF(_ fd: Int32, sent: UInt64, _ tally: inout Tally) {
         Glibc.shutdown(fd, Int32(SHUT_WR))
-        setTimeout(fd, SO_RCVTIMEO, options.drainTimeout)
+        ClientSocket.setTimeout(fd, SO_RCVTIMEO, options.drainTimeout)
         var scratch = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
         while true {
             let n = withUnsafeMutableBytes(of: &scratch) { Glibc.recv(fd, $0.baseAddress!, $0.count, 0) }
             if n > 0 {
-                tally.mismatches += 1
-                tally.noteFault("connection \(global): bytes arrived after the whole echo (\(sent) bytes sent)")
-                shared.live.faults.add(1, ordering: .relaxed)
+                fault(&tally) { $0.recordTrailingBytes(connection: global, sent: sent) }
                 return
             }
             if n < 0 && errno == EINTR { continue }
@@ -300,10 +268,10 @@ struct ConnectionThread {
         let capacity = min(size, 256 * 1024)
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 64)
         defer { buffer.deallocate() }
-        let (windowStart, windowEnd) = (shared.windowStart, shared.windowEnd)
+        let window = shared.window
         let stripe = shared.stripes[index % shared.stripes.count]
         var position: UInt64 = 0
-        while monotonicNanoseconds() < windowEnd {
+        while monotonicNanoseconds() < window.end {
             let t0 = monotonicNanoseconds()
             guard sendAll(fd, from: position, count: size, &tally) == .ok else { return }
             guard receiveAll(fd, from: position, count: size, sent: position + UInt64(size), buffer: buffer,
@@ -312,12 +280,7 @@ struct ConnectionThread {
             position += UInt64(size)
             let t1 = monotonicNanoseconds()
             shared.live.messages.add(1, ordering: .relaxed)
-            if t1 >= windowStart && t1 < windowEnd {
-                tally.messages += 1
-                tally.bytesSent += UInt64(size)
-                tally.bytesReceived += UInt64(size)
-                stripe.histogram.withLock { Latency.record(t1 - t0, into: &$0) }
-            }
+            if window.contains(t1) { stripe.histogram.withLock { tally.countMessage(size: size, latency: t1 - t0, into: &$0) } }
         }
         expectEOF(fd, sent: position, &tally)
     }
@@ -356,38 +319,37 @@ struct ConnectionThread {
         tally.merge(readerTally.withLock { $0 })
     }
 
-    /// Message `m`'s intended send time (rate): connections are staggered across the interval.
-    private func intended(_ m: UInt64, ready: Int64, interval: Double) -> Int64 {
-        ready + Int64((Double(m) + Double(index) / Double(options.connections)) * interval)
+    /// The rate schedule: connections are staggered across the interval.
+    private func rateSchedule(ready: Int64) -> RateSchedule {
+        RateSchedule(start: ready, spacing: 1e9 / options.rate!, connections: options.connections)
     }
 
     private func write(_ fd: Int32, _ progress: ConnectionProgress, _ tally: inout Tally) {
         defer { progress.writerDone.store(true, ordering: .releasing) }
         let ready = shared.gate.wait()
-        let (windowStart, windowEnd) = (shared.windowStart, shared.windowEnd)
+        let window = shared.window
         var position: UInt64 = 0
         let size = options.size
         if options.mode == .rate {
-            let interval = 1e9 * Double(options.connections) / options.rate!
+            let schedule = rateSchedule(ready: ready)
             var m: UInt64 = 0
             while true {
-                let t = intended(m, ready: ready, interval: interval)
-                if t >= windowEnd { break }
+                let t = schedule.intended(connection: index, message: m)
+                if t >= window.end { break }
                 sleepUntil(t)
-                if t >= windowStart { tally.scheduled += 1 }
+                if t >= window.start { tally.scheduled += 1 }
                 guard sendAll(fd, from: position, count: size, &tally) == .ok else { return }
                 position += UInt64(size)
                 progress.sent.store(position, ordering: .releasing)
                 m += 1
             }
         } else {
-            while monotonicNanoseconds() < windowEnd {
+            while monotonicNanoseconds() < window.end {
                 let before = tally.totalBytesSent
                 guard sendAll(fd, from: position, count: size, &tally) == .ok else { return }
                 position += UInt64(size)
                 progress.sent.store(position, ordering: .releasing)
-                let now = monotonicNanoseconds()
-                if now >= windowStart && now < windowEnd { tally.bytesSent += tally.totalBytesSent - before }
+                if window.contains(monotonicNanoseconds()) { tally.bytesSent += tally.totalBytesSent - before }
             }
             Glibc.shutdown(fd, Int32(SHUT_WR))
         }
@@ -395,15 +357,14 @@ struct ConnectionThread {
 
     private func read(_ fd: Int32, _ progress: ConnectionProgress, _ tally: inout Tally) {
         let ready = shared.gate.wait()
-        let (windowStart, windowEnd) = (shared.windowStart, shared.windowEnd)
+        let window = shared.window
         let capacity = 256 * 1024
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 64)
         defer { buffer.deallocate() }
         // Short receive timeouts so the reader notices the writer finishing; "no echo" is judged
         // against drainTimeout since the last progress.
-        setTimeout(fd, SO_RCVTIMEO, 100_000_000)
-        let size = UInt64(options.size)
-        let interval = options.mode == .rate ? 1e9 * Double(options.connections) / options.rate! : 0
+        ClientSocket.setTimeout(fd, SO_RCVTIMEO, 100_000_000)
+        let schedule = options.mode == .rate ? rateSchedule(ready: ready) : RateSchedule(start: ready, spacing: 0, connections: 1)
         let stripe = shared.stripes.isEmpty ? nil : shared.stripes[index % shared.stripes.count]
         var received: UInt64 = 0
         var lastProgress = monotonicNanoseconds()
@@ -421,9 +382,7 @@ struct ConnectionThread {
                 // The writer publishes `sent` after send() returns, so the echo may race ahead of it
                 // by at most one write; only count "more than sent" beyond that.
                 if received + UInt64(n) > sentNow + UInt64(max(options.size, Pattern.maxChunk)) {
-                    tally.mismatches += 1
-                    tally.noteFault("connection \(global): received more bytes than were sent")
-                    shared.live.faults.add(1, ordering: .relaxed)
+                    fault(&tally) { $0.recordOverrun(connection: global, received: received + UInt64(n), sent: sentNow) }
                     return
                 }
                 if let bad = Pattern.firstMismatch(buffer, count: n, seed: seed, position: received) {
@@ -436,20 +395,14 @@ struct ConnectionThread {
                 tally.totalBytesReceived += UInt64(n)
                 shared.live.bytesReceived.add(n, ordering: .relaxed)
                 if options.mode == .stream {
-                    if now >= windowStart && now < windowEnd { tally.bytesReceived += UInt64(n) }
-                } else {
-                    var m = before / size
-                    while m < received / size {
-                        let t = intended(m, ready: ready, interval: interval)
-                        shared.live.messages.add(1, ordering: .relaxed)
-                        if t >= windowStart && t < windowEnd {
-                            tally.messages += 1
-                            tally.bytesSent += size
-                            tally.bytesReceived += size
-                            stripe?.histogram.withLock { Latency.record(now - t, into: &$0) }
-                        }
-                        m += 1
+                    if window.contains(now) { tally.bytesReceived += UInt64(n) }
+                } else if let stripe {
+                    let completed = stripe.histogram.withLock {
+                        tally.countRateEchoes(
+                            connection: index, from: before, to: received, size: options.size, schedule: schedule,
+                            window: window, now: now, into: &$0)
                     }
+                    shared.live.messages.add(completed, ordering: .relaxed)
                 }
                 continue
             }
@@ -458,8 +411,7 @@ struct ConnectionThread {
             if n == 0 {
                 let sent = progress.sent.load(ordering: .acquiring)
                 if !(progress.writerDone.load(ordering: .acquiring) && received == sent) {
-                    closedByPeer(received: received, sent: sent, &tally)
-                    shared.live.faults.add(1, ordering: .relaxed)
+                    fault(&tally) { $0.recordPeerClose(connection: global, received: received, sent: sent) }
                 }
                 return
             }
@@ -467,15 +419,13 @@ struct ConnectionThread {
                 if received == progress.sent.load(ordering: .acquiring) {
                     lastProgress = now
                 } else if now - lastProgress >= options.drainTimeout {
-                    tally.timeouts += 1
-                    tally.noteFault("connection \(global): no echo within the drain timeout (\(received) of \(progress.sent.load(ordering: .relaxed)) bytes back)")
-                    shared.live.faults.add(1, ordering: .relaxed)
+                    let sent = progress.sent.load(ordering: .relaxed)
+                    fault(&tally) { $0.recordEchoTimeout(connection: global, received: received, sent: sent) }
                     return
                 }
                 continue
             }
-            ioError(e, &tally)
-            shared.live.faults.add(1, ordering: .relaxed)
+            fault(&tally) { $0.recordIOError(connection: global, errno: e) }
             return
         }
     }

@@ -1,5 +1,8 @@
-// Running totals for the once-a-second progress line. Workers add to them (event workers once
-// per loop turn, connection threads per event); the progress thread only reads.
+// The once-a-second progress line: running totals workers add to (event workers once per loop
+// turn, connection threads per event), snapshots of them, and the reporter that prints them
+// (or, in a child process, sends them to the parent).
+import EchoCore
+import Glibc
 import Synchronization
 
 /// Totals of one process, shared by its workers.
@@ -79,5 +82,54 @@ public struct ProgressSnapshot: Sendable, Equatable {
         }
         s += " | errors \(faults)"
         return s
+    }
+}
+
+/// The once-a-second progress line: redrawn in place on a terminal, plain lines otherwise, or
+/// JSON lines to the parent in a child process. Used by one thread at a time.
+public final class ProgressReporter: @unchecked Sendable {
+    // @unchecked: begin/report/end are called by one thread at a time (the sampler thread, or the
+    // process driver's loop), and `end` runs after the sampler is joined.
+    public enum Style: Sendable { case none, lines, terminal, childPipe }
+
+    let style: Style
+    private var started: Int64 = 0
+    private var lastPrinted: Int64 = 0
+    private var previous = ProgressSnapshot()
+    private var drewInPlace = false
+
+    public init(style: Style) { self.style = style }
+
+    /// `.terminal` if stderr is a TTY, else `.lines`.
+    public static func forStderr(quiet: Bool) -> ProgressReporter {
+        ProgressReporter(style: quiet ? .none : (isatty(2) == 1 ? .terminal : .lines))
+    }
+
+    func begin() {
+        started = monotonicNanoseconds()
+        lastPrinted = started
+    }
+
+    func report(_ s: ProgressSnapshot, requested: Int) {
+        let now = monotonicNanoseconds()
+        guard now - lastPrinted >= 1_000_000_000 else { return }
+        lastPrinted = now
+        switch style {
+        case .none: break
+        case .childPipe: writeAll(1, s.wireJSON.text + "\n")
+        case .lines:
+            writeAll(2, "echoload: " + s.line(elapsedSeconds: Int((now - started) / 1_000_000_000), previous: previous, requested: requested) + "\n")
+        case .terminal:
+            writeAll(2, "\r\u{1B}[K" + s.line(elapsedSeconds: Int((now - started) / 1_000_000_000), previous: previous, requested: requested))
+            drewInPlace = true
+        }
+        previous = s
+    }
+
+    func end() {
+        if drewInPlace {
+            writeAll(2, "\r\u{1B}[K")
+            drewInPlace = false
+        }
     }
 }

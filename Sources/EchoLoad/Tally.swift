@@ -1,0 +1,195 @@
+// What a run counted, and how partial counts merge (threads → process → parent). The ways a
+// connection can go wrong are recorded here, once, for every client model.
+import EchoCore
+import Histogram
+
+/// Counts from one worker, one process, or a whole run; `merge` adds them up.
+public struct Tally: Sendable {
+    /// Connections asked for.
+    public var requested = 0
+    /// Connections whose connect succeeded.
+    public var established = 0
+    /// Failed connects by errno name (`ECONNREFUSED`, `ETIMEDOUT`, ...).
+    public var connectFailures: [String: Int] = [:]
+    /// From the first connect started to the last one resolved (max over parts).
+    public var connectNanos: Int64 = 0
+    /// `hold`: connections that answered their probe after the hold.
+    public var held = 0
+    /// Measured period, nanoseconds (max over parts; each part measures the same span).
+    public var measuredNanos: Int64 = 0
+    /// Messages whose whole echo arrived (pingpong: in the measured period; rate: intended in it).
+    public var messages: UInt64 = 0
+    /// Payload bytes written / echoed back in the measured period.
+    public var bytesSent: UInt64 = 0
+    public var bytesReceived: UInt64 = 0
+    /// Payload bytes over the whole run (warm-up and drain included).
+    public var totalBytesSent: UInt64 = 0
+    public var totalBytesReceived: UInt64 = 0
+    /// `rate`: messages scheduled in the measured period.
+    public var scheduled: UInt64 = 0
+    /// Echoed bytes that differ from what was sent.
+    public var mismatches = 0
+    /// The peer closed while echo bytes were still owed (mid-message, or mid-stream).
+    public var shortReads = 0
+    /// The peer closed a connection that owed nothing (while idle, between messages).
+    public var prematureCloses = 0
+    /// Echoes (or hold probes) still owed when the drain timeout ran out.
+    public var timeouts = 0
+    /// Read/write failures by errno name (`ECONNRESET`, `EPIPE`, ...).
+    public var ioErrors: [String: Int] = [:]
+    /// Round-trip latency in nanoseconds (pingpong, rate).
+    public var latency: Histogram<UInt64>? = nil
+    /// The first fault seen, for the one-line explanation.
+    public var firstFault: String? = nil
+
+    public init() {}
+
+    /// Every fault counted (connect failures excluded).
+    public var faults: Int {
+        mismatches + shortReads + prematureCloses + timeouts + ioErrors.values.reduce(0, +)
+    }
+
+    public var connectFailed: Int { connectFailures.values.reduce(0, +) }
+
+    /// Adds `other` into `self`: counts add, spans take the maximum, histograms merge exactly.
+    public mutating func merge(_ other: Tally) {
+        requested += other.requested
+        established += other.established
+        connectFailures.merge(other.connectFailures, uniquingKeysWith: +)
+        connectNanos = max(connectNanos, other.connectNanos)
+        held += other.held
+        measuredNanos = max(measuredNanos, other.measuredNanos)
+        messages += other.messages
+        bytesSent += other.bytesSent
+        bytesReceived += other.bytesReceived
+        totalBytesSent += other.totalBytesSent
+        totalBytesReceived += other.totalBytesReceived
+        scheduled += other.scheduled
+        mismatches += other.mismatches
+        shortReads += other.shortReads
+        prematureCloses += other.prematureCloses
+        timeouts += other.timeouts
+        ioErrors.merge(other.ioErrors, uniquingKeysWith: +)
+        if let h = other.latency {
+            if latency == nil { latency = Latency.makeHistogram() }
+            latency!.add(h)
+        }
+        if firstFault == nil { firstFault = other.firstFault }
+    }
+}
+
+// MARK: - Recording faults (one wording for every client model)
+
+extension Tally {
+    /// Keeps `text` as the first fault's explanation unless one is already kept.
+    mutating func noteFault(_ text: @autoclosure () -> String) {
+        if firstFault == nil { firstFault = text() }
+    }
+
+    /// Echoed byte `position` of connection `connection` is `got` where `expected` was sent.
+    mutating func recordMismatch(connection: Int, position: UInt64, got: UInt8, expected: UInt8) {
+        mismatches += 1
+        noteFault("connection \(connection): byte \(position) of the echo is \(got), sent \(expected)")
+    }
+
+    /// More echo bytes arrived (`received` in all) than were sent.
+    mutating func recordOverrun(connection: Int, received: UInt64, sent: UInt64) {
+        mismatches += 1
+        noteFault("connection \(connection): received \(received) bytes but sent only \(sent)")
+    }
+
+    /// Bytes arrived after the whole echo (`sent` bytes, all echoed).
+    mutating func recordTrailingBytes(connection: Int, sent: UInt64) {
+        mismatches += 1
+        noteFault("connection \(connection): bytes arrived after the whole echo (\(sent) bytes sent)")
+    }
+
+    /// The peer closed: mid-echo (a short read) or while owing nothing (a premature close).
+    mutating func recordPeerClose(connection: Int, received: UInt64, sent: UInt64) {
+        if received < sent {
+            shortReads += 1
+            noteFault("connection \(connection): peer closed with \(sent - received) echo bytes owed (\(received) of \(sent) back)")
+        } else {
+            prematureCloses += 1
+            noteFault("connection \(connection): peer closed the connection after \(received) bytes")
+        }
+    }
+
+    /// No echo within the drain timeout.
+    mutating func recordEchoTimeout(connection: Int, received: UInt64, sent: UInt64) {
+        timeouts += 1
+        noteFault("connection \(connection): no echo within the drain timeout (\(received) of \(sent) bytes back)")
+    }
+
+    /// A blocking send stayed blocked past the drain timeout (the peer stopped reading).
+    mutating func recordSendTimeout(connection: Int) {
+        timeouts += 1
+        noteFault("connection \(connection): send blocked longer than the drain timeout")
+    }
+
+    /// recv/send failed with `errno`.
+    mutating func recordIOError(connection: Int, errno e: Int32) {
+        ioErrors[errnoName(e), default: 0] += 1
+        noteFault("connection \(connection): \(SystemError("recv/send", errno: e))")
+    }
+}
+
+// MARK: - Counting echoed messages (one rule for every client model)
+
+/// The measured window: `[start, end)` in CLOCK_MONOTONIC nanoseconds.
+struct MeasuredWindow {
+    var start: Int64
+    var end: Int64
+
+    @inline(__always) func contains(_ t: Int64) -> Bool { t >= start && t < end }
+}
+
+/// The `rate` schedule: message `m` of connection `k` (of `connections`) is intended at
+/// `start + (m × connections + k) × spacing`, so that consecutive messages, over all
+/// connections, are `spacing` nanoseconds apart.
+struct RateSchedule {
+    var start: Int64
+    /// Nanoseconds between consecutive messages of the whole schedule.
+    var spacing: Double
+    var connections: Int
+
+    /// Intended time of the schedule's `j`-th message.
+    @inline(__always) func intended(_ j: Int64) -> Int64 { start + Int64(Double(j) * spacing) }
+
+    /// Intended time of connection `k`'s message `m`.
+    @inline(__always) func intended(connection k: Int, message m: UInt64) -> Int64 {
+        intended(Int64(m) * Int64(connections) + Int64(k))
+    }
+}
+
+extension Tally {
+    /// One whole echo of `size` bytes arrived `latency` nanoseconds after it was sent (or
+    /// intended), and it counts in the measured window.
+    @inline(__always)
+    mutating func countMessage(size: Int, latency: Int64, into histogram: inout Histogram<UInt64>) {
+        messages += 1
+        bytesSent += UInt64(size)
+        bytesReceived += UInt64(size)
+        Latency.record(latency, into: &histogram)
+    }
+
+    /// rate: connection `k`'s echo grew from `before` to `after` bytes at `now`; every message
+    /// completed by that counts, its latency from its intended send time, if it was intended in
+    /// `window`.
+    /// - Returns: how many messages completed (measured or not), for the progress line.
+    @inline(__always)
+    mutating func countRateEchoes(
+        connection k: Int, from before: UInt64, to after: UInt64, size: Int, schedule: RateSchedule,
+        window: MeasuredWindow, now: Int64, into histogram: inout Histogram<UInt64>
+    ) -> Int {
+        let s = UInt64(size)
+        var m = before / s
+        let done = after / s
+        while m < done {
+            let intended = schedule.intended(connection: k, message: m)
+            if window.contains(intended) { countMessage(size: size, latency: now - intended, into: &histogram) }
+            m += 1
+        }
+        return Int(done - before / s)
+    }
+}
