@@ -145,9 +145,52 @@ struct CommonOptions: ParsableArguments {
     }
 }
 
+// MARK: - Per-subcommand option groups
+
+/// What differs between the subcommands' shared options: defaults and wording.
+protocol WorkloadDefaults {
+    static var connections: Int { get }
+    static var connectionsHelp: String { get }
+    static var durationHelp: String { get }
+    /// Message (or write) size; unused by `hold`.
+    static var size: Int { get }
+    static var sizeHelp: String { get }
+}
+
+extension WorkloadDefaults {
+    static var durationHelp: String { "Measured period (10, 10s, 500ms, 2m)." }
+    static var size: Int { 64 }
+    static var sizeHelp: String { "Message size in bytes." }
+}
+
+/// `--connections` and `--duration`, with the subcommand's defaults.
+struct WorkloadOptions<D: WorkloadDefaults>: ParsableArguments {
+    @Option(name: [.short, .long], help: ArgumentHelp(D.connectionsHelp))
+    var connections: Int = D.connections
+
+    @Option(name: .long, help: ArgumentHelp(D.durationHelp, valueName: "duration"))
+    var duration = DurationArgument(seconds: 10)
+}
+
+/// `--size` and `--warmup`, for the subcommands that send traffic.
+struct TrafficOptions<D: WorkloadDefaults>: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp(D.sizeHelp, valueName: "bytes"))
+    var size: Int = D.size
+
+    @Option(name: .long, help: ArgumentHelp("Traffic before measuring, excluded from every figure.", valueName: "duration"))
+    var warmup = DurationArgument(seconds: 1)
+
+    /// Sets size, warm-up and the measured period of `o`.
+    func apply(to o: inout LoadOptions, duration: DurationArgument) {
+        o.size = size
+        o.duration = duration.nanoseconds
+        o.warmup = warmup.nanoseconds
+    }
+}
+
 // MARK: - Subcommands
 
-struct Hold: ParsableCommand {
+struct Hold: ParsableCommand, WorkloadDefaults {
     static let configuration = CommandConfiguration(
         abstract: "Open N idle connections, hold them, then check each still echoes.",
         discussion: """
@@ -156,59 +199,47 @@ struct Hold: ParsableCommand {
             --duration; then sends one 16-byte probe on each and expects its echo. Clean only if \
             every connection was established and answered its probe.
             """)
+    static let connections = 100
+    static let connectionsHelp = "Connections to open."
+    static let durationHelp = "How long to hold the connections (10, 10s, 500ms, 2m)."
 
     @OptionGroup var common: CommonOptions
-
-    @Option(name: [.short, .long], help: "Connections to open.")
-    var connections: Int = 100
+    @OptionGroup var workload: WorkloadOptions<Hold>
 
     @Option(name: .long, help: ArgumentHelp("Most new connections per second (N or N/s; default: as fast as they complete).", valueName: "rate"))
     var rate: RateArgument?
 
-    @Option(name: .long, help: ArgumentHelp("How long to hold the connections (10, 10s, 500ms, 2m).", valueName: "duration"))
-    var duration = DurationArgument(seconds: 10)
-
     func run() throws {
-        var o = try common.makeOptions(.hold, connections: connections)
+        var o = try common.makeOptions(.hold, connections: workload.connections)
         o.rate = rate?.perSecond
-        o.duration = duration.nanoseconds
+        o.duration = workload.duration.nanoseconds
         o.warmup = 0
         try common.execute(o)
     }
 }
 
-struct Pingpong: ParsableCommand {
+struct Pingpong: ParsableCommand, WorkloadDefaults {
     static let configuration = CommandConfiguration(
         abstract: "Closed loop: each connection sends a message and waits for its whole echo.",
         discussion: """
             Reports messages/s, MB/s (payload, one direction, 1 MB = 10^6 bytes) and round-trip \
             latency percentiles (HdrHistogram, 3 significant digits), warm-up excluded.
             """)
+    static let connections = 1
+    static let connectionsHelp = "Connections, each with one message in flight."
 
     @OptionGroup var common: CommonOptions
-
-    @Option(name: [.short, .long], help: "Connections, each with one message in flight.")
-    var connections: Int = 1
-
-    @Option(name: .long, help: ArgumentHelp("Message size in bytes.", valueName: "bytes"))
-    var size: Int = 64
-
-    @Option(name: .long, help: ArgumentHelp("Measured period (10, 10s, 500ms).", valueName: "duration"))
-    var duration = DurationArgument(seconds: 10)
-
-    @Option(name: .long, help: ArgumentHelp("Traffic before measuring, excluded from every figure.", valueName: "duration"))
-    var warmup = DurationArgument(seconds: 1)
+    @OptionGroup var workload: WorkloadOptions<Pingpong>
+    @OptionGroup var traffic: TrafficOptions<Pingpong>
 
     func run() throws {
-        var o = try common.makeOptions(.pingpong, connections: connections)
-        o.size = size
-        o.duration = duration.nanoseconds
-        o.warmup = warmup.nanoseconds
+        var o = try common.makeOptions(.pingpong, connections: workload.connections)
+        traffic.apply(to: &o, duration: workload.duration)
         try common.execute(o)
     }
 }
 
-struct Rate: ParsableCommand {
+struct Rate: ParsableCommand, WorkloadDefaults {
     static let configuration = CommandConfiguration(
         abstract: "Open loop at a constant message rate, latency from intended send times.",
         discussion: """
@@ -217,61 +248,44 @@ struct Rate: ParsableCommand {
             stalled server shows up as latency (no coordinated omission). Messages still unanswered \
             --drain-timeout after the period are counted as timeouts.
             """)
+    static let connections = 10
+    static let connectionsHelp = "Connections the messages are spread over."
 
     @OptionGroup var common: CommonOptions
 
     @Option(name: .long, help: ArgumentHelp("Messages per second over all connections (N or N/s).", valueName: "rate"))
     var rate: RateArgument
 
-    @Option(name: [.short, .long], help: "Connections the messages are spread over.")
-    var connections: Int = 10
-
-    @Option(name: .long, help: ArgumentHelp("Message size in bytes.", valueName: "bytes"))
-    var size: Int = 64
-
-    @Option(name: .long, help: ArgumentHelp("Measured period.", valueName: "duration"))
-    var duration = DurationArgument(seconds: 10)
-
-    @Option(name: .long, help: ArgumentHelp("Traffic before measuring, excluded from every figure.", valueName: "duration"))
-    var warmup = DurationArgument(seconds: 1)
+    @OptionGroup var workload: WorkloadOptions<Rate>
+    @OptionGroup var traffic: TrafficOptions<Rate>
 
     func run() throws {
-        var o = try common.makeOptions(.rate, connections: connections)
+        var o = try common.makeOptions(.rate, connections: workload.connections)
         o.rate = rate.perSecond
-        o.size = size
-        o.duration = duration.nanoseconds
-        o.warmup = warmup.nanoseconds
+        traffic.apply(to: &o, duration: workload.duration)
         try common.execute(o)
     }
 }
 
-struct Stream: ParsableCommand {
+struct Stream: ParsableCommand, WorkloadDefaults {
     static let configuration = CommandConfiguration(
         abstract: "Each connection writes continuously and reads concurrently.",
         discussion: """
             Reports MB/s written and MB/s echoed back in the measured period. At the end each \
             connection shuts down its write side and must get every byte back.
             """)
+    static let connections = 1
+    static let connectionsHelp = "Connections."
+    static let size = 65536
+    static let sizeHelp = "Bytes per write."
 
     @OptionGroup var common: CommonOptions
-
-    @Option(name: [.short, .long], help: "Connections.")
-    var connections: Int = 1
-
-    @Option(name: .long, help: ArgumentHelp("Bytes per write.", valueName: "bytes"))
-    var size: Int = 65536
-
-    @Option(name: .long, help: ArgumentHelp("Measured period.", valueName: "duration"))
-    var duration = DurationArgument(seconds: 10)
-
-    @Option(name: .long, help: ArgumentHelp("Traffic before measuring, excluded from every figure.", valueName: "duration"))
-    var warmup = DurationArgument(seconds: 1)
+    @OptionGroup var workload: WorkloadOptions<Stream>
+    @OptionGroup var traffic: TrafficOptions<Stream>
 
     func run() throws {
-        var o = try common.makeOptions(.stream, connections: connections)
-        o.size = size
-        o.duration = duration.nanoseconds
-        o.warmup = warmup.nanoseconds
+        var o = try common.makeOptions(.stream, connections: workload.connections)
+        traffic.apply(to: &o, duration: workload.duration)
         try common.execute(o)
     }
 }
