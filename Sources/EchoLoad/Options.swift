@@ -196,13 +196,58 @@ public enum LoadParsing {
         return out
     }
 
-    /// `HOST:PORT` or `[IPv6]:PORT`, numeric; `localhost` stands for 127.0.0.1.
+    /// `HOST:PORT` or `[IPv6]:PORT`. HOST is a numeric address or a name resolved with
+    /// getaddrinfo(3) (/etc/hosts, then DNS as nsswitch.conf says); of a name's addresses the first
+    /// IPv4 one is used, else the first IPv6 one.
     public static func target(_ text: String) throws(LoadError) -> SocketAddress {
-        var t = text
-        if t.hasPrefix("localhost:") { t = "127.0.0.1:" + t.dropFirst("localhost:".count) }
-        let address = try parseAddress(t, flag: "TARGET")
+        let address: SocketAddress
+        if let numeric = try? SocketAddress(parsing: text) {
+            address = numeric
+        } else {
+            guard let colon = text.lastIndex(of: ":"), colon != text.startIndex else {
+                throw .usage("TARGET '\(text)' must be HOST:PORT or [IPv6]:PORT")
+            }
+            let host = String(text[..<colon])
+            guard let port = UInt16(text[text.index(after: colon)...]) else {
+                throw .usage("TARGET '\(text)': the port must be a number from 1 to 65535")
+            }
+            if host.contains(":") || host.hasPrefix("[") {
+                // An IPv6 literal that did not parse: its own reason says why.
+                return try parseAddress(text, flag: "TARGET")
+            }
+            address = try resolve(host, port: port, flag: "TARGET")
+        }
         guard address.port != 0 else { throw .usage("TARGET '\(text)' needs a port other than 0") }
         return address
+    }
+
+    /// Resolves `host` with getaddrinfo(3) for a TCP connection to `port`.
+    /// - Throws: `LoadError.usage` naming the host and getaddrinfo's reason.
+    static func resolve(_ host: String, port: UInt16, flag: String) throws(LoadError) -> SocketAddress {
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        hints.ai_flags = AI_NUMERICSERV
+        var list: UnsafeMutablePointer<addrinfo>?
+        let rc = getaddrinfo(host, String(port), &hints, &list)
+        guard rc == 0 else {
+            throw .usage("\(flag): cannot resolve '\(host)': \(String(cString: gai_strerror(rc)))")
+        }
+        defer { freeaddrinfo(list) }
+        var candidates: [SocketAddress] = []
+        var node = list
+        while let n = node {
+            if let sa = n.pointee.ai_addr, Int(n.pointee.ai_addrlen) <= MemoryLayout<sockaddr_storage>.size {
+                var storage = sockaddr_storage()
+                withUnsafeMutableBytes(of: &storage) { memcpy($0.baseAddress!, sa, Int(n.pointee.ai_addrlen)) }
+                if let a = SocketAddress(storage) { candidates.append(a) }
+            }
+            node = n.pointee.ai_next
+        }
+        guard let chosen = candidates.first(where: { $0.family == AF_INET }) ?? candidates.first else {
+            throw .usage("\(flag): '\(host)' has no IPv4 or IPv6 address")
+        }
+        return chosen
     }
 
     private static func parseAddress(_ text: String, flag: String) throws(LoadError) -> SocketAddress {

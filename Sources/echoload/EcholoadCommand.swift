@@ -77,7 +77,7 @@ func formatSeconds(_ ns: Int64) -> String {
 // MARK: - Shared options
 
 struct CommonOptions: ParsableArguments {
-    @Argument(help: ArgumentHelp("The echo server: HOST:PORT or [IPv6]:PORT, numeric (localhost = 127.0.0.1).", valueName: "target"))
+    @Argument(help: ArgumentHelp("The echo server: HOST:PORT or [IPv6]:PORT; HOST numeric or a name (getaddrinfo: /etc/hosts, DNS).", valueName: "target"))
     var target: String
 
     @Option(name: .long, help: ArgumentHelp(

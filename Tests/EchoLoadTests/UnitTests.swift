@@ -76,7 +76,7 @@ import Testing
         #expect(try LoadParsing.target("localhost:9").description == "127.0.0.1:9")
         #expect(throws: LoadError.self) { try LoadParsing.target("127.0.0.1") }
         #expect(throws: LoadError.self) { try LoadParsing.target("127.0.0.1:0") }
-        #expect(throws: LoadError.self) { try LoadParsing.target("example.com:7") }
+        #expect(throws: LoadError.self) { try LoadParsing.target("nosuchhost.invalid:7") }
     }
 
     @Test func impossibleCombinationsAreUsageErrors() throws {
