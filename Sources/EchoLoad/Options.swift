@@ -171,6 +171,10 @@ public enum LoadParsing {
         return v / per
     }
 
+    /// Most source addresses one run takes (65536 addresses of about 28,000 ports each are far
+    /// more connections than any host holds).
+    public static let maxSources = 65_536
+
     /// `127.0.0.2`, `127.0.0.2-127.0.0.250`, comma-separated lists of either, `::1` → addresses
     /// with port 0. IPv4 ranges only (IPv6 addresses are listed one by one).
     public static func sources(_ text: String) throws(LoadError) -> [SocketAddress] {
@@ -193,6 +197,9 @@ public enum LoadParsing {
             }
         }
         guard !out.isEmpty else { throw .usage("--source: no address given") }
+        guard out.count <= maxSources else {
+            throw .usage("--source: \(out.count) addresses; at most \(maxSources) (each adds a whole ephemeral port range)")
+        }
         return out
     }
 

@@ -4,7 +4,9 @@
 //
 // Children are this same binary, started with posix_spawn(3) (never fork(2): the parent may have
 // threads, and a forked copy of a multithreaded process may deadlock on a lock another thread
-// held) as `echoload _child SPEC`, where SPEC is the child's options in JSON. A child writes JSON
+// held) as `echoload _child`, reading its options (JSON) from its stdin, a pipe the parent writes
+// and closes: a spec may list tens of thousands of source addresses, more than one argv string
+// may hold (MAX_ARG_STRLEN, 128 KiB; posix_spawn failed with E2BIG). A child writes JSON
 // lines on its stdout, which is a pipe to the parent (see Wire.swift). The parent stays
 // single-threaded: it polls the pipes, sums the children's progress for the progress line, and
 // merges their results.
@@ -139,27 +141,42 @@ public enum ProcessDriver {
         return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
-    /// Starts `executable _child spec` with its stdout on a new pipe.
-    /// - Returns: the child's pid and the pipe's read end (close-on-exec).
+    /// Starts `executable _child` with `spec` on its stdin (a pipe, written and closed here) and
+    /// its stdout on a new pipe.
+    /// - Returns: the child's pid and the stdout pipe's read end (close-on-exec).
     static func spawn(_ executable: String, spec: String) throws(SystemError) -> (pid_t, Int32) {
         var fds: [Int32] = [-1, -1]
         try syscall("pipe2") { CEchoShims_pipe2(&fds, O_CLOEXEC) }
+        var input: [Int32] = [-1, -1]
+        do {
+            try syscall("pipe2") { CEchoShims_pipe2(&input, O_CLOEXEC) }
+        } catch {
+            closeNoRetry(fds[0])
+            closeNoRetry(fds[1])
+            throw error
+        }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        // dup2 onto fd 1 clears FD_CLOEXEC there; the originals close on exec.
+        // dup2 onto fds 0 and 1 clears FD_CLOEXEC there; the originals close on exec.
+        posix_spawn_file_actions_adddup2(&actions, input[0], 0)
         posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
-        let words: [String] = ["echoload", childCommand, spec]
+        let words: [String] = ["echoload", childCommand]
         let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
         let rc = posix_spawn(&pid, executable, &actions, nil, argv, environ)
         closeNoRetry(fds[1])
+        closeNoRetry(input[0])
         guard rc == 0 else {
             closeNoRetry(fds[0])
+            closeNoRetry(input[1])
             throw SystemError("posix_spawn(\(executable))", errno: rc)
         }
+        // The child reads its spec first thing; if it dies before, the write fails (EPIPE, SIGPIPE
+        // is ignored) and the child is reported as having exited without a result.
+        writeAll(input[1], spec)
+        closeNoRetry(input[1])
         return (pid, fds[0])
     }
 }

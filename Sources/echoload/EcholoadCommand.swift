@@ -290,14 +290,26 @@ struct Stream: ParsableCommand, WorkloadDefaults {
     }
 }
 
-/// One part of a split run, started by the parent echoload (not for people).
+/// One part of a split run, started by the parent echoload (not for people). Its options (JSON)
+/// come on stdin.
 struct Child: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: ProcessDriver.childCommand, shouldDisplay: false)
 
-    @Argument var spec: String
-
     func run() throws {
-        Glibc.exit(LoadRunner.runChild(spec: spec))
+        Glibc.exit(LoadRunner.runChild(spec: readStandardInput()))
+    }
+
+    /// All of stdin, up to EOF.
+    private func readStandardInput() -> String {
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { Glibc.read(0, $0.baseAddress, $0.count) }
+            if n > 0 { bytes.append(contentsOf: chunk[0..<n]); continue }
+            if n < 0 && errno == EINTR { continue }
+            break
+        }
+        return String(decoding: bytes, as: UTF8.self)
     }
 }
