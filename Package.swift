@@ -33,6 +33,15 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Version and build (git commit, Swift version) for --version, generated before every build.
+        .target(
+            name: "EchoBuildInfo",
+            plugins: ["BuildInfoPlugin"]
+        ),
+        .plugin(
+            name: "BuildInfoPlugin",
+            capability: .buildTool()
+        ),
         .target(
             name: "EchoSystemd",
             dependencies: ["CSystemd", "EchoCore"]
@@ -42,6 +51,7 @@ let package = Package(
             dependencies: [
                 "EchoCore",
                 "EchoSystemd",
+                "EchoBuildInfo",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -60,6 +70,7 @@ let package = Package(
             dependencies: [
                 "EchoLoad",
                 "EchoCore",
+                "EchoBuildInfo",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

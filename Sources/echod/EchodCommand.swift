@@ -1,5 +1,6 @@
 // echod's entry point: flags, configuration, then EchoCore.Daemon. Wiring only.
 import ArgumentParser
+import EchoBuildInfo
 import EchoCore
 import EchoSystemd
 import Glibc
@@ -17,7 +18,7 @@ struct EchodCommand: ParsableCommand {
             addresses. SIGHUP reloads the configuration; SIGTERM stops gracefully.
             Exit status: 0 on a clean stop, 1 on a runtime failure, 78 on a configuration error.
             """,
-        version: "0.1.0"
+        version: BuildInfo.versionText(program: "echod")
     )
 
     @Option(name: .long, help: ArgumentHelp("Configuration file to read.", valueName: "path"))

@@ -5,6 +5,7 @@
 // established, not held); 2 the target could not be reached at all; 3 the client itself failed;
 // 64 bad flags (EX_USAGE). Errors are one line on stderr, never a stack trace.
 import ArgumentParser
+import EchoBuildInfo
 import EchoCore
 import EchoLoad
 import Glibc
@@ -21,7 +22,7 @@ struct EcholoadCommand: ParsableCommand {
             stdout as a table, or as JSON with --json (schema: docs/echoload.schema.json).
             Exit status: 0 clean run, 1 faults found, 2 target unreachable, 3 client failure, 64 bad usage.
             """,
-        version: "0.1.0",
+        version: BuildInfo.versionText(program: "echoload"),
         subcommands: [Hold.self, Pingpong.self, Rate.self, Stream.self, Child.self]
     )
 
