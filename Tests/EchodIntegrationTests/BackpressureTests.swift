@@ -27,13 +27,13 @@ extension EchodIntegration {
                 try roundTrip(port: server.port, count: 100_000)
                 let load = try EchoLoad(port: server.port, plans: [FlowPlan(bytes: Self.total, seed: 256)])
                 let flow = load.flows[0]
-                // Echo some of it first, so the connection's buffer is in use (and, in the fork
-                // model, the child exists and has touched its pages) before the baseline.
+                // The baseline is taken before the connection carries a byte, so its buffer (in
+                // the fork model, the child's pages) counts against the bound.
+                let holder = try connectionHolder(server, model: model)
+                let baseline = try residentBytes(pid: holder)
                 let echoing = try load.run(timeout: .seconds(10)) { $0.flows[0].readCount >= 300_000 || $0.flows[0].isDone }
                 try #require(echoing && flow.failure == nil, "\(load.unfinishedSummary); \(server.describeState())")
-                let holder = try connectionHolder(server, model: model)
                 flow.plan.reading = false
-                let baseline = try residentBytes(pid: holder)
                 var peakHeld = baseline
                 var lastSample = ContinuousClock.now
 
