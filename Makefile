@@ -32,7 +32,7 @@ BASH_COMPLETION_DIR ?= $(PREFIX)/share/bash-completion/completions
 ZSH_COMPLETION_DIR ?= $(PREFIX)/share/zsh/vendor-completions
 FISH_COMPLETION_DIR ?= $(PREFIX)/share/fish/vendor_completions.d
 
-.PHONY: all setup build release demo test test-unit bench bench-smoke clean release-static install uninstall deb e2e \
+.PHONY: all setup build release demo test test-unit test-sanitize mutants bench bench-smoke clean release-static install uninstall deb e2e \
 	install-echod install-echoload lintian deb-previous spdx-check
 
 all: build
@@ -63,10 +63,31 @@ demo: release
 
 ## test: set-up, build, the end-to-end test against real systemd (e2e), bench-smoke, the Swift suites.
 # The Swift suites run last so that their summary line closes the output.
+# Each part has a time budget (timeout(1) for e2e and bench-smoke; per suite for the Swift
+# suites, checked by scripts/test-report.py, which also prints the ten slowest tests and then
+# repeats the summary line so it stays last).
+E2E_BUDGET ?= 900
+BENCH_SMOKE_BUDGET ?= 180
 test: build
-	$(MAKE) --no-print-directory e2e
-	$(MAKE) bench-smoke
-	$(SWIFT) test --skip-build
+	timeout --foreground $(E2E_BUDGET) $(MAKE) --no-print-directory e2e
+	timeout --foreground $(BENCH_SMOKE_BUDGET) $(MAKE) bench-smoke
+	SWIFT=$(SWIFT) python3 scripts/test-report.py --skip-build
+
+## test-sanitize: the Swift suites under ThreadSanitizer, then AddressSanitizer, with echod and
+## echoload (which the suites run as child processes) built the same way, each in its own
+## scratch directory. Not part of make test (slow).
+test-sanitize: setup
+	$(SWIFT) build --build-tests -sanitize=thread --scratch-path .build-tsan
+	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+	  $(SWIFT) test --skip-build -sanitize=thread --scratch-path .build-tsan
+	$(SWIFT) build --build-tests -sanitize=address --scratch-path .build-asan
+	ASAN_OPTIONS="detect_leaks=0:halt_on_error=1" \
+	  $(SWIFT) test --skip-build -sanitize=address --scratch-path .build-asan
+
+## mutants: apply each one-line break listed in Tests/mutants/mutants.json, build, run the
+## tests that must catch it, restore; fails if any mutant survives or is stale. Slow; not in test.
+mutants: setup
+	SWIFT=$(SWIFT) python3 scripts/mutants.py
 
 ## release-static: echod and echoload with the Swift runtime linked in, in $(BUILT), and their
 ## bash/zsh/fish completions (swift-argument-parser's --generate-completion-script) in $(COMPLETIONS).
@@ -152,18 +173,20 @@ lintian:
 	  if [ $$rc -ne 0 ]; then echo "lintian: errors or warnings (exit $$rc)" >&2; exit 1; fi; \
 	  echo "lintian: no errors or warnings"
 
-## deb-previous: the packages of the previous release (tag v$(PREVIOUS_VERSION)), built from the tag
-## into $(PREVIOUS_DIR) once and kept there: the e2e upgrade test installs them first. A release
-## build of the tag takes a few minutes; "make clean" removes the cache.
+## deb-previous: the packages of the previous release (0.1.0, tagged v0.1.0), built from that
+## commit into $(PREVIOUS_DIR) once and kept there: the e2e upgrade test installs them first. The
+## commit is named by its id, which every clone of main has in its history (a clone need not carry
+## tags). A release build of it takes a few minutes; "make clean" removes the cache.
 PREVIOUS_VERSION ?= 0.1.0
+PREVIOUS_COMMIT ?= c391e00e9866ee822338c2b560c3583a3a33ea5d
 PREVIOUS_DIR ?= .build-previous
 PREVIOUS_DEB = $(PREVIOUS_DIR)/echod_$(PREVIOUS_VERSION)-1_$(DEB_ARCH).deb
 deb-previous: $(PREVIOUS_DEB)
 $(PREVIOUS_DEB):
-	@git rev-parse -q --verify v$(PREVIOUS_VERSION)^{commit} >/dev/null || { \
-	  echo "deb-previous: tag v$(PREVIOUS_VERSION) missing (git fetch --tags)" >&2; exit 1; }
+	@git cat-file -e $(PREVIOUS_COMMIT)^{commit} 2>/dev/null || { \
+	  echo "deb-previous: commit $(PREVIOUS_COMMIT) (release $(PREVIOUS_VERSION)) not in this clone's history" >&2; exit 1; }
 	rm -rf $(PREVIOUS_DIR)/src && mkdir -p $(PREVIOUS_DIR)/src
-	git archive v$(PREVIOUS_VERSION) | tar -x -C $(PREVIOUS_DIR)/src
+	git archive $(PREVIOUS_COMMIT) | tar -x -C $(PREVIOUS_DIR)/src
 	$(MAKE) -C $(PREVIOUS_DIR)/src deb SWIFT=$(SWIFT) >$(PREVIOUS_DIR)/build.log 2>&1 || { tail -30 $(PREVIOUS_DIR)/build.log; exit 1; }
 	cp $(PREVIOUS_DIR)/src/.build-deb/*.deb $(PREVIOUS_DIR)/
 	rm -rf $(PREVIOUS_DIR)/src

@@ -29,6 +29,8 @@ SERVERS = ["baseline", "event", "thread", "fork"]
 
 
 QUIET = False
+# (server name, exit status) of every echod stopped with SIGTERM: a graceful stop must exit 0.
+SERVER_EXITS = []
 
 
 def log(msg):
@@ -88,6 +90,9 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.name != "baseline":
+            # Died early, killed at the timeout, or a non-zero exit: all count against the run.
+            SERVER_EXITS.append((self.name, self.proc.returncode))
         self.err.close()
 
 
@@ -459,6 +464,12 @@ def validate(results, sizes, conn_counts):
     for n, r in results["stream"].items():
         if not all(run["clean"] for run in r["runs"]):
             problems.append(f"stream {n}: echoload found faults")
+    for n, r in results["hold"].items():
+        if not r.get("clean"):
+            problems.append(f"hold {n}: echoload found faults: {r.get('failures')}")
+    for name, status in SERVER_EXITS:
+        if status != 0:
+            problems.append(f"echod {name}: exit status {status} after SIGTERM (want 0)")
     for n in SERVERS:
         if not results["stream"].get(n) or not results["stream"][n]["mb_per_s"]:
             problems.append(f"stream {n}: no figure")

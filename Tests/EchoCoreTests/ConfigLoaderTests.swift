@@ -193,18 +193,35 @@ private typealias Location = EchoCore.SourceLocation
         }
     }
 
-    @Test(.disabled(if: geteuid() == 0, "root reads files whatever their mode"))
-    func unreadableFileIsReportedWithStrerror() throws {
+    /// Runs as root too (make test does): root reads files whatever their mode, so the load runs
+    /// with this thread's filesystem uid set to nobody (setfsuid(2) is per thread and drops
+    /// CAP_DAC_OVERRIDE for it), then set back.
+    @Test func unreadableFileIsReportedWithStrerror() throws {
         try Fixture.withTempDirectory { dir in
             let main = dir + "/echod.conf"
             try Fixture.writeFile(main, "[Server]\n")
             try #require(chmod(main, 0) == 0)
-            #expect(
-                Fixture.loadRejection(path: main, explicitlyRequested: false) == [
-                    "\(main): cannot open: Permission denied"
-                ])
+            try #require(chmod(dir, 0o755) == 0)  // nobody may look for the drop-in directory
+            let rejection = try withFilesystemUser(geteuid() == 0 ? 65534 : nil) {
+                Fixture.loadRejection(path: main, explicitlyRequested: false)
+            }
+            #expect(rejection == ["\(main): cannot open: Permission denied"])
         }
     }
+
+    /// Runs `body` with the calling thread's filesystem uid set to `uid` (nil: unchanged).
+    private func withFilesystemUser<R>(_ uid: uid_t?, _ body: () -> R) throws -> R {
+        guard let uid else { return body() }
+        // setfsuid is declared in <sys/fsuid.h>, which Swift's Glibc module does not include.
+        typealias SetFsuid = @convention(c) (uid_t) -> Int32
+        guard let symbol = dlsym(nil, "setfsuid") else { throw FsuidUnavailable() }
+        let setfsuid = unsafeBitCast(symbol, to: SetFsuid.self)
+        let previous = uid_t(setfsuid(uid))
+        defer { _ = setfsuid(previous) }
+        return body()
+    }
+
+    private struct FsuidUnavailable: Error {}
 
     @Test func dropInPathThatIsNotADirectoryIsAnError() throws {
         try Fixture.withTempDirectory { dir in

@@ -1,6 +1,6 @@
 // Deliberately wrong echo servers, run inside the test process on 127.0.0.1:0: one that flips a
 // byte now and then, one that drops the connection in the middle of a message, one that never
-// answers, one that sends more than the echo. One blocking thread per connection; `stop()` (or deinit) wakes and joins them all.
+// answers, one that sends more than the echo, one that closes cleanly before the echo is whole. One blocking thread per connection; `stop()` (or deinit) wakes and joins them all.
 import CEchoShims
 import EchoCore
 import Glibc
@@ -18,19 +18,36 @@ enum Fault: String, CaseIterable, Sendable, CustomStringConvertible {
     case stallOnce
     /// Echoes correctly, then answers the client's half-close with bytes it never sent.
     case trailingGarbage
+    /// Echoes the first 5000 bytes, then closes cleanly (FIN) with the rest unechoed.
+    case earlyClose
     var description: String { rawValue }
+
+    /// Where the fault starts by default (stream offset), for the faults that have one.
+    var defaultOffset: Int {
+        switch self {
+        case .flipByte: 3000
+        case .dropMidMessage, .earlyClose: 5000
+        case .stallOnce: 2000
+        case .silent, .trailingGarbage: 0
+        }
+    }
 }
 
 final class FaultyServer: Sendable {
     let fault: Fault
+    /// Stream offset at which the fault begins (`Fault.defaultOffset` unless given).
+    let offset: Int
     let address: String
     private let listener: Int32
     private let connections = Mutex<[Int32]>([])
     private let threads = Mutex<[JoinableThread]>([])
     private let stopping = Atomic<Bool>(false)
 
-    init(_ fault: Fault) throws {
+    /// - Parameter offset: where the fault begins; a small one reaches the short streams of
+    ///   `hold` (one 16-byte probe per connection).
+    init(_ fault: Fault, offset: Int? = nil) throws {
         self.fault = fault
+        self.offset = offset ?? fault.defaultOffset
         let fd = try Socket.listen(on: try SocketAddress(parsing: "127.0.0.1:0"), backlog: 1024)
         guard let local = try Socket.localAddress(fd.rawValue) else { throw TestError.failed("getsockname") }
         address = local.description
@@ -75,6 +92,7 @@ final class FaultyServer: Sendable {
     private func serve(_ fd: Int32) {
         let buffer = UnsafeMutablePointer<UInt8>.allocate(capacity: 65536)
         defer { buffer.deallocate() }
+        let from = self.offset
         var offset = 0
         var stalled = false
         while true {
@@ -91,14 +109,27 @@ final class FaultyServer: Sendable {
             case .silent:
                 continue
             case .stallOnce:
-                if !stalled && offset >= 2000 {
+                if !stalled && offset >= from {
                     stalled = true
                     usleep(300_000)
                 }
             case .flipByte:
-                for i in 0..<n where (offset + i) >= 3000 && (offset + i) % 7919 == 3000 % 7919 { buffer[i] ^= 0xFF }
+                for i in 0..<n where (offset + i) >= from && (offset + i) % 7919 == from % 7919 { buffer[i] ^= 0xFF }
+            case .earlyClose:
+                if offset + n > from {
+                    count = from - offset
+                    var sent = 0
+                    while sent < count {
+                        let w = Glibc.send(fd, buffer + sent, count - sent, Int32(MSG_NOSIGNAL))
+                        if w < 0 && errno == EINTR { continue }
+                        if w <= 0 { break }
+                        sent += w
+                    }
+                    Glibc.shutdown(fd, Int32(SHUT_WR))
+                    return
+                }
             case .dropMidMessage:
-                if offset >= 5000 {
+                if offset >= from {
                     count = max(1, n / 2)
                     _ = Glibc.send(fd, buffer, count, Int32(MSG_NOSIGNAL))
                     Glibc.shutdown(fd, Int32(SHUT_RDWR))

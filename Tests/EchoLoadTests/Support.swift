@@ -221,6 +221,18 @@ final class Echod {
         child.signal(SIGTERM)
         if child.wait(seconds: 5) == nil { child.kill() }
     }
+
+    /// Stops echod (SIGTERM) and reads the total from its "stopped" log line
+    /// (`connections.accepted=N`): the server's own count, independent of echoload's report.
+    /// - Returns: nil if echod did not exit 0 within 30 s or logged no total.
+    func stopAndCountAccepted() -> Int? {
+        child.signal(SIGTERM)
+        guard child.wait(seconds: 30) == 0 else { return nil }
+        guard let line = child.stderr.split(separator: "\n").last(where: { $0.contains("stopped") }),
+            let r = line.range(of: "connections.accepted=")
+        else { return nil }
+        return Int(line[r.upperBound...].prefix { $0.isNumber })
+    }
 }
 
 /// Validates `json` against docs/echoload.schema.json with python3-jsonschema.

@@ -3,6 +3,7 @@
 // a burst while the excess waits in the backlog and is served once slots free.
 import Foundation
 import Glibc
+import Synchronization
 import Testing
 
 extension EchodIntegration {
@@ -147,27 +148,101 @@ func settledThreadCount(_ pid: pid_t) -> Int {
 }
 
 extension EchodIntegration.Models {
+    /// Each fork-model child holds its own connection and nothing else of the parent's: fds 0-2
+    /// and one socket, which is neither the listener nor another child's connection (a child
+    /// that kept either would keep the port or a peer's connection alive after its own ended).
+    @Test func forkChildrenHoldOnlyTheirOwnConnection() throws {
+        try withEchod(config: Echod.config(model: "fork")) { server in
+            let parentSockets = Set(socketInodes(pid: server.pid).values)
+            try #require(!parentSockets.isEmpty, "no socket in echod's /proc/\(server.pid)/fd")
+            var clients: [Client] = []
+            for i in 0..<6 {
+                let client = try Client(port: server.port, timeout: .seconds(10))
+                try client.writeAll([UInt8(i)])
+                #expect(try client.readExactly(1) == [UInt8(i)])
+                clients.append(client)
+            }
+            var children: [pid_t] = []
+            let all = waitUntil(timeout: .seconds(5)) {
+                children = childProcesses(of: server.pid).filter { $0.1 != "Z" }.map(\.0)
+                return children.count == clients.count
+            }
+            try #require(all, "expected \(clients.count) connection processes, found \(children)")
+            var seen: [String: pid_t] = [:]
+            for child in children {
+                let fds = descriptorTargets(pid: child)
+                let extra = fds.filter { $0.key > 2 }
+                let sockets = extra.values.filter { $0.hasPrefix("socket:") }
+                #expect(extra.count == 1 && sockets.count == 1, "child \(child) holds more than its connection: \(fds.sorted { $0.key < $1.key })")
+                for socket in sockets {
+                    #expect(!parentSockets.contains(socket), "child \(child) holds the parent's \(socket) (a listener)")
+                    if let other = seen[socket] { Issue.record("children \(other) and \(child) both hold \(socket)") }
+                    seen[socket] = child
+                }
+            }
+            withExtendedLifetime(clients) {}
+        }
+    }
+
     /// The thread model catches SIGUSR2 (without SA_RESTART) to interrupt blocked connection
-    /// threads at a stop: a storm of it during transfers makes every blocking read and write
-    /// return EINTR now and then, and not one byte may be lost or doubled for it.
+    /// threads at a stop. A storm of it, sent to each connection thread (tgkill) while clients
+    /// read slowly through a small window, interrupts send(2) part-way, so it returns a short
+    /// count and the rest must still go out; and blocked reads return EINTR. Not one byte may
+    /// be lost or doubled for it.
     @Test func threadModelSurvivesAnInterruptStormDuringTransfers() throws {
         try withEchod(config: Echod.config(model: "thread")) { server in
-            let plans = (0..<20).map { FlowPlan(bytes: 2 << 20, seed: 9100 + UInt64($0)) }
+            let plans = (0..<12).map {
+                FlowPlan(bytes: 8 << 20, seed: 9100 + UInt64($0), readChunk: [499, 1499, 2999][$0 % 3], receiveBuffer: 4096)
+            }
             let load = try EchoLoad(port: server.port, plans: plans)
             let pid = server.pid
+            let tally = StormTally()
             let storm = Thread {
-                for _ in 0..<2000 {
-                    kill(pid, SIGUSR2)
-                    usleep(500)
+                while !tally.done.load(ordering: .relaxed) {
+                    for tid in threadNames(pid).keys where tid != pid {
+                        if threadKill(pid, tid, SIGUSR2) == 0 { tally.sent.add(1, ordering: .relaxed) }
+                    }
+                    usleep(100)
                 }
             }
             storm.start()
-            let finished = try load.runToCompletion(timeout: .seconds(30))
+            let finished = try load.runToCompletion(timeout: .seconds(40))
+            tally.done.store(true, ordering: .relaxed)
             while !storm.isFinished { usleep(10_000) }
+            let sent = tally.sent.load(ordering: .relaxed)
+            #expect(sent > 500, "only \(sent) signals reached connection threads")
             #expect(load.failures == [])
             #expect(finished, "\(load.unfinishedSummary); \(server.describeState())")
-            #expect(load.totalRead == plans.count * (2 << 20))
+            #expect(load.totalRead == plans.count * (8 << 20))
             #expect(server.child.isRunning, "\(server.describeState())")
         }
     }
+}
+
+/// Shared between a test and its signal-storm thread.
+final class StormTally: Sendable {
+    let done = Atomic<Bool>(false)
+    let sent = Atomic<Int>(0)
+}
+
+/// "fd -> target" of every descriptor of `pid` (/proc/PID/fd).
+func descriptorTargets(pid: pid_t) -> [Int: String] {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []
+    var targets: [Int: String] = [:]
+    for entry in entries {
+        guard let fd = Int(entry) else { continue }
+        targets[fd] = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(fd)")) ?? "?"
+    }
+    return targets
+}
+
+/// The "socket:[inode]" targets of `pid`'s descriptors, by fd.
+func socketInodes(pid: pid_t) -> [Int: String] { descriptorTargets(pid: pid).filter { $0.value.hasPrefix("socket:") } }
+
+/// tgkill(2): a signal to one thread. glibc 2.30+ exports it, but only under _GNU_SOURCE,
+/// which Swift's Glibc module does not define: looked up at run time.
+func threadKill(_ pid: pid_t, _ tid: pid_t, _ signal: Int32) -> Int32 {
+    typealias TgKill = @convention(c) (pid_t, pid_t, Int32) -> Int32
+    guard let symbol = dlsym(nil, "tgkill") else { return -1 }
+    return unsafeBitCast(symbol, to: TgKill.self)(pid, tid, signal)
 }

@@ -25,7 +25,47 @@ extension EchodIntegration {
                 #expect(drained, "\(load.unfinishedSummary); \(server.describeState())")
                 #expect(load.totalRead == writtenBeforeSignal)
                 #expect(try server.notify.waitFor(line: "STOPPING=1", timeout: .seconds(5)) != nil, "notify: [\(server.notify.transcript)]")
-                #expect(server.child.waitExit(timeout: .seconds(15)) == .exited(0), "\(server.describeState())")
+                // Every client has half-closed and had its EOF: nothing is left to wait for, so the
+                // exit follows at once, far inside StopTimeoutSec=10.
+                #expect(server.child.waitExit(timeout: .seconds(4)) == .exited(0), "\(server.describeState())")
+            }
+        }
+
+        /// Clients that go on sending for a second after SIGTERM (four quiet periods) and never
+        /// half-close: echod keeps echoing while data arrives, gives each client its FIN only once
+        /// it has been quiet, and exits as soon as they close, long before StopTimeoutSec. Every
+        /// byte written, before and after the signal, comes back.
+        @Test(arguments: servingModels)
+        func clientsSendingAfterSigtermWithoutHalfCloseGetEverythingThenEOF(model: String) throws {
+            let stopTimeout = 20
+            try withEchod(config: Echod.config(model: model, stopTimeoutSec: stopTimeout)) { server in
+                let plans = (0..<10).map {
+                    FlowPlan(bytes: Int.max, seed: 7500 + UInt64($0), halfClose: false, serverMayClose: true)
+                }
+                let load = try EchoLoad(port: server.port, plans: plans)
+                let busy = try load.run(timeout: .seconds(15)) { $0.flows.allSatisfy { $0.readCount >= 256 << 10 } || !$0.failures.isEmpty }
+                try #require(load.failures == [] && busy, "\(load.unfinishedSummary); \(server.describeState())")
+
+                server.child.signal(SIGTERM)
+                #expect(try server.notify.waitFor(line: "STOPPING=1", timeout: .seconds(5)) != nil, "notify: [\(server.notify.transcript)]")
+                // Go on sending for a second; what is sent after the signal is echoed too.
+                let readAtSignal = load.totalRead
+                let sending = Deadline(.seconds(1))
+                while !sending.hasExpired && load.failures.isEmpty { try load.step(timeout: .milliseconds(20)) }
+                #expect(load.failures == [], "\(server.describeState())")
+                #expect(load.flows.allSatisfy { !$0.isDone }, "a client lost its connection while still sending")
+                #expect(load.totalRead > readAtSignal + 1 << 20, "echoing stopped at the signal")
+
+                load.stopWriting()
+                let quietSince = ContinuousClock.now
+                let drained = try load.runToCompletion(timeout: .seconds(8))
+                #expect(load.failures == [])
+                #expect(drained, "no FIN after the clients went quiet: \(load.unfinishedSummary); \(server.describeState())")
+                #expect(load.totalRead == load.totalWritten)
+                let status = server.child.waitExit(timeout: .seconds(8))
+                let took = ContinuousClock.now - quietSince
+                #expect(status == .exited(0), "\(server.describeState())")
+                #expect(took < .seconds(5), "stop took \(took) after the clients went quiet (StopTimeoutSec=\(stopTimeout))")
             }
         }
 

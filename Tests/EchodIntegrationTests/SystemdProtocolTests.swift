@@ -1,6 +1,7 @@
 // echod as a systemd service sees it: a listening socket at fd 3 (LISTEN_FDS), and the
 // sd_notify protocol on NOTIFY_SOCKET (READY=1, STATUS=, RELOADING=1, STOPPING=1).
 import CEchoShims
+import Foundation
 import Glibc
 import Testing
 
@@ -12,6 +13,34 @@ extension EchodIntegration {
                 let ready = try server.waitReady()
                 #expect(notifyValue("STATUS", in: ready) != nil, "READY=1 datagram without STATUS=: \(ready.debugDescription)")
                 try roundTrip(port: server.port, count: 1000)
+            }
+        }
+
+        /// READY=1 means every worker serves: a client that connects the moment READY=1 arrives
+        /// is echoed at once (not after workers that are still starting drain the backlog), and in
+        /// the event model every worker thread is already waiting in epoll_wait on its listeners.
+        @Test(arguments: servingModels)
+        func readyMeansEveryWorkerIsServing(model: String) throws {
+            let workers = 3
+            try withEchod(config: Echod.config(model: model, workers: workers), waitReady: false) { server in
+                try server.waitReady()
+                let readyAt = ContinuousClock.now
+                if model == "event" {
+                    var waiting: Set<pid_t> = []
+                    var names: [pid_t: String] = [:]
+                    let all = waitUntil(timeout: .milliseconds(1500), interval: .milliseconds(1)) {
+                        names = threadNames(server.pid).filter { $0.value.hasPrefix("echod-w") }
+                        for tid in names.keys where isInEpollWait(pid: server.pid, tid: tid) { waiting.insert(tid) }
+                        return names.count == workers && waiting.count == workers
+                    }
+                    #expect(names.count == workers, "worker threads (echod-w*) after READY=1: \(names)")
+                    #expect(all, "after READY=1 only \(waiting.count) of \(workers) workers reached epoll_wait within 1.5 s: \(threadSyscalls(server.pid))")
+                }
+                let client = try Client(port: server.port, timeout: .seconds(10))
+                try client.writeAll([42])
+                #expect(try client.readExactly(1) == [42])
+                let took = ContinuousClock.now - readyAt
+                #expect(took < .milliseconds(1500), "first echo took \(took) after READY=1")
             }
         }
 
@@ -157,4 +186,37 @@ extension EchodIntegration {
             }
         }
     }
+}
+
+/// Thread names of `pid` by thread id (/proc/PID/task/TID/comm).
+func threadNames(_ pid: pid_t) -> [pid_t: String] {
+    let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+    var names: [pid_t: String] = [:]
+    for task in tasks {
+        guard let tid = pid_t(task) else { continue }
+        names[tid] = readText("/proc/\(pid)/task/\(tid)/comm").trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+    return names
+}
+
+/// The system call each thread of `pid` is blocked in ("running" when on a CPU), for messages.
+func threadSyscalls(_ pid: pid_t) -> [String] {
+    threadNames(pid).sorted { $0.key < $1.key }.map { tid, name in
+        "\(name)[\(tid)]: \(readText("/proc/\(pid)/task/\(tid)/syscall").split(separator: " ").first ?? "?")"
+    }
+}
+
+/// Whether thread `tid` of `pid` is blocked in epoll_wait/epoll_pwait/epoll_pwait2 (the first
+/// field of /proc/PID/task/TID/syscall is the system call number).
+func isInEpollWait(pid: pid_t, tid: pid_t) -> Bool {
+    #if arch(x86_64)
+    let calls: Set<Int> = [232, 281, 441]
+    #elseif arch(arm64)
+    let calls: Set<Int> = [22, 441]
+    #else
+    let calls: Set<Int> = []
+    #endif
+    let text = readText("/proc/\(pid)/task/\(tid)/syscall")
+    guard let first = text.split(separator: " ").first, let number = Int(first) else { return false }
+    return calls.contains(number)
 }

@@ -18,6 +18,16 @@ struct FlowPlan {
     /// Close the connection once it has written at least `written` and read at least `read`
     /// bytes, with unread data pending; `linger0` makes that close a reset (RST).
     var abort: (written: Int, read: Int, linger0: Bool)?
+    /// A slow reader: at most this many bytes per recv and one recv per poll round (an odd
+    /// size, so reads never line up with the server's writes).
+    var readChunk: Int?
+    /// SO_RCVBUF for the client socket, set before connecting (with `readChunk`, it keeps the
+    /// server's sends partial).
+    var receiveBuffer: Int32?
+    /// The server may end the stream (FIN) once every written byte has come back, without the
+    /// client having shut its write side: a graceful stop does that to clients that never
+    /// half-close. EOF is then a clean end, not a failure.
+    var serverMayClose = false
 }
 
 /// The state of one connection in an `EchoLoad`.
@@ -60,7 +70,7 @@ final class EchoLoad {
     /// timeout; then non-blocking).
     init(_ host: Loopback = .v4, port: UInt16, plans: [FlowPlan]) throws {
         flows = try plans.enumerated().map { index, plan in
-            let client = try Client(host, port: port)
+            let client = try Client(host, port: port, receiveBuffer: plan.receiveBuffer)
             try client.socket.setNonBlocking()
             return Flow(index: index, plan: plan, socket: client.socket)
         }
@@ -151,8 +161,10 @@ final class EchoLoad {
 
     private func receive(_ flow: Flow) -> Int {
         var moved = 0
-        for _ in 0..<4 {
-            let got = recv(flow.socket.fd, buffer.baseAddress!, buffer.count, 0)
+        let rounds = flow.plan.readChunk == nil ? 4 : 1
+        let length = min(buffer.count, flow.plan.readChunk ?? buffer.count)
+        for _ in 0..<rounds {
+            let got = recv(flow.socket.fd, buffer.baseAddress!, length, 0)
             if got < 0 {
                 if errno == EINTR { continue }
                 if errno == EAGAIN { break }
@@ -160,7 +172,7 @@ final class EchoLoad {
                 break
             }
             if got == 0 {
-                if flow.writeShut && flow.readCount == flow.written {
+                if (flow.writeShut || flow.plan.serverMayClose) && flow.readCount == flow.written && !flow.wantsWrite {
                     flow.sawEOF = true
                     flow.socket.close()
                 } else {
@@ -202,6 +214,15 @@ final class EchoLoad {
             moved += sent
         }
         return moved
+    }
+
+    /// Closes `flow` now, with unread data pending (a departure mid-transfer); `linger0`
+    /// makes it a reset.
+    func abort(_ flow: Flow, linger0: Bool) {
+        guard !flow.isDone else { return }
+        if linger0 { try? flow.socket.setLingerZero() }
+        flow.socket.close()
+        flow.aborted = true
     }
 
     private func abortIfDue(_ flow: Flow) {

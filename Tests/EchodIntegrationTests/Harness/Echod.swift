@@ -99,9 +99,6 @@ final class EchodServer {
         return "echod pid \(pid) \(state); notify: [\(notify.transcript)]; stderr tail:\n\(child.stderrTail())"
     }
 
-    /// Reads /proc/PID/status's VmRSS in bytes.
-    func residentBytes() throws -> Int { try procStatusKilobytes(pid: pid, field: "VmRSS") * 1024 }
-
     /// Entries in /proc/PID/fd.
     func openDescriptorCount() throws -> Int {
         try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count
@@ -188,6 +185,16 @@ func parseListenAddresses(_ log: String) -> [(Loopback, UInt16)] {
         guard let loopback = Loopback(rawValue: host) else { return nil }
         return (loopback, port)
     }
+}
+
+/// Resident memory of `pid` in bytes: the `Rss:` of /proc/PID/smaps_rollup, which walks the
+/// page tables (exact), unlike VmRSS, whose per-thread counters may lag by 64 pages each.
+func residentBytes(pid: pid_t) throws -> Int {
+    let rollup = readText("/proc/\(pid)/smaps_rollup")
+    guard let line = rollup.split(separator: "\n").first(where: { $0.hasPrefix("Rss:") }),
+        let kilobytes = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().first.flatMap({ Int($0) })
+    else { return try procStatusKilobytes(pid: pid, field: "VmRSS") * 1024 }
+    return kilobytes * 1024
 }
 
 /// A `kB` field of /proc/PID/status ("VmRSS:     1234 kB" → 1234).
