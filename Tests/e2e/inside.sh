@@ -1,5 +1,5 @@
 #!/bin/bash
-# echod end to end, inside a throwaway systemd container (started by tests/e2e/run.sh): installs
+# echod end to end, inside a throwaway systemd container (started by Tests/e2e/run.sh): installs
 # the .deb, then drives echod.socket / echod.service with systemctl and echoload, as a user would.
 #
 # Each scenario prints "PASS name" or "FAIL name: first failed check"; the exit status is the

@@ -1,6 +1,6 @@
 #!/bin/bash
 # echod end to end against real systemd 252: boots a throwaway systemd-nspawn container from this
-# machine's own file system, installs the .deb there and runs tests/e2e/inside.sh as the
+# machine's own file system, installs the .deb there and runs Tests/e2e/inside.sh as the
 # container's only job (see ../shared/notes/systemd-testing.md for the recipe).
 #
 # The container's root is an overlay: this machine's / read-only underneath, a tmpfs on top, so
@@ -8,7 +8,7 @@
 # --volatile=overlay refuses the host's root directory). It has a private network: the tests
 # talk to 127.0.0.1 inside it only.
 #
-# Usage: tests/e2e/run.sh PACKAGE.deb   (as root; E2E_RESULTS=DIR keeps the logs there,
+# Usage: Tests/e2e/run.sh PACKAGE.deb   (as root; E2E_RESULTS=DIR keeps the logs there,
 # E2E_TIMEOUT=SECONDS bounds the container's life, default 300). Prints inside.sh's report, and on failure the
 # container's journal and console; the last line is "N passed, M failed". Exit status: 0 when
 # every scenario passed.
