@@ -1,6 +1,7 @@
 #!/bin/bash
 # echod end to end, inside a throwaway systemd container (started by Tests/e2e/run.sh): installs
-# the .deb, then drives echod.socket / echod.service with systemctl and echoload, as a user would.
+# the .debs (echod.deb, echoload.deb and, when present, echod-previous.deb, the previous release's
+# single package, in DEBDIR), then drives echod.socket / echod.service with systemctl and echoload, as a user would.
 #
 # Each scenario prints "PASS name" or "FAIL name: first failed check"; the exit status is the
 # number of failed scenarios. Writes RESULTS (one "PASS|FAIL name" line each) to $OUT.
@@ -9,8 +10,11 @@
 # READY=1, so every reload is followed by polling ActiveState; "systemd-analyze verify" exits 0
 # on warnings, so its output is what is tested.
 set -u
-DEB=${1:?usage: inside.sh PACKAGE.deb OUTDIR}
-OUT=${2:?usage: inside.sh PACKAGE.deb OUTDIR}
+DEBDIR=${1:?usage: inside.sh DEBDIR OUTDIR}
+OUT=${2:?usage: inside.sh DEBDIR OUTDIR}
+DEB=$DEBDIR/echod.deb
+DEB_LOAD=$DEBDIR/echoload.deb
+DEB_PREVIOUS=$DEBDIR/echod-previous.deb
 TARGET=127.0.0.1:7
 DROPIN_DIR=/etc/echod/echod.conf.d
 DROPIN=$DROPIN_DIR/50-e2e.conf
@@ -149,33 +153,110 @@ socket_listening() {
 
 # --- scenarios -----------------------------------------------------------------------------------
 
-scenario_install() {
-    begin "package installs: socket enabled and listening, service waits for a connection"
+# dpkg_install ARGS...: dpkg -i, output indented; a failure fails the scenario.
+dpkg_install() {
     local log
-    if ! log=$(DEBIAN_FRONTEND=noninteractive dpkg -i "$DEB" 2>&1); then
-        fail "dpkg -i failed: $log"
+    if ! log=$(DEBIAN_FRONTEND=noninteractive dpkg "$@" 2>&1); then
+        fail "dpkg $* failed: $(echo "$log" | tail -3 | tr '\n' ' ')"
     fi
     echo "$log" | sed 's/^/  dpkg: /'
-    for f in /usr/sbin/echod /usr/bin/echoload $UNIT_DIR/echod.service $UNIT_DIR/echod.socket \
+}
+
+# owner FILE: the package dpkg says FILE belongs to.
+owner() { dpkg -S "$1" 2>/dev/null | sed -n 's/^\([^:]*\): .*/\1/p' | head -1; }
+
+# options_of: every --long-option named in the text on stdin, one per line, sorted.
+options_of() { grep -o -e '--[a-z][a-z0-9-]*' | sort -u; }
+
+# man_text MANPAGE: the page rendered wide (no line is broken or hyphenated inside an option).
+man_text() { MANWIDTH=1000 man -l "$1" 2>/dev/null; }
+
+# option_definitions MANPAGE: the options the page defines (a line that starts with "--opt" or
+# "-o, --opt"), not those it merely mentions (systemctl --now in an example).
+option_definitions() {
+    man_text "$1" | sed -n 's/^ *\(-[a-zA-Z][^,]*, \)\{0,1\}\(--[a-z][a-z0-9-]*\).*/\2/p' | sort -u
+}
+
+# help_matches_man MANPAGE COMMAND...: every option COMMAND --help lists appears in the man page.
+# Adds the options to $help_options (not a subshell: fail must reach the scenario).
+help_options=""
+help_matches_man() {
+    local man=$1 opts man_opts o
+    shift
+    opts=$("$@" --help 2>&1 | options_of)
+    [ -n "$opts" ] || fail "$* --help lists no option"
+    man_opts=$(man_text "$man" | options_of)
+    for o in $opts; do
+        [ "$o" = --help ] && continue
+        echo "$man_opts" | grep -qx -- "$o" || fail "$* --help lists $o, $(basename "$man") does not"
+    done
+    help_options="$help_options
+$opts"
+}
+
+scenario_install() {
+    begin "packages install: echod alone serves (socket enabled and listening), echoload is its own package"
+    local f port_range
+    port_range=$(tr -s '\t ' ' ' </proc/sys/net/ipv4/ip_local_port_range)
+    dpkg_install -i "$DEB"
+    for f in /usr/sbin/echod $UNIT_DIR/echod.service $UNIT_DIR/echod.socket \
         /usr/lib/sysctl.d/60-echod.conf /etc/echod/echod.conf /usr/share/man/man8/echod.8.gz \
-        /usr/share/man/man5/echod.conf.5.gz /usr/share/man/man1/echoload.1.gz; do
-        [ -e "$f" ] || fail "$f not installed"
+        /usr/share/man/man5/echod.conf.5.gz /usr/share/bash-completion/completions/echod; do
+        [ -e "$f" ] || fail "$f not installed by the echod package"
+    done
+    # A server does not get the client or its tuning.
+    for f in /usr/bin/echoload /usr/share/man/man1/echoload.1.gz /usr/share/doc/echoload; do
+        [ ! -e "$f" ] || fail "$f installed by the echod package"
     done
     grep -qx /etc/echod/echod.conf /var/lib/dpkg/info/echod.conffiles || fail "echod.conf is not a conffile"
     [ "$(systemctl is-enabled echod.socket)" = enabled ] || fail "echod.socket is $(systemctl is-enabled echod.socket), not enabled"
     socket_listening
     expect_prop echod.service ActiveState inactive
     ss -Hltn 'sport = :7' | grep -q '127.0.0.1:7' || fail "nothing listens on 127.0.0.1:7"
-    # The postinst applied the sysctl drop-in; in a container only the network namespace's keys
-    # can be written.
+    # The postinst applied the sysctl drop-in: its one setting, and nothing client-side. In a
+    # container only the network namespace's keys can be written.
     [ "$(cat /proc/sys/net/core/somaxconn)" = 16384 ] || fail "net.core.somaxconn=$(cat /proc/sys/net/core/somaxconn), expected 16384"
-    [ "$(tr -s '\t ' ' ' </proc/sys/net/ipv4/ip_local_port_range)" = "10000 65535" ] \
-        || fail "ip_local_port_range=$(cat /proc/sys/net/ipv4/ip_local_port_range)"
-    local k
-    for k in $(sed -n 's/^-\{0,1\}\([a-z][a-z0-9_.-]*\) *=.*/\1/p' /usr/lib/sysctl.d/60-echod.conf); do
-        [ -e "/proc/sys/${k//./\/}" ] || fail "sysctl key $k does not exist"
-    done
+    [ "$(tr -s '\t ' ' ' </proc/sys/net/ipv4/ip_local_port_range)" = "$port_range" ] \
+        || fail "installing echod changed ip_local_port_range to $(cat /proc/sys/net/ipv4/ip_local_port_range) (was $port_range)"
+    local keys
+    keys=$(sed -n 's/^-\{0,1\}\([a-z][a-z0-9_.-]*\) *=.*/\1/p' /usr/lib/sysctl.d/60-echod.conf | tr '\n' ' ')
+    [ "$keys" = "net.core.somaxconn " ] || fail "60-echod.conf sets [$keys], expected net.core.somaxconn only"
     MANWIDTH=200 man -l /usr/share/man/man8/echod.8.gz 2>&1 | grep -q 'RFC 862 echo daemon' || fail "man echod(8) does not render"
+    # The client, on its own.
+    dpkg_install -i "$DEB_LOAD"
+    for f in /usr/bin/echoload /usr/share/man/man1/echoload.1.gz \
+        /usr/share/doc/echoload/examples/60-echoload-sysctl.conf /usr/share/bash-completion/completions/echoload; do
+        [ -e "$f" ] || fail "$f not installed by the echoload package"
+    done
+    [ "$(owner /usr/bin/echoload)" = echoload ] || fail "/usr/bin/echoload belongs to '$(owner /usr/bin/echoload)'"
+    [ ! -e /etc/sysctl.d/60-echoload-sysctl.conf ] && [ ! -e /usr/lib/sysctl.d/60-echoload-sysctl.conf ] \
+        || fail "the echoload sysctl example was installed as a live setting"
+    [ "$(tr -s '\t ' ' ' </proc/sys/net/ipv4/ip_local_port_range)" = "$port_range" ] \
+        || fail "installing echoload changed ip_local_port_range"
+    echo_check 2
+    end
+}
+
+scenario_help_man() {
+    begin "every option of --help is in the man pages, and every option a man page defines is in some --help"
+    local page sub o
+    for page in echod echoload; do
+        help_options=""
+        if [ $page = echod ]; then
+            help_matches_man /usr/share/man/man8/echod.8.gz echod
+            page=/usr/share/man/man8/echod.8.gz
+        else
+            help_matches_man /usr/share/man/man1/echoload.1.gz echoload
+            for sub in $(echoload --help | sed -n '/^SUBCOMMANDS:/,/^$/s/^  \([a-z][a-z-]*\) .*/\1/p'); do
+                help_matches_man /usr/share/man/man1/echoload.1.gz echoload "$sub"
+            done
+            page=/usr/share/man/man1/echoload.1.gz
+        fi
+        for o in $(option_definitions $page); do
+            [ "$o" = --help ] && continue
+            echo "$help_options" | grep -qx -- "$o" || fail "$(basename $page) defines $o, no --help lists it"
+        done
+    done
     end
 }
 
@@ -413,6 +494,44 @@ scenario_remove() {
     [ ! -e /etc/echod ] || fail "/etc/echod left after purge: $(ls -R /etc/echod)"
     [ ! -e /etc/systemd/system/sockets.target.wants/echod.socket ] || fail "enablement symlink left after purge"
     ! pgrep -x echod >/dev/null || fail "an echod process is left"
+    # echoload stays, usable without the daemon: it reports the refused connection, non-zero.
+    [ -x /usr/bin/echoload ] || fail "removing echod removed echoload"
+    echoload --version >/dev/null 2>&1 || fail "echoload --version fails without echod"
+    if echoload pingpong "$TARGET" --connections 1 --duration 200ms --warmup 0 --quiet >/dev/null 2>&1; then
+        fail "echoload pingpong succeeded with no server"
+    fi
+    log=$(dpkg --purge echoload 2>&1) || fail "dpkg --purge echoload failed: $log"
+    [ ! -e /usr/bin/echoload ] || fail "/usr/bin/echoload left after purge"
+    end
+}
+
+# Upgrades from the previous release, one package holding both programs (0.1.0), to the split.
+scenario_upgrade() {
+    begin "upgrade from $(dpkg-deb -f "$DEB_PREVIOUS" Version): echoload moves to its package, the edited conffile stays, echod keeps serving"
+    dpkg_install -i "$DEB_PREVIOUS"
+    [ "$(owner /usr/bin/echoload)" = echod ] || fail "the previous release's echod does not hold /usr/bin/echoload"
+    wait_prop echod.socket SubState listening 10
+    echo "# a local edit the upgrade must keep" >>/etc/echod/echod.conf
+    echo_check 2
+    # As an unattended upgrade does: keep the locally edited conffile without asking.
+    dpkg_install --force-confdef --force-confold -i "$DEB" "$DEB_LOAD"
+    [ "$(dpkg-query -W -f='${Version}' echod)" = "$(dpkg-deb -f "$DEB" Version)" ] || fail "echod not upgraded"
+    [ "$(owner /usr/bin/echoload)" = echoload ] || fail "/usr/bin/echoload belongs to '$(owner /usr/bin/echoload)' after the upgrade"
+    [ "$(owner /usr/share/man/man1/echoload.1.gz)" = echoload ] || fail "echoload(1) belongs to '$(owner /usr/share/man/man1/echoload.1.gz)'"
+    grep -q '^# a local edit the upgrade must keep$' /etc/echod/echod.conf || fail "the upgrade lost the edit to echod.conf"
+    grep -qx /etc/echod/echod.conf /var/lib/dpkg/info/echod.conffiles || fail "echod.conf is no longer a conffile"
+    ! grep -q '^-\{0,1\}net.ipv4.ip_local_port_range' /usr/lib/sysctl.d/60-echod.conf || fail "the upgraded sysctl drop-in still sets the port range"
+    wait_prop echod.socket ActiveState active 10
+    echo_check 2
+    # echod alone over the previous release: echoload goes with the old package (NEWS.Debian).
+    dpkg --purge echoload >/dev/null 2>&1 || fail "dpkg --purge echoload failed"
+    dpkg --purge echod >/dev/null 2>&1 || fail "dpkg --purge echod failed"
+    dpkg_install -i "$DEB_PREVIOUS"
+    dpkg_install --force-confdef --force-confold -i "$DEB"
+    [ ! -e /usr/bin/echoload ] || fail "/usr/bin/echoload left by the upgrade of echod alone (owner '$(owner /usr/bin/echoload)')"
+    wait_prop echod.socket ActiveState active 10
+    ss -Hltn 'sport = :7' | grep -q '127.0.0.1:7' || fail "nothing listens on 127.0.0.1:7 after the upgrade of echod alone"
+    dpkg --purge echod >/dev/null 2>&1 || fail "dpkg --purge echod failed"
     end
 }
 
@@ -421,6 +540,7 @@ scenario_remove() {
 echo "echod e2e in $(systemd-detect-virt) container, systemd $(systemctl --version | head -1 | cut -d' ' -f2)"
 scenario_install
 if [ "$failed" -eq 0 ]; then
+    scenario_help_man
     scenario_analyze
     scenario_activation
     scenario_reload
@@ -430,6 +550,7 @@ if [ "$failed" -eq 0 ]; then
     scenario_broken_start
     scenario_watchdog
     scenario_remove
+    if [ -e "$DEB_PREVIOUS" ]; then scenario_upgrade; fi
 fi
 echo
 echo "$passed passed, $failed failed"

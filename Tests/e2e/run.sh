@@ -8,12 +8,17 @@
 # --volatile=overlay refuses the host's root directory). It has a private network: the tests
 # talk to 127.0.0.1 inside it only.
 #
-# Usage: Tests/e2e/run.sh PACKAGE.deb   (as root; E2E_RESULTS=DIR keeps the logs there,
-# E2E_TIMEOUT=SECONDS bounds the container's life, default 300). Prints inside.sh's report, and on failure the
+# Usage: Tests/e2e/run.sh ECHOD.deb ECHOLOAD.deb   (as root; E2E_RESULTS=DIR keeps the logs there,
+# E2E_TIMEOUT=SECONDS bounds the container's life, default 300; E2E_PREVIOUS_DEB=FILE, the
+# previous release's single echod package, adds the upgrade scenario). Prints inside.sh's report, and on failure the
 # container's journal and console; the last line is "N passed, M failed". Exit status: 0 when
 # every scenario passed.
 set -euo pipefail
-deb=$(realpath "${1:?usage: run.sh PACKAGE.deb}")
+usage="usage: run.sh ECHOD.deb ECHOLOAD.deb"
+deb=$(realpath "${1:?$usage}")
+deb_load=$(realpath "${2:?$usage}")
+deb_previous=""
+if [ -n "${E2E_PREVIOUS_DEB:-}" ]; then deb_previous=$(realpath "$E2E_PREVIOUS_DEB"); fi
 here=$(cd "$(dirname "$0")" && pwd)
 timeout_s=${E2E_TIMEOUT:-300}
 
@@ -51,6 +56,8 @@ rm -rf "$root/var/log/journal"
 mkdir -p "$root/e2e/out"
 install -m 0755 "$here/inside.sh" "$root/e2e/inside.sh"
 install -m 0644 "$deb" "$root/e2e/echod.deb"
+install -m 0644 "$deb_load" "$root/e2e/echoload.deb"
+if [ -n "$deb_previous" ]; then install -m 0644 "$deb_previous" "$root/e2e/echod-previous.deb"; fi
 # The container's only job: run the scenarios, keep the journal, exit with the failure count.
 cat >"$root/etc/systemd/system/echod-e2e.service" <<'UNIT'
 [Unit]
@@ -58,7 +65,7 @@ Description=echod end-to-end test
 
 [Service]
 Type=oneshot
-ExecStart=/bin/bash -c '/e2e/inside.sh /e2e/echod.deb /e2e/out >/e2e/out/test.log 2>&1; rc=$$?; \
+ExecStart=/bin/bash -c '/e2e/inside.sh /e2e /e2e/out >/e2e/out/test.log 2>&1; rc=$$?; \
   journalctl -b --no-pager -o short-monotonic >/e2e/out/journal.log 2>&1; systemctl exit $$rc'
 UNIT
 
