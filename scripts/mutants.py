@@ -8,7 +8,9 @@ is an error (the mutant is stale after a refactoring: update it), never a silent
 source file is restored after each mutant, also on Ctrl-C.
 
 Usage: scripts/mutants.py [--list FILE] [--scratch DIR] [--only ID[,ID...]] [--timeout SECONDS]
-Exit status: 0 when every mutant was killed; 1 otherwise.
+       scripts/mutants.py --check-only   (only that every snippet is found once: part of make test,
+                                          so a refactoring that leaves a mutant stale fails at once)
+Exit status: 0 when every mutant was killed (or, with --check-only, every snippet found); 1 otherwise.
 """
 import argparse
 import json
@@ -68,6 +70,7 @@ def main():
     ap.add_argument("--only", help="comma-separated mutant ids")
     ap.add_argument("--timeout", type=int, default=600, help="per test run, seconds")
     ap.add_argument("--swift", default=os.environ.get("SWIFT", "swift"))
+    ap.add_argument("--check-only", action="store_true", help="check the snippets, build and run nothing")
     args = ap.parse_args()
 
     mutants = load(args.list)
@@ -82,6 +85,9 @@ def main():
         for p in problems:
             print(f"mutants: STALE {p}", file=sys.stderr)
         sys.exit("mutants: stale mutants; update Tests/mutants/mutants.json to the current source")
+    if args.check_only:
+        print(f"mutants: {len(mutants)} mutants, every snippet found once")
+        return
 
     logs = os.path.join(ROOT, args.scratch, "mutant-logs")
     os.makedirs(logs, exist_ok=True)
