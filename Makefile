@@ -79,12 +79,12 @@ test: build
 ## echoload (which the suites run as child processes) built the same way, each in its own
 ## scratch directory. Not part of make test (slow).
 test-sanitize: setup
-	$(SWIFT) build --build-tests -sanitize=thread --scratch-path .build-tsan
+	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
 	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
-	  $(SWIFT) test --skip-build -sanitize=thread --scratch-path .build-tsan
-	$(SWIFT) build --build-tests -sanitize=address --scratch-path .build-asan
+	  $(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan
+	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
 	ASAN_OPTIONS="detect_leaks=0:halt_on_error=1" \
-	  $(SWIFT) test --skip-build -sanitize=address --scratch-path .build-asan
+	  $(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan
 
 ## mutants: apply each one-line break listed in Tests/mutants/mutants.json, build, run the
 ## tests that must catch it, restore; fails if any mutant survives or is stale. Slow; not in test.
