@@ -206,7 +206,7 @@ spdx-check:
 BENCH_OUT ?= bench/out
 $(BENCH_OUT)/baseline: bench/baseline.c
 	@mkdir -p $(BENCH_OUT)
-	$(CC) -O2 -Wall -Wextra -o $@ $<
+	$(CC) -O2 -Wall -Wextra -pthread -o $@ $<
 
 bench: release-static $(BENCH_OUT)/baseline
 	python3 bench/run.py --echod $(BUILT)/echod --echoload $(BUILT)/echoload \
