@@ -422,7 +422,7 @@ def points_for(smoke, tcpkali):
     if tcpkali:
         streams.append({"id": f"tcpkali 512x{sc}", "kind": "tcpkali", "size": 512, "conns": sc,
                         "label": f"tcpkali, 512-byte messages pipelined (its default write combining), {sc} "
-                                 f"connections (byte counts checked, content not)"})
+                                 f"connections (bytes received counted; content not checked)"})
     pinned += streams
     multi_sizes = [10] if smoke else [10, 100]
     for conns in multi_sizes:
