@@ -32,7 +32,7 @@ BASH_COMPLETION_DIR ?= $(PREFIX)/share/bash-completion/completions
 ZSH_COMPLETION_DIR ?= $(PREFIX)/share/zsh/vendor-completions
 FISH_COMPLETION_DIR ?= $(PREFIX)/share/fish/vendor_completions.d
 
-.PHONY: all setup build release demo test test-unit test-sanitize mutants bench bench-smoke clean release-static install uninstall deb e2e \
+.PHONY: all setup build release demo test test-unit test-sanitize mutants bench bench-smoke bench-tcpkali clean release-static install uninstall deb e2e \
 	install-echod install-echoload lintian deb-previous spdx-check
 
 all: build
@@ -202,20 +202,35 @@ e2e: deb deb-previous
 spdx-check:
 	scripts/spdx.sh --check
 
-## bench: the three models against the C baseline (bench/baseline.c); several minutes.
+## bench: the three models against the C baseline (bench/baseline.c, one loop or one per CPU) and
+## the seed's Python servers (bench/seed_server.py); pinned and 2-core sections, seven rounds, about
+## 35 minutes. Uses tcpkali for one streaming point when $(TCPKALI) exists (make bench-tcpkali).
 BENCH_OUT ?= bench/out
+# tcpkali (github.com/satori-com/tcpkali) is built from a copy of its source already on this
+# machine (a clone, or the git directory a mirror fetch left), never committed here.
+TCPKALI_SRC ?= /work/.mirror/satori-com+tcpkali/repo
+TCPKALI_BUILD ?= .build-tcpkali
+TCPKALI ?= $(TCPKALI_BUILD)/tcpkali
 $(BENCH_OUT)/baseline: bench/baseline.c
+	@mkdir -p $(BENCH_OUT)
+	$(CC) -O2 -Wall -Wextra -pthread -o $@ $<
+$(BENCH_OUT)/streamer: bench/streamer.c
 	@mkdir -p $(BENCH_OUT)
 	$(CC) -O2 -Wall -Wextra -o $@ $<
 
-bench: release-static $(BENCH_OUT)/baseline
+bench: release-static $(BENCH_OUT)/baseline $(BENCH_OUT)/streamer
 	python3 bench/run.py --echod $(BUILT)/echod --echoload $(BUILT)/echoload \
-	  --baseline $(BENCH_OUT)/baseline --out $(BENCH_OUT)
+	  --baseline $(BENCH_OUT)/baseline --streamer $(BENCH_OUT)/streamer --tcpkali $(TCPKALI) --out $(BENCH_OUT)
 
 ## bench-smoke: the benchmark end to end in under a minute; asserts nothing about speed.
-bench-smoke: release-static $(BENCH_OUT)/baseline
+bench-smoke: release-static $(BENCH_OUT)/baseline $(BENCH_OUT)/streamer
 	python3 bench/run.py --echod $(BUILT)/echod --echoload $(BUILT)/echoload \
-	  --baseline $(BENCH_OUT)/baseline --out $(BENCH_OUT)/smoke --smoke --quiet
+	  --baseline $(BENCH_OUT)/baseline --streamer $(BENCH_OUT)/streamer --tcpkali $(TCPKALI) --out $(BENCH_OUT)/smoke --smoke --quiet
+
+## bench-tcpkali: build tcpkali out of tree in $(TCPKALI_BUILD) from $(TCPKALI_SRC) (needs autoconf,
+## automake, libtool, bison, flex).
+bench-tcpkali:
+	bench/build-tcpkali.sh $(TCPKALI_SRC) $(TCPKALI_BUILD)
 
 clean:
 	rm -rf .build .build-*
