@@ -110,6 +110,8 @@ final class EventWorker: @unchecked Sendable {
     // rate: the worker's part of the run's one schedule: its j-th message is message j / count
     // of its connection j % count.
     private var nextMessage: Int64 = 0
+    /// Every message intended in the window is handed out (or given up as too late).
+    private var rateDone = false
     private var rateSchedule = RateSchedule(start: 0, spacing: 0, connections: 1)
     // Totals not yet published to `live`.
     private var pending = ProgressSnapshot()
@@ -190,6 +192,10 @@ final class EventWorker: @unchecked Sendable {
         if options.mode == .pingpong || options.mode == .rate { tally.latency = histogram }
         tally.connectNanos = max(0, lastResolved - started)
         if options.mode != .hold { tally.measuredNanos = max(0, window.end - window.start) }
+        if options.mode == .rate && ready != 0 {
+            let base = global(0)
+            tally.scheduled = rateSchedule.scheduled(connections: base..<base + count, in: window)
+        }
     }
 
     /// Time-driven work, once per loop turn.
@@ -215,7 +221,7 @@ final class EventWorker: @unchecked Sendable {
                 if now >= window.end { endTraffic(now) }
             case .rate:
                 schedule(now)
-                if now >= window.end { endTraffic(now) }
+                if now >= window.end && rateDone { endTraffic(now) }
             }
         case .draining:
             if openCount == 0 {
@@ -403,7 +409,12 @@ final class EventWorker: @unchecked Sendable {
         while true {
             let k = Int(nextMessage % n)
             let intended = rateSchedule.intended(connection: global(k), message: UInt64(nextMessage / n))
-            if intended >= window.end { return }
+            // Messages intended in the window go out even if late, unless later than the drain
+            // timeout once the window is over (their echo would not be awaited): not offered.
+            if intended >= window.end || (now >= window.end && now - intended > options.drainTimeout) {
+                rateDone = true
+                return
+            }
             // Behind schedule by more than a batch: hand out the rest after the next epoll_wait
             // (the timer, armed in the past, fires at once) so reads and deadlines are not starved.
             if intended > now || handedOut >= 4096 {
@@ -416,7 +427,6 @@ final class EventWorker: @unchecked Sendable {
             let i = k
             nextMessage += 1
             handedOut += 1
-            if intended >= window.start { tally.scheduled += 1 }
             if conns[i].state == .open && !conns[i].finishing {
                 if window.contains(now) { tally.issued += 1 }
                 conns[i].goal += size

@@ -73,7 +73,7 @@ public enum ProcessDriver {
 
     /// Lead time of the `connect` and `start` times the parent sends, so that every child has the
     /// message before the time comes (writing to a thousand pipes takes a while).
-    static func leadTime(children: Int) -> Int64 { 20_000_000 + Int64(children) * 100_000 }
+    static func leadTime(children: Int) -> Int64 { 50_000_000 + Int64(children) * 200_000 }
 
     /// - Parameter signals: a signalfd for SIGINT and SIGTERM (or -1).
     static func run(_ options: LoadOptions, progress: ProgressReporter, signals: Int32) throws(LoadError) -> LoadResult {

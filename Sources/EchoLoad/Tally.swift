@@ -169,6 +169,25 @@ struct RateSchedule {
     @inline(__always) func intended(connection g: Int, message m: UInt64) -> Int64 {
         start + Int64((Double(m) * Double(connections) + Double(g)) * spacing)
     }
+
+    /// The first message of connection `g` intended at or after `t`.
+    func firstMessage(connection g: Int, atOrAfter t: Int64) -> UInt64 {
+        let estimate = (Double(t - start) / spacing - Double(g)) / Double(connections)
+        var m = UInt64(max(0, estimate.rounded(.down) - 1))
+        while intended(connection: g, message: m) < t { m += 1 }
+        return m
+    }
+
+    /// How many of the messages of connections `connections` (global indices) are intended in
+    /// `window`: the `scheduled` count, whether or not the client kept up.
+    func scheduled(connections range: Range<Int>, in window: MeasuredWindow) -> UInt64 {
+        guard window.end > window.start else { return 0 }
+        var n: UInt64 = 0
+        for g in range {
+            n += firstMessage(connection: g, atOrAfter: window.end) - firstMessage(connection: g, atOrAfter: window.start)
+        }
+        return n
+    }
 }
 
 extension Tally {

@@ -99,7 +99,16 @@ final class ThreadShared: Sendable {
         var t = tally.withLock { $0 }
         let epoch = control.connectGate.current
         t.connectNanos = max(0, lastResolved.load(ordering: .relaxed) - epoch)
-        if options.mode != .hold && control.startGate.current != 0 { t.measuredNanos = control.measured(window) }
+        if options.mode != .hold && control.startGate.current != 0 {
+            t.measuredNanos = control.measured(window)
+            if options.mode == .rate {
+                let w = window
+                let measured = MeasuredWindow(start: w.start, end: w.start + t.measuredNanos)
+                let base = options.connectionIndexBase
+                t.scheduled = RateSchedule(start: control.startGate.current, spacing: 1e9 / options.rate!,
+                    connections: options.totalConnections).scheduled(connections: base..<base + options.connections, in: measured)
+            }
+        }
         if !stripes.isEmpty {
             var h = Latency.makeHistogram()
             for s in stripes { s.histogram.withLock { h.add($0) } }
@@ -352,9 +361,12 @@ struct ConnectionThread {
                 let t = schedule.intended(connection: global, message: m)
                 if t >= window.end { break }
                 if t > monotonicNanoseconds() && !control.stopGate.sleep(until: t) { break }
-                if shared.stopped { break }
-                if t >= window.start { tally.scheduled += 1 }
-                if shared.counts(monotonicNanoseconds(), window) { tally.issued += 1 }
+                // Behind schedule: a message intended in the window still goes out after it ends,
+                // unless it is later than the drain timeout (its echo would not be awaited): then
+                // the rest is not offered (scheduled, never issued).
+                let now = monotonicNanoseconds()
+                if shared.stopped || (now >= window.end && now - t > options.drainTimeout) { break }
+                if shared.counts(now, window) { tally.issued += 1 }
                 guard sendAll(fd, from: position, count: size, &tally) == .ok else { return }
                 position += UInt64(size)
                 progress.sent.store(position, ordering: .releasing)
