@@ -214,9 +214,10 @@ struct Hold: ParsableCommand, WorkloadDefaults {
         abstract: "Open N idle connections, hold them, then check each still echoes.",
         discussion: """
             Opens --connections connections (at most --rate new ones per second), reports how many \
-            were established, how many failed (by errno) and how long that took; holds them for \
-            --duration; then sends one 16-byte probe on each and expects its echo. Clean only if \
-            every connection was established and answered its probe.
+            were established, how many failed (by errno) and how long that took; once every connect \
+            (of every process) has resolved, holds them for --duration, all open at once; then sends \
+            one 16-byte probe on each and expects its echo. Clean only if every connection was \
+            established and answered its probe.
             """)
     static let connections = 100
     static let connectionsHelp = "Connections to open."

@@ -13,14 +13,21 @@ import Testing
     /// start one after another, so the server never saw them all open (200 asked, 36 at most).
     /// 60 children take far longer to start than the 200 ms hold, so a hold without the barrier
     /// cannot have them all open at once.
+    ///
+    /// With `--rate`, connects spread over 700 ms while the hold is 200 ms: a worker or process
+    /// that held from its own last connect would probe and close before the last one connected.
     @Test("hold: the server sees all N connections open at the same instant, in every client model",
-          .timeLimit(.minutes(2)), arguments: [ClientModel.event, .thread, .fork])
-    func holdHasAllOpenAtOnce(model: ClientModel) throws {
+          .timeLimit(.minutes(2)), arguments: [
+              (["--model", "event"], 60), (["--model", "thread"], 60), (["--model", "fork"], 60),
+              (["--model", "event", "--workers", "3", "--rate", "20/s"], 15),
+              (["--model", "thread", "--rate", "20/s"], 15),
+              (["--processes", "3", "--rate", "20/s"], 15),
+          ])
+    func holdHasAllOpenAtOnce(layout: [String], n: Int) throws {
         let server = try FaultyServer(.none)
         defer { server.stop() }
-        let n = 60
-        let run = try echoload(["hold", server.address, "-c", "\(n)", "--duration", "200ms", "--model", model.rawValue,
-                                "--json", "--quiet", "--drain-timeout", "2s"], timeout: 90)
+        let run = try echoload(["hold", server.address, "-c", "\(n)", "--duration", "200ms", "--json", "--quiet",
+                                "--drain-timeout", "2s"] + layout, timeout: 90)
         #expect(run.status == 0, "\(run)")
         let j = try run.json()
         #expect(int(j, "connections.held") == Int64(n), "\(run)")
