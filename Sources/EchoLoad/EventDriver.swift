@@ -2,10 +2,13 @@
 // the connections, every connection a small state record in a flat array (no allocation per
 // connection after start, none per message). Level-triggered, like echod's workers.
 //
-// A worker's life: `connecting` (start connects at the allowed rate, at most
-// `connectConcurrency` in flight, each bounded by `connectTimeout`) → `running` (once all of its
-// connects are resolved: hold, or traffic through warm-up and the measured period) → `draining`
-// (collect echoes still owed, at most `drainTimeout`) → done.
+// A worker's life: `connecting` (from the connect epoch, connection g no earlier than its place
+// in the global connect schedule, at most `connectConcurrency` in flight, each bounded by
+// `connectTimeout`) → `waiting` (its connects are resolved; pingpong and stream traffic already
+// runs, unmeasured; waits for the run's start, which comes once every connect of every worker
+// and process is resolved: `RunControl`) → `running` (hold, or traffic through warm-up and the
+// measured period, one window for the whole run) → `draining` (collect echoes still owed, at
+// most `drainTimeout`) → done. A stop (SIGINT/SIGTERM) ends the window where it is.
 //
 // Every received byte is checked against the pattern at its stream offset (`Pattern`) before it
 // is counted.
@@ -16,14 +19,14 @@ import Histogram
 
 /// Runs `options` with the event model in this process.
 enum EventDriver {
-    static func run(_ options: LoadOptions, live: LiveCounters) throws(LoadError) -> (Tally, workers: Int) {
+    static func run(_ options: LoadOptions, control: RunControl, live: LiveCounters) throws(LoadError) -> (Tally, workers: Int) {
         let w = options.effectiveWorkers
         var workers: [EventWorker] = []
         var first = 0
         for i in 0..<w {
             let count = options.connections / w + (i < options.connections % w ? 1 : 0)
             do {
-                workers.append(try EventWorker(options: options, first: first, count: count, live: live))
+                workers.append(try EventWorker(options: options, control: control, first: first, count: count, live: live))
             } catch {
                 throw .system("echoload: cannot set up event worker: \(error)")
             }
@@ -57,8 +60,6 @@ struct EventConnection {
     /// Owed nothing more: write side shut, reading to EOF so that bytes the server sends
     /// beyond the echo are caught too.
     var finishing = false
-    /// Position among the worker's established connections (rate schedule).
-    var slot: Int32 = -1
     var seed: Int = 0
     var connectStarted: Int64 = 0
     /// pingpong: when the current message started.
@@ -71,9 +72,10 @@ struct EventConnection {
 final class EventWorker: @unchecked Sendable {
     // @unchecked: created on the main thread, then used only by the worker thread until joined.
 
-    enum Phase { case connecting, running, draining, done }
+    enum Phase { case connecting, waiting, running, draining, done }
 
     let options: LoadOptions
+    let control: RunControl
     let first: Int
     let count: Int
     let live: LiveCounters
@@ -85,6 +87,8 @@ final class EventWorker: @unchecked Sendable {
     private let readBuffer: UnsafeMutableRawPointer
     private static let readBufferSize = 256 * 1024
     private static let timerToken = UInt64.max
+    private static let startToken = UInt64.max - 1
+    private static let stopToken = UInt64.max - 2
     private var histogram: Histogram<UInt64>
 
     private var phase = Phase.connecting
@@ -96,23 +100,25 @@ final class EventWorker: @unchecked Sendable {
     private var inFlight = 0
     private var resolved = 0
     private var lastResolved: Int64 = 0
-    private let connectInterval: Double?  // ns between connect starts, from --rate (hold)
     // Running.
     private var ready: Int64 = 0
     private var window = MeasuredWindow(start: 0, end: 0)
     private var drainDeadline: Int64 = 0
     private var openCount = 0
     private var probing = false
-    // rate: the worker's schedule over its open connections, message j on active[j % n].
-    private var active: [Int32] = []
+    private var stopHandled = false
+    // rate: the worker's part of the run's one schedule: its j-th message is message j / count
+    // of its connection j % count.
     private var nextMessage: Int64 = 0
-    private var messageInterval: Double = 0
+    /// Every message intended in the window is handed out (or given up as too late).
+    private var rateDone = false
     private var rateSchedule = RateSchedule(start: 0, spacing: 0, connections: 1)
     // Totals not yet published to `live`.
     private var pending = ProgressSnapshot()
 
-    init(options: LoadOptions, first: Int, count: Int, live: LiveCounters) throws(SystemError) {
+    init(options: LoadOptions, control: RunControl, first: Int, count: Int, live: LiveCounters) throws(SystemError) {
         self.options = options
+        self.control = control
         self.first = first
         self.count = count
         self.live = live
@@ -126,19 +132,12 @@ final class EventWorker: @unchecked Sendable {
         conns.initialize(repeating: EventConnection(), count: max(count, 1))
         readBuffer = .allocate(byteCount: Self.readBufferSize, alignment: 64)
         histogram = Latency.makeHistogram()
-        let share = Double(count) / Double(options.connections)
-        if options.mode == .hold, let r = options.rate {
-            connectInterval = 1e9 / (r * share)
-        } else {
-            connectInterval = nil
-        }
-        if options.mode == .rate, let r = options.rate {
-            messageInterval = 1e9 / (r * share)
-        }
         for i in 0..<count {
             conns[i].seed = Pattern.seed(forConnection: options.connectionIndexBase + first + i)
         }
         try epoll.add(timer.rawValue, events: .input, token: Self.timerToken)
+        try epoll.add(control.startFD, events: .input, token: Self.startToken)
+        try epoll.add(control.stopFD, events: .input, token: Self.stopToken)
         tally.requested = count
     }
 
@@ -154,7 +153,7 @@ final class EventWorker: @unchecked Sendable {
         let capacity = 512
         let events = UnsafeMutableBufferPointer<epoll_event>.allocate(capacity: capacity)
         defer { events.deallocate() }
-        started = monotonicNanoseconds()
+        started = control.connectGate.wait()
         if count == 0 { phase = .done }
         while phase != .done {
             let now = monotonicNanoseconds()
@@ -179,6 +178,11 @@ final class EventWorker: @unchecked Sendable {
                     _ = Glibc.read(timer.rawValue, &expirations, 8)
                     continue
                 }
+                if token == Self.startToken || token == Self.stopToken {
+                    // Written once, never drained (every worker watches it): seen, so stop watching.
+                    _ = try? epoll.delete(token == Self.startToken ? control.startFD : control.stopFD)
+                    continue
+                }
                 service(Int(token), flags)
             }
         }
@@ -187,15 +191,28 @@ final class EventWorker: @unchecked Sendable {
         publish()
         if options.mode == .pingpong || options.mode == .rate { tally.latency = histogram }
         tally.connectNanos = max(0, lastResolved - started)
+        if options.mode != .hold { tally.measuredNanos = max(0, window.end - window.start) }
+        if options.mode == .rate && ready != 0 {
+            let base = global(0)
+            tally.scheduled = rateSchedule.scheduled(connections: base..<base + count, in: window)
+        }
     }
 
     /// Time-driven work, once per loop turn.
     private func tick(_ now: Int64) {
+        if !stopHandled, control.stoppedAt != 0 { stop(control.stoppedAt, now) }
         switch phase {
         case .connecting:
             startConnects(now)
             expireConnects(now)
-            if resolved == count { becomeReady(now) }
+            if resolved == count {
+                phase = .waiting
+                control.resolved(count, now: now)
+                tick(now)
+            }
+        case .waiting:
+            let start = control.startGate.current
+            if start != 0 { becomeReady(start, now) }
         case .running:
             switch options.mode {
             case .hold:
@@ -204,7 +221,7 @@ final class EventWorker: @unchecked Sendable {
                 if now >= window.end { endTraffic(now) }
             case .rate:
                 schedule(now)
-                if now >= window.end { endTraffic(now) }
+                if now >= window.end && rateDone { endTraffic(now) }
             }
         case .draining:
             if openCount == 0 {
@@ -229,11 +246,11 @@ final class EventWorker: @unchecked Sendable {
         switch phase {
         case .connecting:
             if nextToStart < count {
-                if let interval = connectInterval {
-                    next = min(next, started + Int64(Double(nextToStart) * interval))
-                }
+                next = min(next, control.connectTime(epoch: started, global: global(nextToStart)))
             }
             if oldestPending < nextToStart { next = min(next, conns[oldestPending].connectStarted + options.connectTimeout) }
+        case .waiting:
+            break  // the start eventfd wakes the loop
         case .running:
             if !(options.mode == .hold && probing) { next = min(next, window.end) }
         case .draining:
@@ -264,7 +281,7 @@ final class EventWorker: @unchecked Sendable {
 
     private func startConnects(_ now: Int64) {
         while nextToStart < count && inFlight < options.connectConcurrency {
-            if let interval = connectInterval, Double(now - started) < Double(nextToStart) * interval { break }
+            if now < control.connectTime(epoch: started, global: global(nextToStart)) { break }
             startConnect(nextToStart, now)
             nextToStart += 1
         }
@@ -340,22 +357,41 @@ final class EventWorker: @unchecked Sendable {
         }
     }
 
-    private func becomeReady(_ now: Int64) {
-        ready = now
-        window.start = now + options.warmup
+    /// The run starts at `start` (the same in every worker and process; `now` may be before it).
+    private func becomeReady(_ start: Int64, _ now: Int64) {
+        ready = start
+        window.start = start + options.warmup
         window.end = window.start + options.duration
+        let s = control.stoppedAt
+        if s != 0 { endWindow(at: s) }
         phase = .running
-        tally.measuredNanos = options.mode == .hold ? 0 : options.duration
         if options.mode == .rate {
-            for i in 0..<count where conns[i].state == .open {
-                conns[i].slot = Int32(active.count)
-                active.append(Int32(i))
-            }
-            if active.isEmpty { window.end = now }
-            rateSchedule = RateSchedule(start: ready, spacing: messageInterval, connections: max(active.count, 1))
+            rateSchedule = RateSchedule(start: ready, spacing: 1e9 / options.rate!, connections: options.totalConnections)
             schedule(now)
         }
         if openCount == 0 { phase = .done }
+    }
+
+    /// The run was told to stop at `s`: no more connects; the window ends at `s` (or never
+    /// opens), so the usual end of traffic (or the hold's probes) follows at once.
+    private func stop(_ s: Int64, _ now: Int64) {
+        stopHandled = true
+        nextToStart = count
+        for i in 0..<count where conns[i].state == .connecting { close(i) }  // never resolved: not counted
+        switch phase {
+        case .connecting, .waiting:
+            becomeReady(control.startGate.current != 0 ? control.startGate.current : s, now)
+        case .running:
+            endWindow(at: s)
+        case .draining, .done:
+            break
+        }
+    }
+
+    /// Ends the measured window at `s` at the latest (empty if it had not begun).
+    private func endWindow(at s: Int64) {
+        window.end = min(window.end, s)
+        window.start = min(window.start, window.end)
     }
 
     // MARK: - Traffic
@@ -368,12 +404,17 @@ final class EventWorker: @unchecked Sendable {
 
     /// rate: hands out every message whose intended time has come, and arms the timer for the next.
     private func schedule(_ now: Int64) {
-        guard !active.isEmpty else { return }
-        let n = Int64(active.count)
+        let n = Int64(count)
         var handedOut = 0
         while true {
-            let intended = rateSchedule.intended(nextMessage)
-            if intended >= window.end { return }
+            let k = Int(nextMessage % n)
+            let intended = rateSchedule.intended(connection: global(k), message: UInt64(nextMessage / n))
+            // Messages intended in the window go out even if late, unless later than the drain
+            // timeout once the window is over (their echo would not be awaited): not offered.
+            if intended >= window.end || (now >= window.end && now - intended > options.drainTimeout) {
+                rateDone = true
+                return
+            }
             // Behind schedule by more than a batch: hand out the rest after the next epoll_wait
             // (the timer, armed in the past, fires at once) so reads and deadlines are not starved.
             if intended > now || handedOut >= 4096 {
@@ -383,11 +424,11 @@ final class EventWorker: @unchecked Sendable {
                 _ = timerfd_settime(timer.rawValue, Int32(TFD_TIMER_ABSTIME), &spec, nil)
                 return
             }
-            let i = Int(active[Int(nextMessage % n)])
+            let i = k
             nextMessage += 1
             handedOut += 1
-            if intended >= window.start { tally.scheduled += 1 }
-            if conns[i].state == .open {
+            if conns[i].state == .open && !conns[i].finishing {
+                if window.contains(now) { tally.issued += 1 }
                 conns[i].goal += size
                 if !conns[i].wantsOutput { write(i, now) }
             }
@@ -416,6 +457,7 @@ final class EventWorker: @unchecked Sendable {
 
     private func startProbes(_ now: Int64) {
         probing = true
+        tally.holdNanos = max(0, now - ready)
         phase = .draining
         drainDeadline = now + options.drainTimeout
         for i in 0..<count where conns[i].state == .open {
@@ -545,15 +587,15 @@ final class EventWorker: @unchecked Sendable {
             guard after == conns[i].goal else { return }
             pending.messages += 1
             if inWindow { tally.countMessage(size: options.size, latency: now - conns[i].messageStarted, into: &histogram) }
-            // Before every connection is up (`connecting`), traffic already runs as warm-up.
-            if phase == .connecting || (phase == .running && now < window.end) {
+            // Before the run starts (`connecting`, `waiting`), traffic already runs as warm-up.
+            if phase == .connecting || phase == .waiting || (phase == .running && now < window.end) {
                 startMessage(i, now)
             } else {
                 finish(i)
             }
         case .rate:
             pending.messages += tally.countRateEchoes(
-                connection: Int(conns[i].slot), from: before, to: after, size: options.size, schedule: rateSchedule,
+                connection: global(i), from: before, to: after, size: options.size, schedule: rateSchedule,
                 window: window, now: now, into: &histogram)
             if phase == .draining && after == conns[i].goal { finish(i) }
         }

@@ -1,5 +1,7 @@
-// A one-shot gate threads wait at until it opens with a value (the run's ready time). A
-// condition variable rather than polling: the thread model may have thousands of waiters.
+// A one-shot gate threads wait at until it opens with a value (a time: the connect epoch, the
+// start of the run, the moment it was told to stop). A condition variable rather than polling:
+// the thread model may have thousands of waiters. Its clock is CLOCK_MONOTONIC, so timed waits
+// (`sleep(until:)`) share the run's clock.
 import Glibc
 import Synchronization
 
@@ -14,7 +16,11 @@ final class Gate: @unchecked Sendable {
         mutex = .allocate(capacity: 1)
         cond = .allocate(capacity: 1)
         pthread_mutex_init(mutex, nil)
-        pthread_cond_init(cond, nil)
+        var attributes = pthread_condattr_t()
+        pthread_condattr_init(&attributes)
+        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
+        pthread_cond_init(cond, &attributes)
+        pthread_condattr_destroy(&attributes)
     }
 
     deinit {
@@ -25,12 +31,19 @@ final class Gate: @unchecked Sendable {
     }
 
     /// Opens the gate with `v` (non-zero); later calls change nothing.
-    func open(_ v: Int64) {
+    /// - Returns: whether this call opened it.
+    @discardableResult
+    func open(_ v: Int64) -> Bool {
         pthread_mutex_lock(mutex)
-        if value.load(ordering: .acquiring) == 0 { value.store(v, ordering: .releasing) }
+        let first = value.load(ordering: .acquiring) == 0
+        if first { value.store(v, ordering: .releasing) }
         pthread_cond_broadcast(cond)
         pthread_mutex_unlock(mutex)
+        return first
     }
+
+    /// The value the gate opened with, or 0 while it is closed.
+    var current: Int64 { value.load(ordering: .acquiring) }
 
     /// Waits until the gate is open. - Returns: its value.
     func wait() -> Int64 {
@@ -40,6 +53,19 @@ final class Gate: @unchecked Sendable {
         while value.load(ordering: .acquiring) == 0 { pthread_cond_wait(cond, mutex) }
         pthread_mutex_unlock(mutex)
         return value.load(ordering: .acquiring)
+    }
+
+    /// Sleeps until CLOCK_MONOTONIC reaches `deadline` (nanoseconds) or the gate opens.
+    /// - Returns: true if the deadline came with the gate still closed.
+    func sleep(until deadline: Int64) -> Bool {
+        if value.load(ordering: .acquiring) != 0 { return false }
+        var ts = timespec(tv_sec: Int(deadline / 1_000_000_000), tv_nsec: Int(deadline % 1_000_000_000))
+        pthread_mutex_lock(mutex)
+        while value.load(ordering: .acquiring) == 0 {
+            if pthread_cond_timedwait(cond, mutex, &ts) == ETIMEDOUT { break }
+        }
+        pthread_mutex_unlock(mutex)
+        return value.load(ordering: .acquiring) == 0
     }
 }
 

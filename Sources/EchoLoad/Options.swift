@@ -58,11 +58,18 @@ public struct LoadOptions: Sendable, Equatable {
     public var connectionIndexBase: Int = 0
     /// Most connects in flight per event worker (keeps the server's accept backlog from overflowing).
     public var connectConcurrency: Int = 256
+    /// Connections of the whole run (a child's `connections` is its share): the global
+    /// schedules (connects in `hold --rate`, messages in `rate`) are laid out over all of them.
+    public var totalConnections: Int
+    /// `rate`: the run fails (not clean) when the offered rate falls below this fraction of
+    /// `rate` (nil: never; a shortfall is reported all the same).
+    public var failUnderRate: Double?
 
     public init(mode: LoadMode, target: SocketAddress, connections: Int) {
         self.mode = mode
         self.target = target
         self.connections = connections
+        self.totalConnections = connections
         if mode == .hold { warmup = 0 }
     }
 
@@ -104,6 +111,10 @@ public struct LoadOptions: Sendable, Equatable {
             }
         }
         if mode == .rate && rate == nil { throw .usage("rate needs --rate MESSAGES/s") }
+        if let f = failUnderRate {
+            guard f > 0 && f <= 1 else { throw .usage("--fail-under-rate must be a fraction in (0, 1] or a percentage in (0%, 100%]") }
+            guard mode == .rate else { throw .usage("--fail-under-rate applies to rate mode only") }
+        }
         if model == .fork && connections > Self.forkConnectionLimit {
             throw .usage("--model fork starts one process per connection; at most \(Self.forkConnectionLimit) (use --model event --processes P for more)")
         }
@@ -155,6 +166,13 @@ public enum LoadParsing {
         let ns = v * scale
         guard ns < 9e18 else { return nil }
         return Int64(ns.rounded())
+    }
+
+    /// `0.95` or `95%` → 0.95.
+    public static func fraction(_ text: String) -> Double? {
+        let percent = text.hasSuffix("%")
+        guard let v = Double(percent ? String(text.dropLast()) : text), v.isFinite else { return nil }
+        return percent ? v / 100 : v
     }
 
     /// `1000`, `1000/s`, `1e4/s`, `60/m` → per second.

@@ -4,12 +4,13 @@
 //
 // Children are this same binary, started with posix_spawn(3) (never fork(2): the parent may have
 // threads, and a forked copy of a multithreaded process may deadlock on a lock another thread
-// held) as `echoload _child`, reading its options (JSON) from its stdin, a pipe the parent writes
-// and closes: a spec may list tens of thousands of source addresses, more than one argv string
-// may hold (MAX_ARG_STRLEN, 128 KiB; posix_spawn failed with E2BIG). A child writes JSON
-// lines on its stdout, which is a pipe to the parent (see Wire.swift). The parent stays
-// single-threaded: it polls the pipes, sums the children's progress for the progress line, and
-// merges their results.
+// held) as `echoload _child`, reading its options (JSON) from its stdin, a pipe: a spec may list
+// tens of thousands of source addresses, more than one argv string may hold (MAX_ARG_STRLEN,
+// 128 KiB; posix_spawn failed with E2BIG). The pipe stays open for the run's barriers: the parent
+// tells every child when connects may start and when the run starts (once every child is ready),
+// and to stop on SIGINT/SIGTERM (see Wire.swift). A child writes JSON lines on its stdout, a
+// pipe to the parent. The parent stays single-threaded: it polls the pipes and its signalfd,
+// sums the children's progress for the progress line, and merges their results.
 import CEchoShims
 import EchoCore
 import Glibc
@@ -29,7 +30,9 @@ public enum ProcessDriver {
             o.connectionIndexBase = base
             o.processes = 1
             if options.model == .fork { o.model = .thread }
-            if let r = options.rate { o.rate = r * Double(o.connections) / Double(options.connections) }
+            // The rate stays the whole run's: each child lays out its connections' share of the
+            // one global schedule (see RunControl, RateSchedule).
+            o.totalConnections = options.totalConnections
             base += o.connections
             out.append(o)
         }
@@ -41,44 +44,93 @@ public enum ProcessDriver {
         let options: LoadOptions
         let pid: pid_t
         var fd: Int32
+        /// The write end of the child's stdin (-1 once closed).
+        var input: Int32
+        var armed = false
+        var ready = false
         var buffer: [UInt8] = []
         var progress = ProgressSnapshot()
         var tally: Tally?
         var exitStatus: Int32 = -1
-        init(index: Int, options: LoadOptions, pid: pid_t, fd: Int32) {
+        init(index: Int, options: LoadOptions, pid: pid_t, fd: Int32, input: Int32) {
             self.index = index
             self.options = options
             self.pid = pid
             self.fd = fd
+            self.input = input
+        }
+
+        /// Sends one control line; a child that is gone just does not get it.
+        func send(_ line: String) {
+            if input >= 0 { writeAll(input, line) }
+        }
+
+        func closeInput() {
+            if input >= 0 { closeNoRetry(input) }
+            input = -1
         }
     }
 
-    static func run(_ options: LoadOptions, progress: ProgressReporter) throws(LoadError) -> LoadResult {
+    /// Lead time of the `connect` and `start` times the parent sends, so that every child has the
+    /// message before the time comes (writing to a thousand pipes takes a while).
+    static func leadTime(children: Int) -> Int64 { 50_000_000 + Int64(children) * 200_000 }
+
+    /// - Parameter signals: a signalfd for SIGINT and SIGTERM (or -1).
+    static func run(_ options: LoadOptions, progress: ProgressReporter, signals: Int32) throws(LoadError) -> LoadResult {
         let executable = try selfExecutable()
         var children: [ChildState] = []
         for (i, part) in plan(options).enumerated() {
             do {
-                let (pid, fd) = try spawn(executable, spec: part.wireJSON.text)
-                children.append(ChildState(index: i, options: part, pid: pid, fd: fd))
+                let (pid, fd, input) = try spawn(executable, spec: part.wireJSON.text)
+                children.append(ChildState(index: i, options: part, pid: pid, fd: fd, input: input))
             } catch {
                 for c in children {
                     kill(c.pid, SIGKILL)
                     var status: Int32 = 0
                     _ = waitpid(c.pid, &status, 0)
                     closeNoRetry(c.fd)
+                    c.closeInput()
                 }
                 throw .system("echoload: cannot start child process \(i): \(error)")
             }
         }
         progress.begin()
-        var pollfds = [pollfd](repeating: pollfd(), count: children.count)
+        var pollfds = [pollfd](repeating: pollfd(), count: children.count + 1)
         var chunk = [UInt8](repeating: 0, count: 65536)
+        var connectSent = false
+        var startSent = false
+        var interruptedBy: Int32 = 0
         while children.contains(where: { $0.fd >= 0 }) {
+            // The barriers: a child that is gone (its stdout closed) no longer holds them up.
+            let live = children.filter { $0.fd >= 0 }
+            if !connectSent && live.allSatisfy({ $0.armed }) {
+                connectSent = true
+                let at = monotonicNanoseconds() + leadTime(children: live.count)
+                for c in children { c.send(ChildProtocol.message("connect", at: at)) }
+            }
+            if connectSent && !startSent && live.allSatisfy({ $0.ready }) {
+                startSent = true
+                let at = monotonicNanoseconds() + leadTime(children: live.count)
+                for c in children { c.send(ChildProtocol.message("start", at: at)) }
+            }
             for (i, c) in children.enumerated() {
                 pollfds[i] = pollfd(fd: c.fd, events: Int16(POLLIN), revents: 0)
             }
+            pollfds[children.count] = pollfd(fd: signals, events: Int16(POLLIN), revents: 0)
             let n = poll(&pollfds, nfds_t(pollfds.count), 200)
             if n < 0 && errno != EINTR { break }
+            if signals >= 0 && pollfds[children.count].revents != 0 {
+                let s = StopSignals.next(signals)
+                if s != 0 {
+                    if interruptedBy != 0 {
+                        for c in children { kill(c.pid, SIGKILL) }
+                        _exit(128 + s)
+                    }
+                    interruptedBy = s
+                    let at = monotonicNanoseconds()
+                    for c in children { c.send(ChildProtocol.message("stop", at: at, signal: s)) }
+                }
+            }
             for (i, c) in children.enumerated() where c.fd >= 0 && pollfds[i].revents != 0 {
                 let got = chunk.withUnsafeMutableBytes { Glibc.read(c.fd, $0.baseAddress, $0.count) }
                 if got > 0 {
@@ -91,6 +143,7 @@ public enum ProcessDriver {
                 } else if got == 0 || (errno != EINTR && errno != EAGAIN) {
                     closeNoRetry(c.fd)
                     c.fd = -1
+                    c.closeInput()
                 }
             }
             progress.report(children.reduce(ProgressSnapshot()) { $0 + $1.progress }, requested: options.connections)
@@ -118,6 +171,7 @@ public enum ProcessDriver {
                 index: c.index, pid: c.pid, connections: c.options.connections, established: t.established,
                 held: t.held, messages: t.messages, faults: t.faults + t.connectFailed, exitStatus: c.exitStatus))
         }
+        if tally.interruptedBy == 0 { tally.interruptedBy = interruptedBy }
         var result = LoadResult(options: options, workers: workers, tally: tally, parts: parts)
         result.notes = notes
         return result
@@ -126,9 +180,12 @@ public enum ProcessDriver {
     private static func handle(_ line: String, _ c: ChildState) {
         guard let json = try? JSONValue(parsing: line) else { return }
         switch json["type"]?.stringValue {
+        case "armed": c.armed = true
+        case "ready": c.ready = true
         case "progress": c.progress = ProgressSnapshot(wire: json)
         case "result":
             if let t = json["tally"] { c.tally = Tally(wire: t) }
+            c.closeInput()  // done with this child
         default: break
         }
     }
@@ -141,10 +198,11 @@ public enum ProcessDriver {
         return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
-    /// Starts `executable _child` with `spec` on its stdin (a pipe, written and closed here) and
-    /// its stdout on a new pipe.
-    /// - Returns: the child's pid and the stdout pipe's read end (close-on-exec).
-    static func spawn(_ executable: String, spec: String) throws(SystemError) -> (pid_t, Int32) {
+    /// Starts `executable _child` with `spec` (one line) on its stdin, a pipe kept open for the
+    /// control messages, and its stdout on a new pipe.
+    /// - Returns: the child's pid, the stdout pipe's read end and the stdin pipe's write end
+    ///   (both close-on-exec).
+    static func spawn(_ executable: String, spec: String) throws(SystemError) -> (pid_t, Int32, Int32) {
         var fds: [Int32] = [-1, -1]
         try syscall("pipe2") { CEchoShims_pipe2(&fds, O_CLOEXEC) }
         var input: [Int32] = [-1, -1]
@@ -175,8 +233,7 @@ public enum ProcessDriver {
         }
         // The child reads its spec first thing; if it dies before, the write fails (EPIPE, SIGPIPE
         // is ignored) and the child is reported as having exited without a result.
-        writeAll(input[1], spec)
-        closeNoRetry(input[1])
-        return (pid, fds[0])
+        writeAll(input[1], spec + "\n")
+        return (pid, fds[0], input[1])
     }
 }

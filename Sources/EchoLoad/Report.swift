@@ -36,10 +36,33 @@ public struct LoadResult: Sendable {
     /// Held connections, for `hold`.
     public var held: Int { tally.held }
 
-    /// A clean run: everything connected, nothing wrong with any echo, every part exited 0,
-    /// and (when something was measured) traffic actually flowed.
+    /// What interrupted the run (`SIGINT`, `SIGTERM`), or nil if it ran its course.
+    public var interruption: String? {
+        switch tally.interruptedBy {
+        case 0: return nil
+        case -1: return "parent gone"
+        default: return StopSignals.name(tally.interruptedBy)
+        }
+    }
+
+    /// `rate`: messages per second handed to the sockets in the measured period (the offered load).
+    public var offeredPerSecond: Double? {
+        guard options.mode == .rate, seconds > 0 else { return nil }
+        return Double(tally.issued) / seconds
+    }
+
+    /// `rate` with `--fail-under-rate F`: the offered rate fell below F × the target.
+    public var rateMissed: Bool {
+        guard let f = options.failUnderRate, let r = options.rate, let offered = offeredPerSecond else { return false }
+        return offered < f * r
+    }
+
+    /// A clean run: it ran its course, everything connected, nothing wrong with any echo, every
+    /// part exited 0, (when something was measured) traffic actually flowed, and (with
+    /// `--fail-under-rate`) the offered rate was met.
     public var isClean: Bool {
         let t = tally
+        guard interruption == nil, !rateMissed else { return false }
         guard t.established == options.connections, t.connectFailed == 0, t.faults == 0, notes.isEmpty else {
             return false
         }
@@ -51,8 +74,12 @@ public struct LoadResult: Sendable {
         }
     }
 
-    /// Exit status for the run: 0 clean, 1 faults found.
-    public var exitStatus: Int32 { isClean ? 0 : 1 }
+    /// Exit status for the run: 0 clean, 1 faults found (or fell short), 128 + N when signal N
+    /// (SIGINT: 130, SIGTERM: 143) interrupted it.
+    public var exitStatus: Int32 {
+        if tally.interruptedBy > 0 { return 128 + tally.interruptedBy }
+        return isClean ? 0 : 1
+    }
 
     var seconds: Double { Double(tally.measuredNanos) / 1e9 }
 
@@ -94,6 +121,22 @@ public struct LoadResult: Sendable {
             ("io", counts(t.ioErrors)),
             ("first", t.firstFault.map { .string($0) } ?? .null),
         ])
+        let rateOnly = o.mode == .rate
+        let traffic: JSONValue = .object([
+            ("measured_seconds", r3(seconds)),
+            ("messages", .int(Int64(t.messages))),
+            ("bytes_sent", .int(Int64(t.bytesSent))),
+            ("bytes_received", .int(Int64(t.bytesReceived))),
+            ("messages_per_second", r3(messagesPerSecond)),
+            ("megabytes_per_second_sent", r3(megabytesPerSecondSent)),
+            ("megabytes_per_second_received", r3(megabytesPerSecondReceived)),
+            ("total_bytes_sent", .int(Int64(t.totalBytesSent))),
+            ("total_bytes_received", .int(Int64(t.totalBytesReceived))),
+            ("scheduled_messages", rateOnly ? JSONValue.int(Int64(t.scheduled)) : .null),
+            ("issued_messages", rateOnly ? JSONValue.int(Int64(t.issued)) : .null),
+            ("offered_messages_per_second", offeredPerSecond.map { r3($0) } ?? .null),
+            ("rate_met", rateOnly && o.failUnderRate != nil ? JSONValue.bool(!rateMissed) : .null),
+        ])
         return .object([
             ("schema_version", .int(1)),
             ("mode", .string(o.mode.rawValue)),
@@ -116,19 +159,9 @@ public struct LoadResult: Sendable {
                 ("failures", counts(t.connectFailures)),
                 ("connect_seconds", r3(Double(t.connectNanos) / 1e9)),
                 ("held", o.mode == .hold ? .int(Int64(t.held)) : .null),
+                ("hold_seconds", o.mode == .hold ? r3(Double(t.holdNanos) / 1e9) : .null),
             ])),
-            ("traffic", .object([
-                ("measured_seconds", r3(seconds)),
-                ("messages", .int(Int64(t.messages))),
-                ("bytes_sent", .int(Int64(t.bytesSent))),
-                ("bytes_received", .int(Int64(t.bytesReceived))),
-                ("messages_per_second", r3(messagesPerSecond)),
-                ("megabytes_per_second_sent", r3(megabytesPerSecondSent)),
-                ("megabytes_per_second_received", r3(megabytesPerSecondReceived)),
-                ("total_bytes_sent", .int(Int64(t.totalBytesSent))),
-                ("total_bytes_received", .int(Int64(t.totalBytesReceived))),
-                ("scheduled_messages", o.mode == .rate ? .int(Int64(t.scheduled)) : .null),
-            ])),
+            ("traffic", traffic),
             ("latency_us", latency),
             ("errors", errors),
             ("parts", .array(parts.map { p in
@@ -140,6 +173,7 @@ public struct LoadResult: Sendable {
                 ])
             })),
             ("notes", .array(notes.map { .string($0) })),
+            ("interrupted", interruption.map { .string($0) } ?? .null),
             ("clean", .bool(isClean)),
         ])
     }
@@ -162,12 +196,17 @@ public struct LoadResult: Sendable {
         lines.append(conn)
         switch o.mode {
         case .hold:
-            lines.append("hold         \(f(Double(o.duration) / 1e9, 1)) s; held \(t.held) of \(o.connections) (each answered a probe afterwards)")
+            lines.append("hold         \(f(Double(t.holdNanos) / 1e9, 3)) s with all open at once (from the run's start); held \(t.held) of \(o.connections) (each answered a probe afterwards)")
         case .pingpong, .rate:
             var line = "traffic      \(f(seconds, 2)) s measured: \(t.messages) messages × \(o.size) B = \(t.bytesReceived) B"
             line += "; \(f(messagesPerSecond, 1)) msg/s, \(f(megabytesPerSecondReceived, 2)) MB/s"
             if o.mode == .rate, let r = o.rate { line += " (target \(f(r, 1)) msg/s, scheduled \(t.scheduled))" }
             lines.append(line)
+            if let r = o.rate, let offered = offeredPerSecond {
+                var l = "offered      \(f(offered, 1)) msg/s handed to the sockets = \(f(offered / r * 100, 1))% of the target"
+                if let fu = o.failUnderRate { l += rateMissed ? "; BELOW --fail-under-rate \(f(fu * 100, 1))%" : " (≥ \(f(fu * 100, 1))%)" }
+                lines.append(l)
+            }
             if let l = latencyMicroseconds {
                 lines.append("latency µs   " + l.map { "\($0.0 == "p99_9" ? "p99.9" : $0.0) \(f($0.1, 1))" }.joined(separator: "  ")
                     + (o.mode == .rate ? "  (from intended send times)" : ""))
@@ -195,7 +234,10 @@ public struct LoadResult: Sendable {
             }
         }
         for n in notes { lines.append("note         \(n)") }
-        lines.append("result       " + (isClean ? "clean" : "FAILED"))
+        if let i = interruption {
+            lines.append("interrupted  by \(i): a partial result, counted up to the interruption")
+        }
+        lines.append("result       " + (interruption != nil ? "interrupted" : isClean ? "clean" : "FAILED"))
         return lines.joined(separator: "\n")
     }
 }

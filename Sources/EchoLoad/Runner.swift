@@ -18,25 +18,35 @@ public enum LoadRunner {
         let perProcess = options.model == .fork ? 1 : (options.connections + options.processes - 1) / options.processes
         try raiseDescriptorLimit(needed: perProcess, splittable: options.model != .fork)
         try preflight(options)
+        // Before any thread exists, so that every thread (and child) inherits the blocked mask.
+        let signals = StopSignals.install()
+        defer { if signals >= 0 { closeNoRetry(signals) } }
         if options.processes > 1 || options.model == .fork {
-            return try ProcessDriver.run(options, progress: progress)
+            return try ProcessDriver.run(options, progress: progress, signals: signals)
         }
-        let (tally, workers) = try runInProcess(options, progress: progress)
+        let control = try RunControl(options: options, startsAlone: true)
+        let (tally, workers) = try runInProcess(options, control: control, signals: signals, progress: progress)
         let part = PartSummary(
             index: 0, pid: getpid(), connections: options.connections, established: tally.established,
             held: tally.held, messages: tally.messages, faults: tally.faults + tally.connectFailed, exitStatus: 0)
         return LoadResult(options: options, workers: workers, tally: tally, parts: [part])
     }
 
-    /// Runs one part of a split run from its JSON spec, writing progress and the result as JSON
-    /// lines on stdout.
+    /// Runs one part of a split run. Its stdin (`input`) carries the spec (one JSON line), then the
+    /// parent's `connect`, `start` and `stop` messages; its stdout carries `armed`, `ready`,
+    /// progress and the result, as JSON lines (see Wire.swift).
     /// - Returns: the process exit status (0 once a result is written).
-    public static func runChild(spec: String) -> Int32 {
+    public static func runChild(input: Int32) -> Int32 {
         Signals.ignoreSIGPIPE()
+        let signals = StopSignals.install()
+        let reader = LineReader(fd: input)
         let options: LoadOptions
+        let control: RunControl
         do {
+            guard let spec = reader.next() else { throw LoadError.usage("internal: no child spec on stdin") }
             options = try LoadOptions(wire: try JSONValue(parsing: spec))
             try raiseDescriptorLimit(needed: options.connections, splittable: false)
+            control = try RunControl(options: options, startsAlone: false)
         } catch let e as LoadError {
             writeAll(2, "echoload child: \(e)\n")
             return 2
@@ -45,7 +55,17 @@ public enum LoadRunner {
             return 2
         }
         do {
-            let (tally, _) = try runInProcess(options, progress: ProgressReporter(style: .childPipe))
+            // The parent's messages; never joined: the process exits once the result is written.
+            try JoinableThread.detach(name: "echoload-ctl") { [control] in
+                ChildProtocol.follow(reader, control)
+            }
+        } catch {
+            writeAll(2, "echoload child: cannot start its control thread: \(error)\n")
+            return 2
+        }
+        do {
+            let (tally, _) = try runInProcess(
+                options, control: control, signals: signals, progress: ProgressReporter(style: .childPipe))
             let line = JSONValue.object([("type", .string("result")), ("tally", tally.wireJSON)]).text + "\n"
             return writeAll(1, line) ? 0 : 2
         } catch {
@@ -54,17 +74,26 @@ public enum LoadRunner {
         }
     }
 
-    static func runInProcess(_ options: LoadOptions, progress: ProgressReporter) throws(LoadError) -> (Tally, Int) {
+    static func runInProcess(
+        _ options: LoadOptions, control: RunControl, signals: Int32, progress: ProgressReporter
+    ) throws(LoadError) -> (Tally, Int) {
         let live = LiveCounters()
-        let stop = Atomic<Bool>(false)
+        let finished = Atomic<Bool>(false)
         let requested = options.connections
         progress.begin()
         let sampler: JoinableThread?
         do {
-            sampler = try JoinableThread(name: "echoload-prog") { [live] in
-                while !stop.load(ordering: .acquiring) {
-                    var ts = timespec(tv_sec: 0, tv_nsec: 100_000_000)
-                    nanosleep(&ts, nil)
+            // Progress every second; SIGINT/SIGTERM stop the run (a second one ends the process).
+            sampler = try JoinableThread(name: "echoload-prog") { [live, control] in
+                var p = pollfd(fd: signals, events: Int16(POLLIN), revents: 0)
+                while !finished.load(ordering: .acquiring) {
+                    if poll(&p, signals >= 0 ? 1 : 0, 100) > 0 {
+                        let s = StopSignals.next(signals)
+                        if s != 0 {
+                            if control.stoppedAt != 0 && control.stopSignal.load(ordering: .relaxed) != 0 { _exit(128 + s) }
+                            control.stop(at: monotonicNanoseconds(), signal: s)
+                        }
+                    }
                     progress.report(live.snapshot, requested: requested)
                 }
             }
@@ -72,17 +101,21 @@ public enum LoadRunner {
             sampler = nil
         }
         defer {
-            stop.store(true, ordering: .releasing)
+            finished.store(true, ordering: .releasing)
             sampler?.join()
             progress.end()
         }
+        var result: (Tally, Int)
         switch options.model {
         case .event:
-            let (t, w) = try EventDriver.run(options, live: live)
-            return (t, w)
+            let (t, w) = try EventDriver.run(options, control: control, live: live)
+            result = (t, w)
         case .thread, .fork:
-            return (try ThreadDriver.run(options, live: live), 0)
+            result = (try ThreadDriver.run(options, control: control, live: live), 0)
         }
+        result.0.interruptedBy = control.stopSignal.load(ordering: .relaxed)
+        if control.stoppedAt != 0 && result.0.interruptedBy == 0 { result.0.interruptedBy = -1 }
+        return result
     }
 
     /// Raises the soft RLIMIT_NOFILE to the hard limit, and refuses a share that cannot fit.

@@ -15,6 +15,8 @@ public struct Tally: Sendable {
     public var connectNanos: Int64 = 0
     /// `hold`: connections that answered their probe after the hold.
     public var held = 0
+    /// `hold`: from the run's start (every connection open) to the probes (shortest over parts).
+    public var holdNanos: Int64 = 0
     /// Measured period, nanoseconds (max over parts; each part measures the same span).
     public var measuredNanos: Int64 = 0
     /// Messages whose whole echo arrived (pingpong: in the measured period; rate: intended in it).
@@ -27,6 +29,12 @@ public struct Tally: Sendable {
     public var totalBytesReceived: UInt64 = 0
     /// `rate`: messages scheduled in the measured period.
     public var scheduled: UInt64 = 0
+    /// `rate`: messages handed to the socket during the measured period (the offered load:
+    /// short of `scheduled` when the client cannot keep up).
+    public var issued: UInt64 = 0
+    /// The signal that interrupted the run (SIGINT, SIGTERM), -1 if a child's parent went away,
+    /// 0 for a run that ran its course.
+    public var interruptedBy: Int32 = 0
     /// Echoed bytes that differ from what was sent.
     public var mismatches = 0
     /// The peer closed while echo bytes were still owed (mid-message, or mid-stream).
@@ -58,6 +66,7 @@ public struct Tally: Sendable {
         connectFailures.merge(other.connectFailures, uniquingKeysWith: +)
         connectNanos = max(connectNanos, other.connectNanos)
         held += other.held
+        if other.holdNanos > 0 { holdNanos = holdNanos == 0 ? other.holdNanos : min(holdNanos, other.holdNanos) }
         measuredNanos = max(measuredNanos, other.measuredNanos)
         messages += other.messages
         bytesSent += other.bytesSent
@@ -65,6 +74,8 @@ public struct Tally: Sendable {
         totalBytesSent += other.totalBytesSent
         totalBytesReceived += other.totalBytesReceived
         scheduled += other.scheduled
+        issued += other.issued
+        if interruptedBy == 0 { interruptedBy = other.interruptedBy }
         mismatches += other.mismatches
         shortReads += other.shortReads
         prematureCloses += other.prematureCloses
@@ -144,21 +155,38 @@ struct MeasuredWindow {
     @inline(__always) func contains(_ t: Int64) -> Bool { t >= start && t < end }
 }
 
-/// The `rate` schedule: message `m` of connection `k` (of `connections`) is intended at
-/// `start + (m × connections + k) × spacing`, so that consecutive messages, over all
-/// connections, are `spacing` nanoseconds apart.
+/// The `rate` schedule, one for the whole run: message `m` of connection `g` (global index, of
+/// `connections` in the whole run, over every worker and process) is intended at
+/// `start + (m × connections + g) × spacing`, so that consecutive messages of the run are
+/// `spacing` nanoseconds apart whichever worker or process sends them.
 struct RateSchedule {
     var start: Int64
-    /// Nanoseconds between consecutive messages of the whole schedule.
+    /// Nanoseconds between consecutive messages of the whole schedule (1e9 / rate).
     var spacing: Double
     var connections: Int
 
-    /// Intended time of the schedule's `j`-th message.
-    @inline(__always) func intended(_ j: Int64) -> Int64 { start + Int64(Double(j) * spacing) }
+    /// Intended time of connection `g`'s message `m`.
+    @inline(__always) func intended(connection g: Int, message m: UInt64) -> Int64 {
+        start + Int64((Double(m) * Double(connections) + Double(g)) * spacing)
+    }
 
-    /// Intended time of connection `k`'s message `m`.
-    @inline(__always) func intended(connection k: Int, message m: UInt64) -> Int64 {
-        intended(Int64(m) * Int64(connections) + Int64(k))
+    /// The first message of connection `g` intended at or after `t`.
+    func firstMessage(connection g: Int, atOrAfter t: Int64) -> UInt64 {
+        let estimate = (Double(t - start) / spacing - Double(g)) / Double(connections)
+        var m = UInt64(max(0, estimate.rounded(.down) - 1))
+        while intended(connection: g, message: m) < t { m += 1 }
+        return m
+    }
+
+    /// How many of the messages of connections `connections` (global indices) are intended in
+    /// `window`: the `scheduled` count, whether or not the client kept up.
+    func scheduled(connections range: Range<Int>, in window: MeasuredWindow) -> UInt64 {
+        guard window.end > window.start else { return 0 }
+        var n: UInt64 = 0
+        for g in range {
+            n += firstMessage(connection: g, atOrAfter: window.end) - firstMessage(connection: g, atOrAfter: window.start)
+        }
+        return n
     }
 }
 
@@ -173,7 +201,7 @@ extension Tally {
         Latency.record(latency, into: &histogram)
     }
 
-    /// rate: connection `k`'s echo grew from `before` to `after` bytes at `now`; every message
+    /// rate: connection `k`'s (global index) echo grew from `before` to `after` bytes at `now`; every message
     /// completed by that counts, its latency from its intended send time, if it was intended in
     /// `window`.
     /// - Returns: how many messages completed (measured or not), for the progress line.

@@ -1,7 +1,9 @@
 // The thread client model: one thread per connection with blocking I/O (plus a reader thread per
 // connection for `rate` and `stream`, which must read while they write). Threads get small
-// stacks (`stackSize`); every connection thread waits at one gate until all connects are
-// resolved, so warm-up and the measured period start together, as in the event model.
+// stacks (`stackSize`). Every connection thread waits for the connect epoch, connects (at its
+// place in the global connect schedule under `hold --rate`), then waits at the start gate, which
+// opens once every connect of the run is resolved (`RunControl`): warm-up, the measured period
+// and holds start together in every thread and process.
 //
 // Timeouts use SO_RCVTIMEO/SO_SNDTIMEO (SO_SNDTIMEO bounds connect(2) too on Linux).
 import CEchoShims
@@ -14,8 +16,8 @@ enum ThreadDriver {
     /// Stack of each connection thread: the loops are shallow; fault messages are the deepest path.
     static let stackSize = 128 * 1024
 
-    static func run(_ options: LoadOptions, live: LiveCounters) throws(LoadError) -> Tally {
-        let shared = ThreadShared(options: options, live: live)
+    static func run(_ options: LoadOptions, control: RunControl, live: LiveCounters) throws(LoadError) -> Tally {
+        let shared = ThreadShared(options: options, control: control, live: live)
         var threads: [JoinableThread] = []
         threads.reserveCapacity(options.connections)
         for i in 0..<options.connections {
@@ -25,7 +27,7 @@ enum ThreadDriver {
                 })
             } catch {
                 // Out of threads: the connections not started count as failed with that errno.
-                for _ in i..<options.connections { shared.connectOutcome(failure: error.errno) }
+                for _ in i..<options.connections { shared.connectOutcome(failure: error.errno, now: monotonicNanoseconds()) }
                 shared.addFault(Tally(), note: "cannot start thread \(i): \(error)")
                 break
             }
@@ -38,19 +40,17 @@ enum ThreadDriver {
 /// What the connection threads share.
 final class ThreadShared: Sendable {
     let options: LoadOptions
+    let control: RunControl
     let live: LiveCounters
-    let start: Int64
-    let gate = Gate()
-    private let resolved = Atomic<Int>(0)
     private let lastResolved = Atomic<Int64>(0)
     private let tally: Mutex<Tally>
     /// Latency histograms, striped so threads rarely wait on each other's lock.
     let stripes: [LockedHistogram]
 
-    init(options: LoadOptions, live: LiveCounters) {
+    init(options: LoadOptions, control: RunControl, live: LiveCounters) {
         self.options = options
+        self.control = control
         self.live = live
-        self.start = monotonicNanoseconds()
         var t = Tally()
         t.requested = options.connections
         tally = Mutex(t)
@@ -58,15 +58,24 @@ final class ThreadShared: Sendable {
         stripes = (0..<(measuresLatency ? 8 : 0)).map { _ in LockedHistogram() }
     }
 
-    /// The measured window (waits for the gate).
+    /// The measured window (waits for the start).
     var window: MeasuredWindow {
-        let ready = gate.wait()
+        let ready = control.startGate.wait()
         return MeasuredWindow(start: ready + options.warmup, end: ready + options.warmup + options.duration)
     }
 
-    /// Counts one connect's outcome; the last one opens the gate.
-    func connectOutcome(failure: Int32?) {
-        let now = monotonicNanoseconds()
+    /// Whether `t` counts: inside `window`, and before the run was stopped.
+    @inline(__always) func counts(_ t: Int64, _ window: MeasuredWindow) -> Bool {
+        guard window.contains(t) else { return false }
+        let s = control.stoppedAt
+        return s == 0 || t < s
+    }
+
+    /// Whether the run was told to stop.
+    @inline(__always) var stopped: Bool { control.stoppedAt != 0 }
+
+    /// Counts one connect's outcome (nil: success); the run's last one makes the process ready.
+    func connectOutcome(failure: Int32?, now: Int64) {
         if let e = failure {
             tally.withLock { $0.connectFailures[errnoName(e), default: 0] += 1 }
             live.failed.add(1, ordering: .relaxed)
@@ -76,7 +85,7 @@ final class ThreadShared: Sendable {
             live.open.add(1, ordering: .relaxed)
         }
         lastResolved.store(now, ordering: .relaxed)
-        if resolved.add(1, ordering: .acquiringAndReleasing).newValue == options.connections { gate.open(now) }
+        control.resolved(1, now: now)
     }
 
     func addFault(_ t: Tally, note: String? = nil) {
@@ -88,8 +97,18 @@ final class ThreadShared: Sendable {
 
     func result() -> Tally {
         var t = tally.withLock { $0 }
-        t.connectNanos = max(0, lastResolved.load(ordering: .relaxed) - start)
-        if options.mode != .hold { t.measuredNanos = options.duration }
+        let epoch = control.connectGate.current
+        t.connectNanos = max(0, lastResolved.load(ordering: .relaxed) - epoch)
+        if options.mode != .hold && control.startGate.current != 0 {
+            t.measuredNanos = control.measured(window)
+            if options.mode == .rate {
+                let w = window
+                let measured = MeasuredWindow(start: w.start, end: w.start + t.measuredNanos)
+                let base = options.connectionIndexBase
+                t.scheduled = RateSchedule(start: control.startGate.current, spacing: 1e9 / options.rate!,
+                    connections: options.totalConnections).scheduled(connections: base..<base + options.connections, in: measured)
+            }
+        }
         if !stripes.isEmpty {
             var h = Latency.makeHistogram()
             for s in stripes { s.histogram.withLock { h.add($0) } }
@@ -118,17 +137,19 @@ struct ConnectionThread {
     var options: LoadOptions { shared.options }
     var global: Int { options.connectionIndexBase + index }
     var seed: Int { Pattern.seed(forConnection: global) }
+    var control: RunControl { shared.control }
 
     func run() {
-        if options.mode == .hold, let r = options.rate {
-            sleepUntil(shared.start + Int64(Double(index) * 1e9 / r))
-        }
+        let epoch = control.connectGate.wait()
+        let due = control.connectTime(epoch: epoch, global: global)
+        // Stopped before its turn to connect: never attempted (not a failure).
+        if shared.stopped || (due > monotonicNanoseconds() && !control.stopGate.sleep(until: due)) { return }
         guard let fd = connect() else { return }
         defer {
             closeNoRetry(fd)
             shared.live.open.subtract(1, ordering: .relaxed)
         }
-        let ready = shared.gate.wait()
+        let ready = control.startGate.wait()
         var tally = Tally()
         switch options.mode {
         case .hold: hold(fd, ready: ready, &tally)
@@ -145,14 +166,14 @@ struct ConnectionThread {
         case .connected(let fd):
             ClientSocket.setTimeout(fd, SO_SNDTIMEO, options.drainTimeout)
             ClientSocket.setTimeout(fd, SO_RCVTIMEO, options.drainTimeout)
-            shared.connectOutcome(failure: nil)
+            shared.connectOutcome(failure: nil, now: monotonicNanoseconds())
             return fd
         case .inProgress(let fd):  // not for blocking sockets; counted as a timeout all the same
             closeNoRetry(fd)
-            shared.connectOutcome(failure: ETIMEDOUT)
+            shared.connectOutcome(failure: ETIMEDOUT, now: monotonicNanoseconds())
             return nil
         case .failed(_, let e):
-            shared.connectOutcome(failure: e)
+            shared.connectOutcome(failure: e, now: monotonicNanoseconds())
             return nil
         }
     }
@@ -233,7 +254,9 @@ struct ConnectionThread {
     // MARK: - Modes
 
     private func hold(_ fd: Int32, ready: Int64, _ tally: inout Tally) {
-        sleepUntil(ready + options.duration)
+        // Until the hold ends, or the run is stopped: then the probe shows what is held now.
+        _ = control.stopGate.sleep(until: ready + options.duration)
+        let span = max(0, monotonicNanoseconds() - ready)
         var probe = (UInt64(0), UInt64(0))  // 16 bytes of stack for the probe's echo
         let ok = withUnsafeMutableBytes(of: &probe) { buf -> Bool in
             guard sendAll(fd, from: 0, count: 16, &tally) == .ok else { return false }
@@ -241,6 +264,7 @@ struct ConnectionThread {
         }
         if ok {
             tally.held += 1
+            tally.holdNanos = span
             shared.live.held.add(1, ordering: .relaxed)
             expectEOF(fd, sent: 16, &tally)
         }
@@ -271,7 +295,7 @@ struct ConnectionThread {
         let window = shared.window
         let stripe = shared.stripes[index % shared.stripes.count]
         var position: UInt64 = 0
-        while monotonicNanoseconds() < window.end {
+        while monotonicNanoseconds() < window.end && !shared.stopped {
             let t0 = monotonicNanoseconds()
             guard sendAll(fd, from: position, count: size, &tally) == .ok else { return }
             guard receiveAll(fd, from: position, count: size, sent: position + UInt64(size), buffer: buffer,
@@ -280,7 +304,7 @@ struct ConnectionThread {
             position += UInt64(size)
             let t1 = monotonicNanoseconds()
             shared.live.messages.add(1, ordering: .relaxed)
-            if window.contains(t1) { stripe.histogram.withLock { tally.countMessage(size: size, latency: t1 - t0, into: &$0) } }
+            if shared.counts(t1, window) { stripe.histogram.withLock { tally.countMessage(size: size, latency: t1 - t0, into: &$0) } }
         }
         expectEOF(fd, sent: position, &tally)
     }
@@ -319,14 +343,14 @@ struct ConnectionThread {
         tally.merge(readerTally.withLock { $0 })
     }
 
-    /// The rate schedule: connections are staggered across the interval.
+    /// The run's one rate schedule, from its start.
     private func rateSchedule(ready: Int64) -> RateSchedule {
-        RateSchedule(start: ready, spacing: 1e9 / options.rate!, connections: options.connections)
+        RateSchedule(start: ready, spacing: 1e9 / options.rate!, connections: options.totalConnections)
     }
 
     private func write(_ fd: Int32, _ progress: ConnectionProgress, _ tally: inout Tally) {
         defer { progress.writerDone.store(true, ordering: .releasing) }
-        let ready = shared.gate.wait()
+        let ready = control.startGate.wait()
         let window = shared.window
         var position: UInt64 = 0
         let size = options.size
@@ -334,29 +358,34 @@ struct ConnectionThread {
             let schedule = rateSchedule(ready: ready)
             var m: UInt64 = 0
             while true {
-                let t = schedule.intended(connection: index, message: m)
+                let t = schedule.intended(connection: global, message: m)
                 if t >= window.end { break }
-                sleepUntil(t)
-                if t >= window.start { tally.scheduled += 1 }
+                if t > monotonicNanoseconds() && !control.stopGate.sleep(until: t) { break }
+                // Behind schedule: a message intended in the window still goes out after it ends,
+                // unless it is later than the drain timeout (its echo would not be awaited): then
+                // the rest is not offered (scheduled, never issued).
+                let now = monotonicNanoseconds()
+                if shared.stopped || (now >= window.end && now - t > options.drainTimeout) { break }
+                if shared.counts(now, window) { tally.issued += 1 }
                 guard sendAll(fd, from: position, count: size, &tally) == .ok else { return }
                 position += UInt64(size)
                 progress.sent.store(position, ordering: .releasing)
                 m += 1
             }
         } else {
-            while monotonicNanoseconds() < window.end {
+            while monotonicNanoseconds() < window.end && !shared.stopped {
                 let before = tally.totalBytesSent
                 guard sendAll(fd, from: position, count: size, &tally) == .ok else { return }
                 position += UInt64(size)
                 progress.sent.store(position, ordering: .releasing)
-                if window.contains(monotonicNanoseconds()) { tally.bytesSent += tally.totalBytesSent - before }
+                if shared.counts(monotonicNanoseconds(), window) { tally.bytesSent += tally.totalBytesSent - before }
             }
             Glibc.shutdown(fd, Int32(SHUT_WR))
         }
     }
 
     private func read(_ fd: Int32, _ progress: ConnectionProgress, _ tally: inout Tally) {
-        let ready = shared.gate.wait()
+        let ready = control.startGate.wait()
         let window = shared.window
         let capacity = 256 * 1024
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 64)
@@ -395,11 +424,11 @@ struct ConnectionThread {
                 tally.totalBytesReceived += UInt64(n)
                 shared.live.bytesReceived.add(n, ordering: .relaxed)
                 if options.mode == .stream {
-                    if window.contains(now) { tally.bytesReceived += UInt64(n) }
+                    if shared.counts(now, window) { tally.bytesReceived += UInt64(n) }
                 } else if let stripe {
                     let completed = stripe.histogram.withLock {
                         tally.countRateEchoes(
-                            connection: index, from: before, to: received, size: options.size, schedule: schedule,
+                            connection: global, from: before, to: received, size: options.size, schedule: schedule,
                             window: window, now: now, into: &$0)
                     }
                     shared.live.messages.add(completed, ordering: .relaxed)

@@ -1,10 +1,22 @@
-// The parent–child protocol of a split run (`--processes P`, `--model fork`):
-// the parent passes each child its options as one JSON argument; the child writes JSON lines on
-// its stdout (a pipe): `{"type":"progress",...}` about once a second, then one
-// `{"type":"result",...}` carrying its whole `Tally`, histogram included as (value, count)
-// pairs plus the exact minimum and maximum: re-recorded, the pairs fill the same buckets and the
-// extremes restore the min/max trackers, so the parent's merge equals an in-process `add`.
+// The parent–child protocol of a split run (`--processes P`, `--model fork`), JSON lines both ways.
+//
+// Parent → child, on the child's stdin (a pipe kept open for the whole run):
+//   1. the child's options (`LoadOptions.wireJSON`), one line;
+//   2. `{"type":"connect","at":E}` once every child is `armed`: connects may start, connection g
+//      (global index) at E + g/rate in `hold --rate`;
+//   3. `{"type":"start","at":T}` once every child is `ready`: the one start of the run;
+//   4. `{"type":"stop","at":S,"signal":N}` if the parent was interrupted.
+//   EOF before the result: the parent is gone; the child stops and reports.
+// Times are absolute CLOCK_MONOTONIC nanoseconds: one clock for every process of the host.
+//
+// Child → parent, on its stdout (a pipe): `{"type":"armed"}` once it has read its options,
+// `{"type":"ready","at":t}` once all of its connects are resolved, `{"type":"progress",...}` about
+// once a second, then one `{"type":"result",...}` carrying its whole `Tally`, histogram included
+// as (value, count) pairs plus the exact minimum and maximum: re-recorded, the pairs fill the
+// same buckets and the extremes restore the min/max trackers, so the parent's merge equals an
+// in-process `add`.
 import EchoCore
+import Glibc
 import Histogram
 
 extension LoadOptions {
@@ -25,6 +37,8 @@ extension LoadOptions {
             ("drain_timeout", .int(drainTimeout)),
             ("base", .int(Int64(connectionIndexBase))),
             ("connect_concurrency", .int(Int64(connectConcurrency))),
+            ("total_connections", .int(Int64(totalConnections))),
+            ("fail_under_rate", failUnderRate.map { .double($0) } ?? .null),
         ])
     }
 
@@ -51,6 +65,8 @@ extension LoadOptions {
         drainTimeout = try int("drain_timeout")
         connectionIndexBase = Int(try int("base"))
         connectConcurrency = Int(try int("connect_concurrency"))
+        totalConnections = Int(try int("total_connections"))
+        failUnderRate = json["fail_under_rate"]?.doubleValue
     }
 }
 
@@ -78,6 +94,7 @@ extension Tally {
             ("latency_min", .int(Int64(latency?.min ?? 0))),
             ("latency_max", .int(Int64(latency?.maxRecorded ?? 0))),
             ("first_fault", firstFault.map { .string($0) } ?? .null),
+            ("issued", .int(Int64(issued))), ("hold_nanos", .int(holdNanos)), ("interrupted_by", .int(Int64(interruptedBy))),
         ])
     }
 
@@ -130,5 +147,33 @@ extension Tally {
             latency = h
         }
         firstFault = json["first_fault"]?.stringValue
+        issued = u("issued")
+        holdNanos = Int64(i("hold_nanos"))
+        interruptedBy = Int32(truncatingIfNeeded: json["interrupted_by"]?.intValue ?? 0)
+    }
+}
+
+/// The child's side of the protocol's control messages.
+enum ChildProtocol {
+    static func message(_ type: String, at t: Int64, signal: Int32? = nil) -> String {
+        var members: [(String, JSONValue)] = [("type", .string(type)), ("at", .int(t))]
+        if let signal { members.append(("signal", .int(Int64(signal)))) }
+        return JSONValue.object(members).text + "\n"
+    }
+
+    /// Says `armed`, then follows the parent's messages until EOF (the parent is gone, or done
+    /// with this child: a stop either way, which changes nothing once the run is over).
+    static func follow(_ reader: LineReader, _ control: RunControl) {
+        writeAll(1, #"{"type":"armed"}"# + "\n")
+        while let line = reader.next() {
+            guard let json = try? JSONValue(parsing: line), let at = json["at"]?.intValue else { continue }
+            switch json["type"]?.stringValue {
+            case "connect": control.connectGate.open(at)
+            case "start": control.start(at: at)
+            case "stop": control.stop(at: at, signal: Int32(truncatingIfNeeded: json["signal"]?.intValue ?? 0))
+            default: break
+            }
+        }
+        control.stop(at: monotonicNanoseconds(), signal: 0)
     }
 }

@@ -2,8 +2,9 @@
 // the EchoLoad library.
 //
 // Exit status: 0 clean run; 1 the run finished but found faults (or fell short: connections not
-// established, not held); 2 the target could not be reached at all; 3 the client itself failed;
-// 64 bad flags (EX_USAGE). Errors are one line on stderr, never a stack trace.
+// established, not held, offered rate under --fail-under-rate); 2 the target could not be reached
+// at all; 3 the client itself failed; 64 bad flags (EX_USAGE); 130 / 143 interrupted by SIGINT /
+// SIGTERM (the partial result is printed). Errors are one line on stderr, never a stack trace.
 import ArgumentParser
 import EchoBuildInfo
 import EchoCore
@@ -20,7 +21,10 @@ struct EcholoadCommand: ParsableCommand {
             pattern); any mismatch, short read, premature close or missing echo is counted and makes \
             the exit status non-zero. A progress line goes to stderr each second; the result goes to \
             stdout as a table, or as JSON with --json (schema: docs/echoload.schema.json).
-            Exit status: 0 clean run, 1 faults found, 2 target unreachable, 3 client failure, 64 bad usage.
+            SIGINT or SIGTERM ends the run early: the partial result is printed (marked interrupted) \
+            and the exit status is 128 + the signal (130, 143); a second signal ends it at once.
+            Exit status: 0 clean run, 1 faults found, 2 target unreachable, 3 client failure, 64 bad usage, \
+            130/143 interrupted.
             """,
         version: BuildInfo.versionText(program: "echoload"),
         subcommands: [Hold.self, Pingpong.self, Rate.self, Stream.self, Child.self]
@@ -66,6 +70,14 @@ struct RateArgument: ExpressibleByArgument {
     init?(argument: String) {
         guard let r = LoadParsing.rate(argument) else { return nil }
         perSecond = r
+    }
+}
+
+struct FractionArgument: ExpressibleByArgument {
+    let value: Double
+    init?(argument: String) {
+        guard let v = LoadParsing.fraction(argument) else { return nil }
+        value = v
     }
 }
 
@@ -139,7 +151,13 @@ struct CommonOptions: ParsableArguments {
             }
         }
         writeAll(1, (json ? result.json.prettyText : result.table) + "\n")
+        if let i = result.interruption {
+            throw LoadFailure(message: "echoload: interrupted by \(i); the result above is partial", status: result.exitStatus)
+        }
         if !result.isClean {
+            if result.rateMissed, result.tally.faults == 0 {
+                throw LoadFailure(message: "echoload: run not clean: offered rate below --fail-under-rate", status: result.exitStatus)
+            }
             let why = result.tally.firstFault.map { ": \($0)" } ?? ""
             throw LoadFailure(message: "echoload: run not clean\(why)", status: result.exitStatus)
         }
@@ -196,9 +214,10 @@ struct Hold: ParsableCommand, WorkloadDefaults {
         abstract: "Open N idle connections, hold them, then check each still echoes.",
         discussion: """
             Opens --connections connections (at most --rate new ones per second), reports how many \
-            were established, how many failed (by errno) and how long that took; holds them for \
-            --duration; then sends one 16-byte probe on each and expects its echo. Clean only if \
-            every connection was established and answered its probe.
+            were established, how many failed (by errno) and how long that took; once every connect \
+            (of every process) has resolved, holds them for --duration, all open at once; then sends \
+            one 16-byte probe on each and expects its echo. Clean only if every connection was \
+            established and answered its probe.
             """)
     static let connections = 100
     static let connectionsHelp = "Connections to open."
@@ -245,7 +264,10 @@ struct Rate: ParsableCommand, WorkloadDefaults {
         abstract: "Open loop at a constant message rate, latency from intended send times.",
         discussion: """
             Messages are scheduled at a fixed rate spread over the connections, whether or not \
-            earlier echoes came back. Latency counts from each message's intended send time, so a \
+            earlier echoes came back: one schedule for the whole run (message m of connection g of \
+            N is due at start + (m×N+g)/rate), shared by every worker thread and process. The offered \
+            rate (messages handed to the sockets in the measured period) is reported; \
+            --fail-under-rate makes a shortfall fail the run. Latency counts from each message's intended send time, so a \
             stalled server shows up as latency (no coordinated omission). Messages still unanswered \
             --drain-timeout after the period are counted as timeouts.
             """)
@@ -257,12 +279,18 @@ struct Rate: ParsableCommand, WorkloadDefaults {
     @Option(name: .long, help: ArgumentHelp("Messages per second over all connections (N or N/s).", valueName: "rate"))
     var rate: RateArgument
 
+    @Option(name: .customLong("fail-under-rate"), help: ArgumentHelp(
+        "Fail the run (exit 1) if the offered rate (messages handed to the sockets in the measured period) falls below this fraction of --rate (0.95 or 95%).",
+        valueName: "fraction"))
+    var failUnderRate: FractionArgument?
+
     @OptionGroup var workload: WorkloadOptions<Rate>
     @OptionGroup var traffic: TrafficOptions<Rate>
 
     func run() throws {
         var o = try common.makeOptions(.rate, connections: workload.connections)
         o.rate = rate.perSecond
+        o.failUnderRate = failUnderRate?.value
         traffic.apply(to: &o, duration: workload.duration)
         try common.execute(o)
     }
@@ -298,19 +326,6 @@ struct Child: ParsableCommand {
         commandName: ProcessDriver.childCommand, shouldDisplay: false)
 
     func run() throws {
-        Glibc.exit(LoadRunner.runChild(spec: readStandardInput()))
-    }
-
-    /// All of stdin, up to EOF.
-    private func readStandardInput() -> String {
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { Glibc.read(0, $0.baseAddress, $0.count) }
-            if n > 0 { bytes.append(contentsOf: chunk[0..<n]); continue }
-            if n < 0 && errno == EINTR { continue }
-            break
-        }
-        return String(decoding: bytes, as: UTF8.self)
+        Glibc.exit(LoadRunner.runChild(input: 0))
     }
 }

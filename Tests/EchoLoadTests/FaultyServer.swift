@@ -1,6 +1,9 @@
 // Deliberately wrong echo servers, run inside the test process on 127.0.0.1:0: one that flips a
 // byte now and then, one that drops the connection in the middle of a message, one that never
-// answers, one that sends more than the echo, one that closes cleanly before the echo is whole. One blocking thread per connection; `stop()` (or deinit) wakes and joins them all.
+// answers, one that sends more than the echo, one that closes cleanly before the echo is whole,
+// one that replays old data; and a correct one (`none`). One blocking thread per connection;
+// `stop()` (or deinit) wakes and joins them all. Every server keeps a log of its accepts, closes
+// and arrivals (`events`), the server's own view for the tests of barriers and schedules.
 import CEchoShims
 import EchoCore
 import Glibc
@@ -20,6 +23,11 @@ enum Fault: String, CaseIterable, Sendable, CustomStringConvertible {
     case trailingGarbage
     /// Echoes the first 5000 bytes, then closes cleanly (FIN) with the rest unechoed.
     case earlyClose
+    /// From the offset on, sends back what it received `replayDistance` bytes earlier instead of
+    /// what it just received (a server replaying old data from one pattern period back).
+    case replayOld
+    /// A correct echo (the log is what the test wants).
+    case none
     var description: String { rawValue }
 
     /// Where the fault starts by default (stream offset), for the faults that have one.
@@ -28,13 +36,29 @@ enum Fault: String, CaseIterable, Sendable, CustomStringConvertible {
         case .flipByte: 3000
         case .dropMidMessage, .earlyClose: 5000
         case .stallOnce: 2000
-        case .silent, .trailingGarbage: 0
+        case .silent, .trailingGarbage, .none: 0
+        case .replayOld: 200_000
         }
     }
 }
 
+/// One thing the server saw, at CLOCK_MONOTONIC nanoseconds `time`.
+struct ServerEvent: Sendable {
+    enum Kind: Sendable, Equatable { case accept, close, arrival }
+    var time: Int64
+    var kind: Kind
+    /// Which connection (accept order).
+    var connection: Int
+    /// arrival: bytes received.
+    var bytes: Int = 0
+}
+
 final class FaultyServer: Sendable {
     let fault: Fault
+    /// `replayOld`: how far back the replayed bytes come from.
+    let replayDistance: Int
+    private let log = Mutex<[ServerEvent]>([])
+    private let accepted = Atomic<Int>(0)
     /// Stream offset at which the fault begins (`Fault.defaultOffset` unless given).
     let offset: Int
     let address: String
@@ -45,8 +69,9 @@ final class FaultyServer: Sendable {
 
     /// - Parameter offset: where the fault begins; a small one reaches the short streams of
     ///   `hold` (one 16-byte probe per connection).
-    init(_ fault: Fault, offset: Int? = nil) throws {
+    init(_ fault: Fault, offset: Int? = nil, replayDistance: Int = 65_521) throws {
         self.fault = fault
+        self.replayDistance = replayDistance
         self.offset = offset ?? fault.defaultOffset
         let fd = try Socket.listen(on: try SocketAddress(parsing: "127.0.0.1:0"), backlog: 1024)
         guard let local = try Socket.localAddress(fd.rawValue) else { throw TestError.failed("getsockname") }
@@ -60,6 +85,25 @@ final class FaultyServer: Sendable {
     }
 
     deinit { stop() }
+
+    /// Everything logged so far, in time order.
+    var events: [ServerEvent] { log.withLock { $0 }.sorted { $0.time < $1.time } }
+
+    /// The most connections open at once (accepted and not yet closed by the peer).
+    var maxOpen: Int {
+        var open = 0
+        var most = 0
+        for e in events where e.kind != .arrival {
+            open += e.kind == .accept ? 1 : -1
+            most = max(most, open)
+        }
+        return most
+    }
+
+    private func record(_ kind: ServerEvent.Kind, _ connection: Int, bytes: Int = 0) {
+        let e = ServerEvent(time: monotonicNanoseconds(), kind: kind, connection: connection, bytes: bytes)
+        log.withLock { $0.append(e) }
+    }
 
     func stop() {
         guard !stopping.exchange(true, ordering: .acquiringAndReleasing) else { return }
@@ -83,15 +127,22 @@ final class FaultyServer: Sendable {
                 return true
             }
             guard registered else { closeNoRetry(fd); return }
-            if let t = try? JoinableThread(name: "faulty-conn", stackSize: 256 * 1024, { [self] in self.serve(fd) }) {
+            let id = accepted.add(1, ordering: .relaxed).oldValue
+            record(.accept, id)
+            if let t = try? JoinableThread(name: "faulty-conn", stackSize: 256 * 1024, { [self] in
+                self.serve(fd, id)
+                self.record(.close, id)
+            }) {
                 threads.withLock { $0.append(t) }
             }
         }
     }
 
-    private func serve(_ fd: Int32) {
+    private func serve(_ fd: Int32, _ id: Int) {
         let buffer = UnsafeMutablePointer<UInt8>.allocate(capacity: 65536)
         defer { buffer.deallocate() }
+        // replayOld: everything received so far (the tests' streams are short).
+        var history: [UInt8] = []
         let from = self.offset
         var offset = 0
         var stalled = false
@@ -102,10 +153,16 @@ final class FaultyServer: Sendable {
                 _ = Glibc.send(fd, "GARBAGE", 7, Int32(MSG_NOSIGNAL))
             }
             if n <= 0 { break }
+            record(.arrival, id, bytes: n)
             var count = n
             switch fault {
-            case .trailingGarbage:
+            case .trailingGarbage, .none:
                 break
+            case .replayOld:
+                history.append(contentsOf: UnsafeBufferPointer(start: buffer, count: n))
+                for i in 0..<n where offset + i >= from && offset + i >= replayDistance {
+                    buffer[i] = history[offset + i - replayDistance]
+                }
             case .silent:
                 continue
             case .stallOnce:
@@ -145,5 +202,7 @@ final class FaultyServer: Sendable {
                 sent += w
             }
         }
+        // The correct server answers the client's half-close with its own, as echod does.
+        if fault == .none { Glibc.shutdown(fd, Int32(SHUT_WR)) }
     }
 }

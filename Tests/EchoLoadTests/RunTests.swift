@@ -193,7 +193,8 @@ func defaultConnections(_ mode: LoadMode) -> Int {
             case .earlyClose:
                 let io = value(j, "errors.io")?.objectValue?.count ?? 0
                 #expect(e("short_reads") + e("premature_closes") + Int64(io) > 0, "\(run)", sourceLocation: sourceLocation)
-            case .stallOnce: break
+            case .replayOld: #expect(e("mismatches") > 0, "\(run)", sourceLocation: sourceLocation)
+            case .stallOnce, .none: break
             }
             #expect(value(j, "errors.first")?.stringValue != nil, sourceLocation: sourceLocation)
             // The one-line verdict on stderr names the first fault.

@@ -132,18 +132,22 @@ import Testing
         o.size = 99
         o.sources = try LoadParsing.sources("::1")
         o.connectionIndexBase = 40
+        o.totalConnections = 77
+        o.failUnderRate = 0.9
         o.model = .thread
         #expect(try LoadOptions(wire: try JSONValue(parsing: o.wireJSON.text)) == o)
     }
 
-    @Test func processPlanSplitsConnectionsAndRate() throws {
+    /// The connections are split; the rate is not: every child lays out its connections' share
+    /// of the run's one schedule (rate and total connection count of the whole run).
+    @Test func processPlanSplitsConnectionsNotTheSchedule() throws {
         var o = LoadOptions(mode: .rate, target: try LoadParsing.target("127.0.0.1:7"), connections: 10)
         o.rate = 1000
         o.processes = 3
         let plan = ProcessDriver.plan(o)
         #expect(plan.map(\.connections) == [4, 3, 3])
         #expect(plan.map(\.connectionIndexBase) == [0, 4, 7])
-        #expect(abs(plan.compactMap(\.rate).reduce(0, +) - 1000) < 1e-9)
+        #expect(plan.allSatisfy { $0.rate == 1000 && $0.totalConnections == 10 })
         o.model = .fork
         o.processes = 1
         #expect(ProcessDriver.plan(o).count == 10)

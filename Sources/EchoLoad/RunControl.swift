@@ -1,0 +1,175 @@
+// One process's clock and barriers for a run, so that every worker thread and every process of
+// a split run measure the same interval:
+//
+//   connect epoch ──(connects, at most --rate per second on one global schedule)──▶ ready
+//   ──▶ start T ──(warm-up)──▶ [T + warmup, T + warmup + duration) measured ──▶ drain
+//
+// - connect epoch: when connection g (global index) may start connecting, at epoch + g/rate.
+// - ready: every connection of this process is resolved (established or failed). A process
+//   run alone starts at once (T = ready); a child of a split run says `ready` to its parent
+//   and waits for `start`, which the parent sends once every child is ready, carrying one
+//   absolute CLOCK_MONOTONIC time (the same clock in every process of the host).
+// - stop: SIGINT/SIGTERM (or the parent's `stop`): the window ends early, the result is
+//   partial and marked interrupted.
+//
+// Threads wait at `Gate`s; event workers, which must not block, watch two eventfds (`startFD`,
+// `stopFD`), written once each and never drained, so they stay readable for every epoll
+// instance that registers them (each worker deletes them from its epoll after seeing them).
+import CEchoShims
+import EchoCore
+import Glibc
+import Synchronization
+
+final class RunControl: Sendable {
+    let options: LoadOptions
+    /// Opens with the connect epoch.
+    let connectGate = Gate()
+    /// Opens with the start time T (or the stop time, if stopped before starting).
+    let startGate = Gate()
+    /// Opens with the time the run was told to stop.
+    let stopGate = Gate()
+    /// Opens with the time this process's last connect resolved.
+    let readyGate = Gate()
+    /// Readable once `startGate` is open.
+    let startFD: Int32
+    /// Readable once `stopGate` is open.
+    let stopFD: Int32
+    /// The signal that stopped the run (0: none, or told to stop by the parent without one).
+    let stopSignal = Atomic<Int32>(0)
+    /// Whether the parent starts the run (a child of a split run) or this process does.
+    let startsAlone: Bool
+    private let resolvedCount = Atomic<Int>(0)
+
+    /// - Parameter startsAlone: true for a process run alone: connects start now, traffic as
+    ///   soon as every connect resolved.
+    init(options: LoadOptions, startsAlone: Bool) throws(LoadError) {
+        self.options = options
+        self.startsAlone = startsAlone
+        let a = eventfd(0, Int32(EFD_NONBLOCK) | Int32(EFD_CLOEXEC))
+        let b = eventfd(0, Int32(EFD_NONBLOCK) | Int32(EFD_CLOEXEC))
+        guard a >= 0 && b >= 0 else {
+            let e = errno
+            if a >= 0 { closeNoRetry(a) }
+            throw .system("echoload: eventfd: \(SystemError("eventfd", errno: e))")
+        }
+        startFD = a
+        stopFD = b
+        if startsAlone { connectGate.open(monotonicNanoseconds()) }
+    }
+
+    deinit {
+        closeNoRetry(startFD)
+        closeNoRetry(stopFD)
+    }
+
+    /// Counts `n` more of this process's connects as resolved; the last one makes the process ready.
+    func resolved(_ n: Int, now: Int64) {
+        if resolvedCount.add(n, ordering: .acquiringAndReleasing).newValue == options.connections {
+            readyGate.open(now)
+            if startsAlone {
+                start(at: now)
+            } else {
+                writeAll(1, ChildProtocol.message("ready", at: now))
+            }
+        }
+    }
+
+    /// Opens the start gate with `t`.
+    func start(at t: Int64) {
+        if startGate.open(t) { Self.signal(startFD) }
+    }
+
+    /// Ends the run early at `s` (because of `signal`, if non-zero). Every wait ends.
+    func stop(at s: Int64, signal: Int32) {
+        if signal != 0 { _ = stopSignal.compareExchange(expected: 0, desired: signal, ordering: .relaxed) }
+        if stopGate.open(s) { Self.signal(stopFD) }
+        connectGate.open(s)
+        start(at: s)
+    }
+
+    /// The stop time, or 0 while the run is not stopped.
+    @inline(__always) var stoppedAt: Int64 { stopGate.current }
+
+    /// Connection `g`'s (global index) earliest connect time: the epoch, plus g/rate in `hold`
+    /// with `--rate` (one schedule over every process).
+    func connectTime(epoch: Int64, global g: Int) -> Int64 {
+        guard options.mode == .hold, let r = options.rate else { return epoch }
+        return epoch + Int64(Double(g) * 1e9 / r)
+    }
+
+    /// The measured part of `window` once the run has ended: up to the stop time if it stopped.
+    func measured(_ window: MeasuredWindow) -> Int64 {
+        let s = stoppedAt
+        let end = s != 0 ? min(window.end, s) : window.end
+        return max(0, end - window.start)
+    }
+
+    private static func signal(_ fd: Int32) {
+        var one: UInt64 = 1
+        _ = Glibc.write(fd, &one, 8)
+    }
+}
+
+/// SIGINT and SIGTERM, taken off the default disposition and read from a signalfd, so that a run
+/// stops cleanly and still reports. Blocked before any thread starts (threads inherit the mask);
+/// a second signal ends the process at once (exit 128 + signal).
+enum StopSignals {
+    static let watched: [Int32] = [SIGINT, SIGTERM]
+
+    /// Blocks the signals and returns a signalfd for them (or -1 if none could be made: then the
+    /// signals are left as they were).
+    static func install() -> Int32 {
+        var mask = sigset_t()
+        sigemptyset(&mask)
+        for s in watched { sigaddset(&mask, s) }
+        let fd = signalfd(-1, &mask, Int32(SFD_NONBLOCK) | Int32(SFD_CLOEXEC))
+        guard fd >= 0 else { return -1 }
+        pthread_sigmask(SIG_BLOCK, &mask, nil)
+        return fd
+    }
+
+    /// Reads one pending signal from `fd`. - Returns: its number, or 0 if none.
+    static func next(_ fd: Int32) -> Int32 {
+        var info = signalfd_siginfo()
+        let n = Glibc.read(fd, &info, MemoryLayout<signalfd_siginfo>.size)
+        return n == MemoryLayout<signalfd_siginfo>.size ? Int32(bitPattern: info.ssi_signo) : 0
+    }
+
+    /// Name for reports: `SIGINT`, `SIGTERM`.
+    static func name(_ s: Int32) -> String {
+        switch s {
+        case SIGINT: return "SIGINT"
+        case SIGTERM: return "SIGTERM"
+        default: return "signal \(s)"
+        }
+    }
+}
+
+/// Newline-terminated lines from a descriptor (a child's stdin), read with read(2).
+final class LineReader: @unchecked Sendable {
+    // @unchecked: used by one thread at a time (the child's main thread reads the spec, then
+    // hands the reader to its control thread).
+    let fd: Int32
+    private var buffer: [UInt8] = []
+
+    init(fd: Int32) { self.fd = fd }
+
+    /// The next line without its newline, or nil at EOF (or on a read error).
+    func next() -> String? {
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            if let nl = buffer.firstIndex(of: UInt8(ascii: "\n")) {
+                let line = String(decoding: buffer[..<nl], as: UTF8.self)
+                buffer.removeSubrange(...nl)
+                return line
+            }
+            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n > 0 { buffer.append(contentsOf: chunk[0..<n]); continue }
+            if n < 0 && errno == EINTR { continue }
+            if buffer.isEmpty { return nil }
+            let line = String(decoding: buffer, as: UTF8.self)
+            buffer.removeAll()
+            return line
+        }
+    }
+}
