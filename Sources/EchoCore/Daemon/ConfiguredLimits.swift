@@ -5,11 +5,6 @@ import Logging
 
 /// Applies the `[Limits]` section to the process's resource limits.
 enum ConfiguredLimits {
-    /// Whether `a` and `b` ask for different limits (a reload applies them again only then).
-    static func differ(_ a: Configuration, _ b: Configuration) -> Bool {
-        a.noFile != b.noFile || a.nProc != b.nProc || a.core != b.core || a.stackSize != b.stackSize
-    }
-
     /// Sets the soft limits `config` asks for and logs, once, what is in force.
     ///
     /// - Throws: `StartupError` naming the key (and its `file:line`) when a value is above the
