@@ -64,3 +64,43 @@ import Testing
         #expect(!plan.limitsChanged)
     }
 }
+
+/// The thread and fork models' stop cadence, on a fake clock.
+@Suite struct StopEscalationTests {
+    @Test func asksEveryPeriodThenForcesOnceAtTheDeadline() {
+        var e = StopEscalation()
+        #expect(e.step(now: 10_000_000_000) == .wait)  // not stopping
+        #expect(e.nextRound(now: 0) == nil)
+        e.begin(deadline: 1_000_000_000, now: 0)
+        #expect(e.isStopping)
+        #expect(e.step(now: 50_000_000) == .wait)
+        #expect(e.nextRound(now: 50_000_000) == 50_000_000)
+        #expect(e.step(now: 100_000_000) == .ask)
+        #expect(e.step(now: 150_000_000) == .wait)
+        #expect(e.step(now: 999_999_999) == .ask)
+        #expect(!e.forced)
+        #expect(e.step(now: 1_100_000_000) == .force(first: true))
+        #expect(e.forced)
+        #expect(e.step(now: 1_200_000_000) == .force(first: false))
+    }
+}
+
+/// Each model's share of `MaxConnections=`.
+@Suite struct ConnectionLimitTests {
+    @Test func autoLeavesTheReservesAndTheModelCapApplies() {
+        var c = Configuration()
+        c.maxConnections = .auto
+        c.workers = 2
+        c.model = .event
+        #expect(EventModel.connectionLimit(c, openFileLimit: 1000, daemonReserve: 64) == 1000 - 64 - 4)
+        c.maxThreads = 100
+        #expect(ThreadModel.connectionLimit(c, openFileLimit: 1000, daemonReserve: 64) == 100)
+        c.maxChildren = 2000
+        #expect(ForkModel.connectionLimit(c, openFileLimit: 1000, daemonReserve: 64) == 1000 - 64)
+        c.maxConnections = .limit(50)
+        #expect(ForkModel.connectionLimit(c, openFileLimit: 1000, daemonReserve: 64) == 50)
+        #expect(EventModel.connectionLimit(c, openFileLimit: 10, daemonReserve: 64) == 50)
+        c.maxConnections = .auto
+        #expect(EventModel.connectionLimit(c, openFileLimit: 10, daemonReserve: 64) == 1)
+    }
+}

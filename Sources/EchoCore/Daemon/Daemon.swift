@@ -4,8 +4,7 @@
 //
 // What the lifecycle uses lives in rooms of its own: ListenerSet (Listeners.swift),
 // ConfiguredLimits, ReloadPlan (Reload.swift), StatusReporter (Status.swift), Watchdog,
-// EffectiveConnectionLimit, StartupError/ExitStatus.
-import CEchoShims
+// WatchdogTestTrigger, StartupError/ExitStatus; the models behind `ServingModel`.
 import Glibc
 import Logging
 
@@ -50,8 +49,14 @@ public final class Daemon {
     private var state: State = .starting {
         didSet { logger.debug("state changed", metadata: ["state": "\(state)"]) }
     }
-    private var workerCount = 0
     private var maxConnections = 0
+
+    /// Descriptors kept back from `MaxConnections=auto` for listeners, logs, the signalfd and
+    /// the like (the model adds its own, see `ServingModel.descriptorReserve`).
+    static let descriptorReserve = 64
+
+    /// While stopping, how often the control loop looks whether the model has finished (ns).
+    static let stopCheckInterval: Int64 = 20_000_000
 
     /// How often `STATUS=` is refreshed.
     public var statusInterval: Duration = .seconds(2)
@@ -87,31 +92,25 @@ public final class Daemon {
     /// - Throws: `StartupError` if the daemon cannot start; it has then told the service
     ///   manager why (`STATUS=` and `ERRNO=`).
     public func run() throws(StartupError) {
-        if configuration.watchdogTestTrigger {
-            // Still the only thread: the mask is inherited by every worker.
-            Signals.block([SIGUSR1])
-            logger.warning("WatchdogTestTrigger=yes: SIGUSR1 will hang a worker (for tests only)")
-        }
-        let signals = try makeSignalFD()
+        let testSignals = WatchdogTestTrigger.arm(configuration, logger: logger)
+        let signals = try makeSignalFD(daemonSignals + testSignals)
         let listeners: ListenerSet
         let model: ServingModel
         do throws(StartupError) {
             try ConfiguredLimits.apply(configuration, logger: logger)
             listeners = try ListenerSet.open(passed: passed, configuration: configuration, logger: logger)
-            workerCount = configuration.workers > 0 ? configuration.workers : Int(CEchoShims_available_cpus())
-            maxConnections = EffectiveConnectionLimit.resolve(configuration, workers: workerCount)
+            maxConnections = connectionLimit(configuration)
             model = try makeModel(listeners: listeners.descriptors)
         } catch {
             notifier.notify(error.notification)
             throw error
         }
         state = .serving(model)
-        var serving: Logger.Metadata = [
+        let serving: Logger.Metadata = [
             "model": "\(configuration.model.rawValue)", "max_connections": "\(maxConnections)",
             "listeners": "\(listeners.descriptors.count)",
         ]
-        if configuration.model == .event { serving["workers"] = "\(workerCount)" }
-        logger.info("serving", metadata: serving)
+        logger.info("serving", metadata: serving.merging(model.servingMetadata) { a, _ in a })
         var status = StatusReporter(summary: model.summary)
         notifier.notify("READY=1\nSTATUS=\(status.line(model.snapshot()))")
 
@@ -124,21 +123,18 @@ public final class Daemon {
             metadata: ["connections.accepted": "\(final.accepted)", "bytes.echoed": "\(final.bytesEchoed)"])
     }
 
+    /// `MaxConnections=` resolved for the configured model.
+    private func connectionLimit(_ config: Configuration) -> Int {
+        let soft = (try? ResourceLimits.get(ResourceLimits.noFile).soft) ?? 1024
+        return config.model.servingModel.connectionLimit(config, openFileLimit: soft, daemonReserve: Self.descriptorReserve)
+    }
+
     private func makeModel(listeners: [Int32]) throws(StartupError) -> ServingModel {
-        let settings = ModelSettings(
-            listeners: listeners, maxConnections: maxConnections, workers: workerCount,
-            threadStackSize: configuration.threadStackSize,
-            heartbeatMilliseconds: Watchdog.heartbeatMilliseconds(interval: watchdogInterval))
+        let context = ModelContext(
+            listeners: listeners, maxConnections: maxConnections,
+            heartbeatMilliseconds: Watchdog.heartbeatMilliseconds(interval: watchdogInterval), logger: logger)
         do {
-            let model: ServingModel
-            switch configuration.model {
-            case .event:
-                model = try EventModel(settings: settings, logger: logger)
-            case .thread:
-                model = try ThreadModel(settings: settings, logger: logger)
-            case .fork:
-                model = try ForkModel(settings: settings, logger: logger)
-            }
+            let model = try configuration.model.servingModel.init(configuration: configuration, context: context)
             try model.start()
             return model
         } catch {
@@ -146,9 +142,9 @@ public final class Daemon {
         }
     }
 
-    private func makeSignalFD() throws(StartupError) -> SignalFD {
+    private func makeSignalFD(_ signals: [Int32]) throws(StartupError) -> SignalFD {
         do {
-            return try SignalFD(daemonSignals + (configuration.watchdogTestTrigger ? [SIGUSR1] : []))
+            return try SignalFD(signals)
         } catch {
             let failure = StartupError("cannot create signalfd: \(error)", errno: error.errno)
             notifier.notify(failure.notification)
@@ -166,7 +162,10 @@ public final class Daemon {
         var nextStatus = monotonicNanoseconds() + statusInterval
         var watchdog = Watchdog(interval: watchdogInterval, start: monotonicNanoseconds())
         var pollSet: [pollfd] = []
-        while let model = state.model {
+        guard let model = state.model else { return }
+        // The thread and fork models accept here; the event model asks nothing of this loop.
+        let controlled = model as? ControlLoopModel
+        while true {
             let stopping = state.isStopping
             if stopping && model.isStopped { return }
             var now = monotonicNanoseconds()
@@ -186,28 +185,30 @@ public final class Daemon {
             }
             var wait = nextStatus - now
             if let due = watchdog.nextCheck { wait = min(wait, max(0, due - now)) }
-            if let tick = model.tickInterval { wait = min(wait, tick) }
+            if let tick = controlled?.tickInterval { wait = min(wait, tick) }
+            if stopping { wait = min(wait, Self.stopCheckInterval) }
             pollSet.removeAll(keepingCapacity: true)
             pollSet.append(pollfd(fd: signals.descriptor.rawValue, events: Int16(POLLIN), revents: 0))
-            for fd in model.controlDescriptors { pollSet.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
+            for fd in controlled?.controlDescriptors ?? [] {
+                pollSet.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0))
+            }
             let ready = poll(&pollSet, nfds_t(pollSet.count), Int32(max(0, wait / 1_000_000) + 1))
             now = monotonicNanoseconds()
-            if model.tickInterval != nil { model.tick(now: now) }
+            if let controlled, controlled.tickInterval != nil { controlled.tick(now: now) }
             guard ready > 0 else { continue }
             for p in pollSet.dropFirst() where p.revents != 0 {
-                model.controlDescriptorReadable(p.fd)
+                controlled?.controlDescriptorReadable(p.fd)
             }
             guard pollSet[0].revents != 0 else { continue }
             while let delivery = try? signals.nextDelivery() {
                 let signal = delivery.signal
                 switch signal {
                 case SIGCHLD:
-                    model.handleSignal(signal, from: delivery.pid)
+                    controlled?.childExited(delivery.pid)
                 case SIGHUP where !stopping:
                     reload(model: model, status: &status)
-                case SIGUSR1 where configuration.watchdogTestTrigger:
-                    logger.warning("SIGUSR1: hanging a worker (WatchdogTestTrigger)")
-                    model.hangWorkerForTest()
+                case WatchdogTestTrigger.signal where configuration.watchdogTestTrigger:
+                    WatchdogTestTrigger.fire(model, logger: logger)
                 case SIGTERM where !stopping, SIGINT where !stopping:
                     beginStop(model, signal: signal)
                     // The stop has its own STATUS= cadence and watchdog period from here.
@@ -264,7 +265,7 @@ public final class Daemon {
             }
         }
         logLevel.level = new.logLevel
-        let limit = EffectiveConnectionLimit.resolve(plan.applied, workers: workerCount)
+        let limit = connectionLimit(plan.applied)
         if limit != maxConnections {
             maxConnections = limit
             model.setMaxConnections(limit)
