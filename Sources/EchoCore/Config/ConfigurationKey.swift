@@ -50,7 +50,7 @@ struct ConfigurationKey: Sendable {
     static func elementID(_ id: String, _ index: Int) -> String { "\(id)[\(index)]" }
 
     /// A key holding one value; a later assignment replaces it.
-    static func single<Value: Equatable>(
+    static func single<Value: Equatable & Sendable>(
         _ section: String,
         _ name: String,
         _ path: WritableKeyPath<Configuration, Value> & Sendable,
@@ -88,7 +88,7 @@ struct ConfigurationKey: Sendable {
     ///
     /// The first assignment anywhere replaces the built-in default list rather than appending
     /// to it (the parser resets the list when it has no origin yet).
-    static func list<Element: Equatable>(
+    static func list<Element: Equatable & Sendable>(
         _ section: String,
         _ name: String,
         _ path: WritableKeyPath<Configuration, [Element]> & Sendable,

@@ -275,15 +275,3 @@ public final class Daemon {
         notifier.notify("READY=1\nSTATUS=\(status.line(model.snapshot()))")
     }
 }
-
-/// `SIGTERM`-style names for the signals echod handles.
-func signalName(_ signal: Int32) -> String {
-    switch signal {
-    case SIGHUP: return "SIGHUP"
-    case SIGTERM: return "SIGTERM"
-    case SIGINT: return "SIGINT"
-    case SIGCHLD: return "SIGCHLD"
-    case SIGUSR1: return "SIGUSR1"
-    default: return "signal \(signal)"
-    }
-}

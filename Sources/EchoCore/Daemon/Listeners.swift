@@ -4,21 +4,26 @@
 import Glibc
 import Logging
 
-/// The daemon's listening sockets, and their owner: each is closed exactly once, by `close()`
-/// or when the set goes away. Passed descriptors are our copies; systemd keeps its own for the
-/// next activation.
+/// The daemon's listening sockets, and their owner: each is a `FileDescriptor`, closed exactly
+/// once, by `close()` or when the set goes away. Passed descriptors are our copies; systemd
+/// keeps its own for the next activation.
 final class ListenerSet {
-    /// The descriptors, in `Listen=` (or `LISTEN_FDS`) order; empty once closed.
-    private(set) var descriptors: [Int32] = []
+    /// One listening socket (a class, so that an array can hold the ~Copyable owner).
+    private final class Listener {
+        let descriptor: FileDescriptor
+        init(_ descriptor: consuming FileDescriptor) { self.descriptor = descriptor }
+    }
+
+    private var listeners: [Listener] = []
+
+    /// The descriptors, in `Listen=` (or `LISTEN_FDS`) order, for the model; empty once closed.
+    var descriptors: [Int32] { listeners.map { $0.descriptor.rawValue } }
 
     private init() {}
 
-    deinit { close() }
-
-    /// Closes every listener (once; later calls do nothing).
+    /// Closes every listener (once; later calls find nothing to close).
     func close() {
-        for fd in descriptors { closeNoRetry(fd) }
-        descriptors.removeAll()
+        listeners.removeAll()
     }
 
     /// Takes the passed descriptors when there are any, else binds `Listen=`.
@@ -31,7 +36,7 @@ final class ListenerSet {
     {
         let set = ListenerSet()
         if !passed.isEmpty {
-            for p in passed { set.descriptors.append(try prepare(p, logger: logger)) }
+            for p in passed { set.listeners.append(Listener(try prepare(p, logger: logger))) }
             if !configuration.listen.isEmpty, configuration.origins["Server.Listen"] != nil {
                 logger.debug("Listen= ignored: sockets were passed by the service manager")
             }
@@ -51,8 +56,7 @@ final class ListenerSet {
                 try Socket.setOption(fd.rawValue, Int32(IPPROTO_TCP), TCP_NODELAY, 1, "setsockopt(TCP_NODELAY)")
                 let bound = (try? Socket.localAddress(fd.rawValue)).flatMap { $0 } ?? address
                 logger.info("listening", metadata: ["listen.address": "\(bound)", "listen.source": "config"])
-                // Ownership moves from the FileDescriptor to this set, which closes it.
-                set.descriptors.append(fd.release())
+                set.listeners.append(Listener(fd))
             } catch {
                 let origin = configuration.origins["Server.Listen"].map { " (\($0))" } ?? ""
                 throw StartupError("cannot listen on \(address)\(origin): \(error)", errno: error.errno)
@@ -62,8 +66,8 @@ final class ListenerSet {
     }
 
     /// Checks and prepares one passed descriptor.
-    /// - Returns: its number, now owned by the set.
-    private static func prepare(_ p: PassedDescriptor, logger: Logger) throws(StartupError) -> Int32 {
+    /// - Returns: its owner (a descriptor that fails the checks is left to the service manager).
+    private static func prepare(_ p: PassedDescriptor, logger: Logger) throws(StartupError) -> FileDescriptor {
         let kind = Socket.kind(of: p.fd)
         guard kind == .listeningStream else {
             throw StartupError(
@@ -81,6 +85,6 @@ final class ListenerSet {
         logger.info(
             "listening",
             metadata: ["listen.address": "\(address)", "listen.source": "systemd", "listen.name": "\(p.name)"])
-        return p.fd
+        return FileDescriptor(owning: p.fd)
     }
 }

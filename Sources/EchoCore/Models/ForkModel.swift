@@ -40,7 +40,7 @@ public final class ForkModel: ControlLoopModel {
     private var escalation = StopEscalation()
     private var sweepDue = false
     private var lastSweep: Int64 = 0
-    private var lastWarning: Int64 = 0
+    private var abnormalExit = RateLimitedWarning()
 
     /// - Throws: `SystemError` if the shared counter page cannot be mapped.
     public init(configuration: Configuration, context: ModelContext) throws(SystemError) {
@@ -155,13 +155,9 @@ public final class ForkModel: ControlLoopModel {
         let exitCode = (status >> 8) & 0xff
         let abnormal = (termSignal != 0 && !(escalation.forced && termSignal == SIGKILL)) || (termSignal == 0 && exitCode != 0)
         if abnormal {
-            let now = monotonicNanoseconds()
-            if now - lastWarning >= 1_000_000_000 {
-                lastWarning = now
-                logger.warning(
-                    "connection process ended abnormally",
-                    metadata: ["child.pid": "\(pid)", "child.signal": "\(termSignal)", "child.status": "\(exitCode)"])
-            }
+            abnormalExit.warn(
+                logger, "connection process ended abnormally",
+                metadata: ["child.pid": "\(pid)", "child.signal": "\(termSignal)", "child.status": "\(exitCode)"])
         }
     }
 
