@@ -14,8 +14,10 @@ let package = Package(
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
     ],
     targets: [
-        // The only C in the product: forwarders for what Glibc does not import
-        // (epoll, eventfd, signalfd, timerfd, accept4, prlimit, pipe2, dup3).
+        // The only C in the product: what Glibc does not import or Swift cannot do (accept4,
+        // prlimit, pipe2, close_range, the epoll/eventfd/signalfd/timerfd headers and constants,
+        // raw recv/send/epoll_wait, the fork child's and thread model's signal handlers, atomics
+        // on shared memory). See Sources/CEchoShims/include/CEchoShims.h.
         .target(
             name: "CEchoShims",
             cSettings: [.define("_GNU_SOURCE")]

@@ -24,10 +24,6 @@ int CEchoShims_pipe2(int fds[2], int flags) {
     return pipe2(fds, flags);
 }
 
-int CEchoShims_dup3(int oldfd, int newfd, int flags) {
-    return dup3(oldfd, newfd, flags);
-}
-
 int CEchoShims_available_cpus(void) {
     cpu_set_t set;
     CPU_ZERO(&set);
@@ -37,10 +33,6 @@ int CEchoShims_available_cpus(void) {
     }
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (int)n : 1;
-}
-
-int CEchoShims_gettid(void) {
-    return (int)syscall(SYS_gettid);
 }
 
 void CEchoShims_set_thread_name(const char *name) {
@@ -57,7 +49,7 @@ static void on_stop_signal(int signo) {
     stop_flag = 1;
 }
 
-int CEchoShims_install_stop_handler(int signo) {
+static int install_stop_handler(int signo) {
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_stop_signal;
@@ -68,10 +60,6 @@ int CEchoShims_install_stop_handler(int signo) {
 
 int CEchoShims_stop_requested(void) {
     return stop_flag != 0;
-}
-
-void CEchoShims_request_stop(void) {
-    stop_flag = 1;
 }
 
 static void on_interrupt_signal(int signo) {
@@ -100,7 +88,7 @@ void CEchoShims_child_signal_setup(void) {
     (void)sigaction(SIGINT, &sa, NULL);
     (void)sigaction(SIGHUP, &sa, NULL);
     (void)sigaction(SIGPIPE, &sa, NULL);
-    (void)CEchoShims_install_stop_handler(SIGTERM);
+    (void)install_stop_handler(SIGTERM);
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);

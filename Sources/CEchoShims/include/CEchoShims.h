@@ -3,7 +3,7 @@
 // This header must NOT define _GNU_SOURCE: doing so gives the Clang module a
 // different view of glibc's headers than Glibc's own module has, and the build
 // fails with "'__rusage_who' has different definitions in different modules".
-// The GNU-only functions (accept4, prlimit, pipe2, dup3) are therefore
+// The GNU-only functions (accept4, prlimit, pipe2, close_range) are therefore
 // declared here under our own prefixed names and defined in shims.c, which is
 // compiled with _GNU_SOURCE.
 #ifndef C_ECHO_SHIMS_H
@@ -27,29 +27,22 @@ int CEchoShims_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
 /// prlimit(2) on a resource given as a plain int (glibc's __rlimit_resource
 /// enum imports inconsistently).
 int CEchoShims_prlimit(pid_t pid, int resource, const struct rlimit *new_limit, struct rlimit *old_limit);
+/// pipe2(2) (echoload's process driver).
 int CEchoShims_pipe2(int fds[2], int flags);
-int CEchoShims_dup3(int oldfd, int newfd, int flags);
 /// Number of CPUs this thread may run on (sched_getaffinity + CPU_COUNT, so
 /// `taskset` is honoured); falls back to sysconf(_SC_NPROCESSORS_ONLN).
 int CEchoShims_available_cpus(void);
-/// The calling thread's kernel id (gettid(2)).
-int CEchoShims_gettid(void);
 /// Names the calling thread (pthread_setname_np(3)); at most 15 bytes are kept.
 void CEchoShims_set_thread_name(const char *name);
 
-/// Installs a handler for `signo` that only records a stop request, without SA_RESTART, so a
-/// thread or process blocked in read(2)/write(2) returns EINTR and can look at the flag.
-/// Async-signal-safe by construction: the handler stores one sig_atomic_t.
-int CEchoShims_install_stop_handler(int signo);
-/// Whether a stop was requested (by the handler, or by CEchoShims_request_stop()).
+/// Whether the fork child's SIGTERM handler (see CEchoShims_child_signal_setup) has run.
 int CEchoShims_stop_requested(void);
-/// Sets the stop flag from ordinary code (the thread model's control thread).
-void CEchoShims_request_stop(void);
 /// Installs a handler for `signo` that does nothing but interrupt a blocked system call
 /// (no SA_RESTART): the thread model's way to wake a connection thread for a stop.
 int CEchoShims_install_interrupt_handler(int signo);
 /// In a freshly forked child, before anything else: every signal back to its default
-/// disposition, SIGTERM to the stop handler, SIGINT/SIGHUP/SIGPIPE ignored (the parent decides
+/// disposition, SIGTERM to a handler that only records a stop request (one sig_atomic_t store;
+/// no SA_RESTART, so a blocked read(2)/write(2) returns EINTR and the child looks at the flag), SIGINT/SIGHUP/SIGPIPE ignored (the parent decides
 /// when children stop), and only then the inherited mask cleared, so a SIGTERM that arrived
 /// while the child was being set up is handled, never fatal.
 void CEchoShims_child_signal_setup(void);
@@ -88,7 +81,6 @@ static const uint32_t CEchoShims_EPOLLERR = EPOLLERR;
 static const uint32_t CEchoShims_EPOLLHUP = EPOLLHUP;
 static const uint32_t CEchoShims_EPOLLRDHUP = EPOLLRDHUP;
 static const uint32_t CEchoShims_EPOLLEXCLUSIVE = EPOLLEXCLUSIVE;
-static const uint32_t CEchoShims_EPOLLET = EPOLLET;
 static const int CEchoShims_SOCK_NONBLOCK = SOCK_NONBLOCK;
 static const int CEchoShims_SOCK_CLOEXEC = SOCK_CLOEXEC;
 static const int CEchoShims_SOCK_STREAM = SOCK_STREAM;

@@ -1,8 +1,19 @@
 // The table of configuration keys. Adding a key is adding an entry to `ConfigurationKey.all`
 // (plus its field in `Configuration`, its default in `Configuration.init()`, and its
 // documentation in etc/echod.conf); the parser, the layering of drop-ins, the duplicate check,
-// the origins and `rendered()` all work from this table.
+// the origins, `rendered()` and what a reload applies (`onReload`) all work from this table.
 import Logging
+
+/// What changing a key does when echod reloads its configuration (SIGHUP).
+enum ReloadEffect: Sendable, Equatable {
+    /// The new value is applied while running.
+    case live
+    /// The running value is kept until a restart; the change is logged as waiting for one.
+    case restart
+    /// Like `restart` when echod binds its own sockets; under socket activation the key is not
+    /// used at all, so the change is kept quietly.
+    case restartUnlessSocketsPassed
+}
 
 /// One key of the configuration file: where it lives, and how its value is parsed, reset and printed.
 struct ConfigurationKey: Sendable {
@@ -18,9 +29,19 @@ struct ConfigurationKey: Sendable {
     let reset: @Sendable (inout Configuration) -> Void
     /// The current value in file syntax; one string per element for a list key.
     let render: @Sendable (Configuration) -> [String]
+    /// Whether two configurations hold different values for this key.
+    let differs: @Sendable (Configuration, Configuration) -> Bool
+    /// Copies this key's value from the first configuration into the second.
+    let copy: @Sendable (Configuration, inout Configuration) -> Void
 
     /// The model this key is for, if only one: setting it while another model is selected is a warning.
     var model: ConcurrencyModel? = nil
+
+    /// What a reload does with a change of this key.
+    var onReload: ReloadEffect = .live
+
+    /// How logs and man pages name the key: `Model=` in `[Server]`, `[Thread] StackSize=` elsewhere.
+    var displayName: String { section == "Server" ? "\(name)=" : "[\(section)] \(name)=" }
 
     /// "Section.Key", the key of `Configuration.origins`.
     var id: String { "\(section).\(name)" }
@@ -29,11 +50,12 @@ struct ConfigurationKey: Sendable {
     static func elementID(_ id: String, _ index: Int) -> String { "\(id)[\(index)]" }
 
     /// A key holding one value; a later assignment replaces it.
-    static func single<Value>(
+    static func single<Value: Equatable & Sendable>(
         _ section: String,
         _ name: String,
         _ path: WritableKeyPath<Configuration, Value> & Sendable,
         model: ConcurrencyModel? = nil,
+        onReload: ReloadEffect = .live,
         parse: @escaping @Sendable (String) throws(ConfigurationValueError) -> Value,
         format: @escaping @Sendable (Value) -> String
     ) -> ConfigurationKey {
@@ -44,17 +66,20 @@ struct ConfigurationKey: Sendable {
             assign: { (config, text) throws(ConfigurationValueError) in config[keyPath: path] = try parse(text) },
             reset: { config in config[keyPath: path] = Configuration()[keyPath: path] },
             render: { config in [format(config[keyPath: path])] },
-            model: model
+            differs: { a, b in a[keyPath: path] != b[keyPath: path] },
+            copy: { from, to in to[keyPath: path] = from[keyPath: path] },
+            model: model,
+            onReload: onReload
         )
     }
 
     /// A key holding a decimal number in `range`.
     static func integer(
         _ section: String, _ name: String, _ path: WritableKeyPath<Configuration, Int> & Sendable,
-        in range: ClosedRange<Int>, model: ConcurrencyModel? = nil
+        in range: ClosedRange<Int>, model: ConcurrencyModel? = nil, onReload: ReloadEffect = .live
     ) -> ConfigurationKey {
         .single(
-            section, name, path, model: model,
+            section, name, path, model: model, onReload: onReload,
             parse: { (text) throws(ConfigurationValueError) in try ConfigurationValueParser.integer(text, in: range) },
             format: { String($0) })
     }
@@ -63,10 +88,11 @@ struct ConfigurationKey: Sendable {
     ///
     /// The first assignment anywhere replaces the built-in default list rather than appending
     /// to it (the parser resets the list when it has no origin yet).
-    static func list<Element>(
+    static func list<Element: Equatable & Sendable>(
         _ section: String,
         _ name: String,
         _ path: WritableKeyPath<Configuration, [Element]> & Sendable,
+        onReload: ReloadEffect = .live,
         parse: @escaping @Sendable (String) throws(ConfigurationValueError) -> Element,
         format: @escaping @Sendable (Element) -> String
     ) -> ConfigurationKey {
@@ -76,21 +102,24 @@ struct ConfigurationKey: Sendable {
             isList: true,
             assign: { (config, text) throws(ConfigurationValueError) in config[keyPath: path].append(try parse(text)) },
             reset: { config in config[keyPath: path] = [] },
-            render: { config in config[keyPath: path].map(format) }
+            render: { config in config[keyPath: path].map(format) },
+            differs: { a, b in a[keyPath: path] != b[keyPath: path] },
+            copy: { from, to in to[keyPath: path] = from[keyPath: path] },
+            onReload: onReload
         )
     }
 
     /// Every key, in the order `rendered()` prints them.
     static let all: [ConfigurationKey] = [
         .single(
-            "Server", "Model", \.model,
+            "Server", "Model", \.model, onReload: .restart,
             parse: { (text) throws(ConfigurationValueError) in
                 try ConfigurationValueParser.choice(text, of: ConcurrencyModel.self)
             },
             format: { $0.rawValue }
         ),
         .list(
-            "Server", "Listen", \.listen,
+            "Server", "Listen", \.listen, onReload: .restartUnlessSocketsPassed,
             parse: { (text) throws(ConfigurationValueError) in
                 do throws(SocketAddress.ParseError) {
                     return try SocketAddress(parsing: text)
@@ -100,7 +129,7 @@ struct ConfigurationKey: Sendable {
             },
             format: { $0.description }
         ),
-        .integer("Server", "Workers", \.workers, in: 0...1024),
+        .integer("Server", "Workers", \.workers, in: 0...1024, onReload: .restart),
         .single(
             "Server", "MaxConnections", \.maxConnections,
             parse: { (text) throws(ConfigurationValueError) in
@@ -115,7 +144,7 @@ struct ConfigurationKey: Sendable {
             }
         ),
         .single(
-            "Server", "Backlog", \.backlog,
+            "Server", "Backlog", \.backlog, onReload: .restartUnlessSocketsPassed,
             parse: { (text) throws(ConfigurationValueError) in
                 Int32(try ConfigurationValueParser.integer(text, in: 1...1_000_000))
             },
@@ -174,7 +203,7 @@ struct ConfigurationKey: Sendable {
             format: { $0?.description ?? "" }
         ),
         .single(
-            "Thread", "StackSize", \.threadStackSize, model: .thread,
+            "Thread", "StackSize", \.threadStackSize, model: .thread, onReload: .restart,
             parse: { (text) throws(ConfigurationValueError) in
                 guard let n = ConfigurationValueParser.size(text), n >= 16 * 1024, n <= 64 * 1024 * 1024 else {
                     throw ConfigurationValueError("expected a size from 16K to 64M, e.g. '64K'")

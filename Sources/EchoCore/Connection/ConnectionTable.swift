@@ -34,6 +34,9 @@ struct Connection {
 
 /// A worker's connections, indexed by slot, in one contiguous allocation that doubles as needed.
 ///
+/// The table owns its connections' descriptors: `allocate` takes ownership of one, and `close`
+/// is the only way it is closed (once, with the slot freed in the same step).
+///
 /// Not thread-safe: owned by one worker thread. Storage is manual (not an Array) so that the hot
 /// path indexes a pointer without copy-on-write or exclusivity checks.
 @usableFromInline
@@ -82,7 +85,15 @@ struct ConnectionTable: ~Copyable {
         return slot
     }
 
-    /// Returns `slot` to the free list and bumps its generation.
+    /// Closes the connection's descriptor and frees its slot. Any pending buffer must have been
+    /// handed back first.
+    mutating func close(_ slot: Int32) {
+        closeNoRetry(base[Int(slot)].fd)
+        free(slot)
+    }
+
+    /// Returns `slot` to the free list and bumps its generation (without closing anything: for
+    /// tests of the table itself; connections go through `close`).
     mutating func free(_ slot: Int32) {
         let entry = base.advanced(by: Int(slot))
         precondition(entry.pointee.fd >= 0 && entry.pointee.pending == nil, "freeing a slot that is not cleaned up")

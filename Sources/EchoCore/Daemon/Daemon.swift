@@ -1,75 +1,43 @@
-// The daemon's life: start (rlimits, listeners, workers), READY=1, periodic STATUS=, reload on
-// SIGHUP, graceful stop on SIGTERM/SIGINT. Signals arrive through a signalfd read by the control
-// thread (the thread that called `run`), never through asynchronous handlers.
-import CEchoShims
+// The daemon's life: start (rlimits, listeners, the serving model), READY=1, periodic STATUS=,
+// reload on SIGHUP, graceful stop on SIGTERM/SIGINT. Signals arrive through a signalfd read by
+// the control thread (the thread that called `run`), never through asynchronous handlers.
+//
+// What the lifecycle uses lives in rooms of its own: ListenerSet (Listeners.swift),
+// ConfiguredLimits, ReloadPlan (Reload.swift), StatusReporter (Status.swift), Watchdog,
+// WatchdogTestTrigger, StartupError/ExitStatus; the models behind `ServingModel`.
 import Glibc
 import Logging
-
-/// Exit statuses from sysexits.h that echod uses.
-public enum ExitStatus {
-    public static let success: Int32 = 0
-    /// A runtime failure (a socket that cannot be bound, threads that cannot start).
-    public static let failure: Int32 = 1
-    /// EX_CONFIG: the configuration is wrong.
-    public static let config: Int32 = 78
-}
-
-/// A start-up failure: what went wrong, the errno if one applies, and the exit status.
-public struct StartupError: Error, CustomStringConvertible, Sendable {
-    public var message: String
-    public var errno: Int32?
-    public var exitStatus: Int32
-
-    public init(_ message: String, errno: Int32? = nil, exitStatus: Int32 = ExitStatus.failure) {
-        self.message = message
-        self.errno = errno
-        self.exitStatus = exitStatus
-    }
-
-    public var description: String { message }
-}
 
 /// Signals the control thread handles; block them (`Signals.block`) before any thread starts.
 public let daemonSignals: [Int32] = [SIGHUP, SIGTERM, SIGINT, SIGCHLD]
 
-/// Where the configuration came from, so a reload can read it again.
-public struct ConfigurationSource: Sendable {
-    public var path: String
-    public var explicitlyRequested: Bool
-
-    public init(path: String, explicitlyRequested: Bool) {
-        self.path = path
-        self.explicitlyRequested = explicitlyRequested
-    }
-}
-
-extension ConfigurationSource {
-    /// Reads the configuration, writing every warning and error to stderr as its own
-    /// `file:line: message` line (with a priority prefix under journald), as at start and on
-    /// reload alike.
-    ///
-    /// - Throws: `ConfigurationError` when the configuration is invalid (already reported).
-    public func loadReportingDiagnostics() throws(ConfigurationError) -> Configuration {
-        do {
-            let (loaded, warnings) = try ConfigurationLoader.load(path: path, explicitlyRequested: explicitlyRequested)
-            for w in warnings { EchodLogHandler.writeDiagnostic("\(w)", level: .warning) }
-            return loaded
-        } catch {
-            for d in error.diagnostics {
-                EchodLogHandler.writeDiagnostic("\(d)", level: d.severity == .error ? .error : .warning)
-            }
-            throw error
-        }
-    }
-}
-
 /// The echo daemon: owns the listeners and the serving model, and answers signals.
 public final class Daemon {
-    /// The daemon's lifecycle; each case carries what exists in that state.
+    /// The daemon's lifecycle; each case carries what exists in that state, and the control
+    /// loop reads it to know what to do.
     enum State {
-        case idle
-        case running(ServingModel)
-        case stopped
+        /// Before `run` has started the model.
+        case starting
+        /// Serving connections.
+        case serving(ServingModel)
+        /// A stop signal arrived: the model finishes open connections until `deadline`
+        /// (CLOCK_MONOTONIC nanoseconds).
+        case stopping(ServingModel, deadline: Int64)
+        /// Every connection is closed; the final totals.
+        case stopped(ServerSnapshot)
+
+        /// The running model, while there is one.
+        var model: ServingModel? {
+            switch self {
+            case .serving(let m), .stopping(let m, _): return m
+            case .starting, .stopped: return nil
+            }
+        }
+
+        var isStopping: Bool {
+            if case .stopping = self { return true }
+            return false
+        }
     }
 
     private var configuration: Configuration
@@ -78,28 +46,25 @@ public final class Daemon {
     private var logger: Logger
     private let logLevel: LogLevelSetting
     private let passed: [PassedDescriptor]
-    private var state: State = .idle {
+    private var state: State = .starting {
         didSet { logger.debug("state changed", metadata: ["state": "\(state)"]) }
     }
-    /// Listening sockets, owned here (closed by `closeListeners`).
-    private var listeners: [Int32] = []
-    private var workerCount = 0
     private var maxConnections = 0
+
+    /// Descriptors kept back from `MaxConnections=auto` for listeners, logs, the signalfd and
+    /// the like (the model adds its own, see `ServingModel.descriptorReserve`).
+    static let descriptorReserve = 64
+
+    /// While stopping, how often the control loop looks whether the model has finished (ns).
+    static let stopCheckInterval: Int64 = 20_000_000
 
     /// How often `STATUS=` is refreshed.
     public var statusInterval: Duration = .seconds(2)
 
-    /// systemd's `WatchdogSec=`, if set: pings go out at half of it, and only while every worker
-    /// is making progress.
+    /// systemd's `WatchdogSec=` in nanoseconds, if set: pings go out at half of it, and only
+    /// while every worker is making progress.
     private var watchdogInterval: Int64? {
         notifier.watchdogInterval.map { nanoseconds($0) }
-    }
-
-    /// Idle workers turn their loop at least this often (a quarter of the watchdog interval,
-    /// at most a second), so that idleness is never mistaken for a hang.
-    private var heartbeatMilliseconds: Int {
-        guard let w = watchdogInterval else { return 1000 }
-        return Int(min(1000, max(20, w / 4 / 1_000_000)))
     }
 
     /// - Parameters:
@@ -127,64 +92,49 @@ public final class Daemon {
     /// - Throws: `StartupError` if the daemon cannot start; it has then told the service
     ///   manager why (`STATUS=` and `ERRNO=`).
     public func run() throws(StartupError) {
-        if configuration.watchdogTestTrigger {
-            // Still the only thread: the mask is inherited by every worker.
-            Signals.block([SIGUSR1])
-            logger.warning("WatchdogTestTrigger=yes: SIGUSR1 will hang a worker (for tests only)")
-        }
-        let signals = try makeSignalFD()
+        let testSignals = WatchdogTestTrigger.arm(configuration, logger: logger)
+        let signals = try makeSignalFD(daemonSignals + testSignals)
+        let listeners: ListenerSet
         let model: ServingModel
         do throws(StartupError) {
-            try applyResourceLimits(configuration)
-            try openListeners()
-            workerCount = configuration.workers > 0 ? configuration.workers : Int(CEchoShims_available_cpus())
-            maxConnections = effectiveMaxConnections(configuration)
-            model = try makeModel()
+            try ConfiguredLimits.apply(configuration, logger: logger)
+            listeners = try ListenerSet.open(passed: passed, configuration: configuration, logger: logger)
+            maxConnections = connectionLimit(configuration)
+            model = try makeModel(listeners: listeners.descriptors)
         } catch {
-            closeListeners()
-            let errnoLine = error.errno.map { "\nERRNO=\($0)" } ?? ""
-            notifier.notify("STATUS=Failed to start: \(error.message)\(errnoLine)")
+            notifier.notify(error.notification)
             throw error
         }
-        state = .running(model)
-        var serving: Logger.Metadata = [
+        state = .serving(model)
+        let serving: Logger.Metadata = [
             "model": "\(configuration.model.rawValue)", "max_connections": "\(maxConnections)",
-            "listeners": "\(listeners.count)",
+            "listeners": "\(listeners.descriptors.count)",
         ]
-        if configuration.model == .event { serving["workers"] = "\(workerCount)" }
-        logger.info("serving", metadata: serving)
+        logger.info("serving", metadata: serving.merging(model.servingMetadata) { a, _ in a })
         var status = StatusReporter(summary: model.summary)
         notifier.notify("READY=1\nSTATUS=\(status.line(model.snapshot()))")
 
-        let stopSignal = controlLoop(signals: signals, model: model, status: &status, stopping: false)
-        logger.info("stop requested", metadata: ["signal": "\(signalName(stopSignal))"])
-
-        notifier.notify("STOPPING=1\nSTATUS=Stopping: finishing open connections")
-        logger.info("stopping", metadata: ["connections.open": "\(model.snapshot().open)"])
-        model.beginStop(deadline: monotonicNanoseconds() + nanoseconds(configuration.stopTimeout))
-        _ = controlLoop(signals: signals, model: model, status: &status, stopping: true)
-        closeListeners()
-        state = .stopped
+        controlLoop(signals: signals, status: &status)
+        listeners.close()
         let final = model.snapshot()
+        state = .stopped(final)
         logger.info(
             "stopped",
             metadata: ["connections.accepted": "\(final.accepted)", "bytes.echoed": "\(final.bytesEchoed)"])
     }
 
-    private func makeModel() throws(StartupError) -> ServingModel {
-        let settings = ModelSettings(
-            listeners: listeners, maxConnections: maxConnections, workers: workerCount,
-            threadStackSize: configuration.threadStackSize, heartbeatMilliseconds: heartbeatMilliseconds)
+    /// `MaxConnections=` resolved for the configured model.
+    private func connectionLimit(_ config: Configuration) -> Int {
+        let soft = (try? ResourceLimits.get(ResourceLimits.noFile).soft) ?? 1024
+        return config.model.servingModel.connectionLimit(config, openFileLimit: soft, daemonReserve: Self.descriptorReserve)
+    }
+
+    private func makeModel(listeners: [Int32]) throws(StartupError) -> ServingModel {
+        let context = ModelContext(
+            listeners: listeners, maxConnections: maxConnections,
+            heartbeatMilliseconds: Watchdog.heartbeatMilliseconds(interval: watchdogInterval), logger: logger)
         do {
-            let model: ServingModel
-            switch configuration.model {
-            case .event:
-                model = try EventModel(settings: settings, logger: logger)
-            case .thread:
-                model = try ThreadModel(settings: settings, logger: logger)
-            case .fork:
-                model = try ForkModel(settings: settings, logger: logger)
-            }
+            let model = try configuration.model.servingModel.init(configuration: configuration, context: context)
             try model.start()
             return model
         } catch {
@@ -192,32 +142,32 @@ public final class Daemon {
         }
     }
 
-    private func makeSignalFD() throws(StartupError) -> SignalFD {
+    private func makeSignalFD(_ signals: [Int32]) throws(StartupError) -> SignalFD {
         do {
-            return try SignalFD(daemonSignals + (configuration.watchdogTestTrigger ? [SIGUSR1] : []))
+            return try SignalFD(signals)
         } catch {
-            let message = "cannot create signalfd: \(error)"
-            notifier.notify("STATUS=Failed to start: \(message)\nERRNO=\(error.errno)")
-            throw StartupError(message, errno: error.errno)
+            let failure = StartupError("cannot create signalfd: \(error)", errno: error.errno)
+            notifier.notify(failure.notification)
+            throw failure
         }
     }
 
     // MARK: - Control loop
 
-    /// The control thread's loop: signals, the model's descriptors (the thread and fork models
-    /// accept here), periodic STATUS=, the model's ticks.
-    ///
-    /// - Returns: when not `stopping`, the signal that asked for a stop; when `stopping`, 0 once
-    ///   the model has finished its stop.
-    private func controlLoop(
-        signals: borrowing SignalFD, model: ServingModel, status: inout StatusReporter, stopping: Bool
-    ) -> Int32 {
+    /// The control thread's loop, from `.serving` until the model has finished its stop:
+    /// signals, the model's descriptors (the thread and fork models accept here), periodic
+    /// STATUS=, the watchdog, the model's ticks.
+    private func controlLoop(signals: borrowing SignalFD, status: inout StatusReporter) {
         let statusInterval = nanoseconds(self.statusInterval)
         var nextStatus = monotonicNanoseconds() + statusInterval
         var watchdog = Watchdog(interval: watchdogInterval, start: monotonicNanoseconds())
         var pollSet: [pollfd] = []
+        guard let model = state.model else { return }
+        // The thread and fork models accept here; the event model asks nothing of this loop.
+        let controlled = model as? ControlLoopModel
         while true {
-            if stopping && model.isStopped { return 0 }
+            let stopping = state.isStopping
+            if stopping && model.isStopped { return }
             var now = monotonicNanoseconds()
             if now >= nextStatus {
                 notifier.notify("STATUS=\(stopping ? "Stopping: " : "")\(status.line(model.snapshot()))")
@@ -235,39 +185,58 @@ public final class Daemon {
             }
             var wait = nextStatus - now
             if let due = watchdog.nextCheck { wait = min(wait, max(0, due - now)) }
-            if let tick = model.tickInterval { wait = min(wait, tick) }
+            if let tick = controlled?.tickInterval { wait = min(wait, tick) }
+            if stopping { wait = min(wait, Self.stopCheckInterval) }
             pollSet.removeAll(keepingCapacity: true)
             pollSet.append(pollfd(fd: signals.descriptor.rawValue, events: Int16(POLLIN), revents: 0))
-            for fd in model.controlDescriptors { pollSet.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
+            for fd in controlled?.controlDescriptors ?? [] {
+                pollSet.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0))
+            }
             let ready = poll(&pollSet, nfds_t(pollSet.count), Int32(max(0, wait / 1_000_000) + 1))
             now = monotonicNanoseconds()
-            if model.tickInterval != nil { model.tick(now: now) }
+            if let controlled, controlled.tickInterval != nil { controlled.tick(now: now) }
             guard ready > 0 else { continue }
             for p in pollSet.dropFirst() where p.revents != 0 {
-                model.controlDescriptorReadable(p.fd)
+                controlled?.controlDescriptorReadable(p.fd)
             }
             guard pollSet[0].revents != 0 else { continue }
             while let delivery = try? signals.nextDelivery() {
                 let signal = delivery.signal
                 switch signal {
                 case SIGCHLD:
-                    model.handleSignal(signal, from: delivery.pid)
+                    controlled?.childExited(delivery.pid)
                 case SIGHUP where !stopping:
                     reload(model: model, status: &status)
-                case SIGUSR1 where configuration.watchdogTestTrigger:
-                    logger.warning("SIGUSR1: hanging a worker (WatchdogTestTrigger)")
-                    model.hangWorkerForTest()
-                case SIGTERM, SIGINT:
-                    if !stopping { return signal }
+                case WatchdogTestTrigger.signal where configuration.watchdogTestTrigger:
+                    WatchdogTestTrigger.fire(model, logger: logger)
+                case SIGTERM where !stopping, SIGINT where !stopping:
+                    beginStop(model, signal: signal)
+                    // The stop has its own STATUS= cadence and watchdog period from here.
+                    nextStatus = monotonicNanoseconds() + statusInterval
+                    watchdog = Watchdog(interval: watchdogInterval, start: monotonicNanoseconds())
                 default:
                     break
                 }
+                // Signals queued behind a stop request are read in the stop's own turns.
+                if state.isStopping != stopping { break }
             }
         }
     }
 
+    /// `.serving` to `.stopping`: tells the service manager and the model.
+    private func beginStop(_ model: ServingModel, signal: Int32) {
+        logger.info("stop requested", metadata: ["signal": "\(signalName(signal))"])
+        notifier.notify("STOPPING=1\nSTATUS=Stopping: finishing open connections")
+        logger.info("stopping", metadata: ["connections.open": "\(model.snapshot().open)"])
+        let deadline = monotonicNanoseconds() + nanoseconds(configuration.stopTimeout)
+        model.beginStop(deadline: deadline)
+        state = .stopping(model, deadline: deadline)
+    }
+
     // MARK: - Reload
 
+    /// Reads the configuration again and applies what can change while running; the rest waits
+    /// for a restart (see `ReloadPlan`).
     private func reload(model: ServingModel, status: inout StatusReporter) {
         // MONOTONIC_USEC lets systemd 253+ (Type=notify-reload) tie this to the request; 252
         // ignores it.
@@ -281,267 +250,28 @@ public final class Daemon {
             notifier.notify("READY=1\nSTATUS=Reload failed, running on previous configuration: \(error.diagnostics.first.map { "\($0)" } ?? "")")
             return
         }
-        let old = configuration
-        var needsRestart: [String] = []
-        if new.model != old.model { needsRestart.append("Model=") }
-        if new.workers != old.workers { needsRestart.append("Workers=") }
-        if new.threadStackSize != old.threadStackSize { needsRestart.append("[Thread] StackSize=") }
-        if passed.isEmpty && new.listen != old.listen { needsRestart.append("Listen=") }
-        if passed.isEmpty && new.backlog != old.backlog { needsRestart.append("Backlog=") }
-        if !needsRestart.isEmpty {
+        var plan = ReloadPlan(running: configuration, loaded: new, socketsPassed: !passed.isEmpty)
+        if !plan.restartKeys.isEmpty {
             logger.warning(
                 "changed settings take effect only after a restart",
-                metadata: ["keys": "\(needsRestart.joined(separator: " "))"])
+                metadata: ["keys": "\(plan.restartKeys.joined(separator: " "))"])
         }
-        var applied = new
-        // Keep what needs a restart as it is running, so a later reload compares against reality.
-        applied.model = old.model
-        applied.workers = old.workers
-        applied.listen = old.listen
-        applied.backlog = old.backlog
-        applied.threadStackSize = old.threadStackSize
-        do {
-            if new.noFile != old.noFile || new.nProc != old.nProc || new.core != old.core
-                || new.stackSize != old.stackSize
-            {
-                try applyResourceLimits(new)
+        if plan.limitsChanged {
+            do {
+                try ConfiguredLimits.apply(new, logger: logger)
+            } catch {
+                logger.error("reload: cannot apply [Limits]; keeping the previous limits", metadata: ["error": "\(error)"])
+                plan.keepLimits(of: configuration)
             }
-        } catch {
-            logger.error("reload: cannot apply [Limits]; keeping the previous limits", metadata: ["error": "\(error)"])
-            applied.noFile = old.noFile
-            applied.nProc = old.nProc
-            applied.core = old.core
-            applied.stackSize = old.stackSize
         }
         logLevel.level = new.logLevel
-        let limit = effectiveMaxConnections(applied)
+        let limit = connectionLimit(plan.applied)
         if limit != maxConnections {
             maxConnections = limit
             model.setMaxConnections(limit)
         }
-        configuration = applied
+        configuration = plan.applied
         logger.info("configuration reloaded", metadata: ["max_connections": "\(maxConnections)"])
         notifier.notify("READY=1\nSTATUS=\(status.line(model.snapshot()))")
-    }
-
-    // MARK: - Start-up steps
-
-    /// Applies `[Limits]` (NoFile=, NProc=, Core=, StackSize=) to the soft limits and logs, once,
-    /// what is in force.
-    private func applyResourceLimits(_ config: Configuration) throws(StartupError) {
-        // (key, log label, resource, value, the unit file's setting for the hard limit)
-        let wanted: [(String, String, Int32, ResourceLimitValue?, String)] = [
-            ("NoFile", "limit.nofile", ResourceLimits.noFile, config.noFile, "LimitNOFILE="),
-            ("NProc", "limit.nproc", ResourceLimits.nProc, config.nProc, "LimitNPROC="),
-            ("Core", "limit.core", ResourceLimits.core, config.core, "LimitCORE="),
-            ("StackSize", "limit.stack", ResourceLimits.stack, config.stackSize, "LimitSTACK="),
-        ]
-        var metadata: Logger.Metadata = [:]
-        for (key, label, resource, value, unitSetting) in wanted {
-            let applied = try applyLimit(
-                key: key, resource: resource, value: value, unitSetting: unitSetting,
-                origin: config.origins["Limits.\(key)"])
-            metadata[label] = "\(ResourceLimit.format(applied.soft))"
-            metadata[label + ".hard"] = "\(ResourceLimit.format(applied.hard))"
-        }
-        logger.info("resource limits applied", metadata: metadata)
-    }
-
-    /// Sets one soft limit (`max`: up to the hard limit; nil: leave it).
-    /// - Returns: the limit now in force.
-    private func applyLimit(
-        key: String, resource: Int32, value: ResourceLimitValue?, unitSetting: String, origin: SourceLocation?
-    )
-        throws(StartupError) -> ResourceLimit
-    {
-        let current: ResourceLimit
-        do {
-            current = try ResourceLimits.get(resource)
-        } catch {
-            throw StartupError("cannot read the \(key)= limit: \(error)", errno: error.errno)
-        }
-        var wanted = current
-        switch value {
-        case nil: return current
-        case .max: wanted.soft = current.hard
-        case .value(let v):
-            guard v <= current.hard else {
-                let at = origin.map { "\($0): " } ?? ""
-                throw StartupError(
-                    "\(at)\(key)=\(v) is above the hard limit (\(ResourceLimit.format(current.hard))); "
-                        + "raise \(unitSetting) in the unit or use \(key)=max",
-                    errno: EPERM, exitStatus: ExitStatus.config)
-            }
-            wanted.soft = v
-        }
-        guard wanted != current else { return current }
-        do {
-            try ResourceLimits.set(resource, wanted)
-        } catch {
-            throw StartupError("cannot set the \(key)= limit to \(wanted): \(error)", errno: error.errno)
-        }
-        return wanted
-    }
-
-    /// Descriptors kept back from `MaxConnections=auto` for listeners, logs, the signalfd and
-    /// the like, besides the two (epoll, eventfd) of each event-model worker.
-    static let descriptorReserve = 64
-
-    /// `MaxConnections=` resolved (`auto`: the open-file soft limit less a reserve), combined with
-    /// the model's own limit (`MaxThreads=`, `MaxChildren=`).
-    private func effectiveMaxConnections(_ config: Configuration) -> Int {
-        var limit: Int
-        switch config.maxConnections {
-        case .limit(let n):
-            limit = n
-        case .auto:
-            let soft = (try? ResourceLimits.get(ResourceLimits.noFile).soft) ?? 1024
-            let usable = min(soft, UInt64(Int32.max))
-            let reserve = Self.descriptorReserve + (config.model == .event ? 2 * workerCount : 0)
-            limit = max(1, Int(usable) - reserve)
-        }
-        switch config.model {
-        case .event: break
-        case .thread: limit = min(limit, config.maxThreads)
-        case .fork: limit = min(limit, config.maxChildren)
-        }
-        return limit
-    }
-
-    /// Closes our copies of the listeners (systemd keeps its own for the next activation).
-    private func closeListeners() {
-        for fd in listeners { closeNoRetry(fd) }
-        listeners.removeAll()
-    }
-
-    private func openListeners() throws(StartupError) {
-        if !passed.isEmpty {
-            for p in passed {
-                let kind = Socket.kind(of: p.fd)
-                guard kind == .listeningStream else {
-                    throw StartupError(
-                        "passed descriptor \(p.fd) (\(p.name)) is \(kind), not a listening stream socket; "
-                            + "check ListenStream= in the socket unit",
-                        errno: EINVAL)
-                }
-                do {
-                    try Socket.makeNonBlockingCloseOnExec(p.fd)
-                    try Socket.setOption(p.fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1, "setsockopt(TCP_NODELAY)")
-                } catch {
-                    throw StartupError("cannot prepare passed descriptor \(p.fd) (\(p.name)): \(error)", errno: error.errno)
-                }
-                let address = (try? Socket.localAddress(p.fd)).flatMap { $0 }.map { "\($0)" } ?? "unknown"
-                logger.info(
-                    "listening",
-                    metadata: ["listen.address": "\(address)", "listen.source": "systemd", "listen.name": "\(p.name)"])
-                listeners.append(p.fd)
-            }
-            if !configuration.listen.isEmpty, configuration.origins["Server.Listen"] != nil {
-                logger.debug("Listen= ignored: sockets were passed by the service manager")
-            }
-            return
-        }
-        if configuration.listen.isEmpty {
-            let at = configuration.origins["Server.Listen"].map { "\($0): " } ?? ""
-            throw StartupError(
-                "\(at)no Listen= address is configured and the service manager passed no sockets",
-                errno: EINVAL, exitStatus: ExitStatus.config)
-        }
-        for address in configuration.listen {
-            do {
-                let fd = try Socket.listen(on: address, backlog: configuration.backlog)
-                // Accepted sockets inherit TCP_NODELAY from the listener: echoes go out at once
-                // without a setsockopt per connection.
-                try Socket.setOption(fd.rawValue, Int32(IPPROTO_TCP), TCP_NODELAY, 1, "setsockopt(TCP_NODELAY)")
-                let bound = (try? Socket.localAddress(fd.rawValue)).flatMap { $0 } ?? address
-                logger.info("listening", metadata: ["listen.address": "\(bound)", "listen.source": "config"])
-                listeners.append(fd.release())
-            } catch {
-                let origin = configuration.origins["Server.Listen"].map { " (\($0))" } ?? ""
-                throw StartupError("cannot listen on \(address)\(origin): \(error)", errno: error.errno)
-            }
-        }
-    }
-}
-
-/// Formats the `STATUS=` line, with the echo rate since the previous line.
-struct StatusReporter {
-    let summary: String
-    private var lastBytes: UInt64 = 0
-    private var lastTime = monotonicNanoseconds()
-
-    init(summary: String) {
-        self.summary = summary
-    }
-
-    mutating func line(_ s: ServerSnapshot) -> String {
-        let now = monotonicNanoseconds()
-        let seconds = Double(max(1, now - lastTime)) / 1e9
-        let rate = Double(s.bytesEchoed &- lastBytes) / seconds
-        lastBytes = s.bytesEchoed
-        lastTime = now
-        return "\(summary): \(s.open) open, \(s.accepted) accepted, "
-            + "\(formatBytes(Double(s.bytesEchoed))) echoed, \(formatBytes(rate))/s"
-    }
-}
-
-/// Decides, at half the watchdog interval, whether to send `WATCHDOG=1`: only when every
-/// worker's progress counter has moved since the last check.
-struct Watchdog {
-    enum Verdict: Equatable {
-        case ping
-        /// Workers (by index) whose counter has not moved: no ping (logged once per stall).
-        case stalled([Int])
-        /// Stalled, and already reported.
-        case quiet
-    }
-
-    let interval: Int64?
-    private(set) var nextCheck: Int64?
-    private var last: [UInt64] = []
-    private var reported = false
-
-    init(interval: Int64?, start: Int64) {
-        self.interval = interval
-        nextCheck = interval.map { start + $0 / 2 }
-    }
-
-    mutating func check(_ progress: [UInt64], now: Int64) -> Verdict {
-        if let interval { nextCheck = now + interval / 2 }
-        defer { last = progress }
-        let stuck = progress.indices.filter { $0 < last.count && progress[$0] == last[$0] }
-        if stuck.isEmpty {
-            reported = false
-            return .ping
-        }
-        if reported { return .quiet }
-        reported = true
-        return .stalled(stuck)
-    }
-}
-
-/// `1.5 MiB`-style binary units.
-func formatBytes(_ bytes: Double) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-    var v = bytes
-    var i = 0
-    while v >= 1024 && i < units.count - 1 {
-        v /= 1024
-        i += 1
-    }
-    if i == 0 { return "\(Int(v)) B" }
-    let tenths = Int((v * 10).rounded())
-    return "\(tenths / 10).\(tenths % 10) \(units[i])"
-}
-
-/// `SIGTERM`-style names for the signals echod handles.
-func signalName(_ signal: Int32) -> String {
-    switch signal {
-    case SIGHUP: return "SIGHUP"
-    case SIGTERM: return "SIGTERM"
-    case SIGINT: return "SIGINT"
-    case SIGCHLD: return "SIGCHLD"
-    case SIGUSR1: return "SIGUSR1"
-    default: return "signal \(signal)"
     }
 }

@@ -47,7 +47,7 @@ final class Worker: @unchecked Sendable {
     // Accepting state; `reconcileListening` makes the epoll registrations match.
     @exclusivity(unchecked) private var listenersRegistered = false
     @exclusivity(unchecked) private var pausedAtLimit = false
-    @exclusivity(unchecked) private var backoffUntil: Int64? = nil
+    @exclusivity(unchecked) private var backoff: AcceptBackoff
     @exclusivity(unchecked) private var draining = false
     private var drainStarted: Int64 = 0
 
@@ -55,7 +55,7 @@ final class Worker: @unchecked Sendable {
     @exclusivity(unchecked) private var accepted: UInt64 = 0
     @exclusivity(unchecked) private var bytesEchoed: UInt64 = 0
     @exclusivity(unchecked) private var turns: UInt64 = 0
-    private var lastWarning: Int64 = 0
+    private var warning = RateLimitedWarning()
 
     private static let listenerTag: UInt64 = 1 << 63
     private static let wakeupTag: UInt64 = 1 << 62
@@ -70,6 +70,7 @@ final class Worker: @unchecked Sendable {
         var logger = logger
         logger[metadataKey: "worker.index"] = "\(index)"
         self.logger = logger
+        self.backoff = AcceptBackoff(logger: logger)
         self.readBuffer = .allocate(byteCount: echoBufferSize, alignment: 16)
         bufferPool.reserveCapacity(Self.bufferPoolLimit)
         drainAgain.reserveCapacity(64)
@@ -81,10 +82,8 @@ final class Worker: @unchecked Sendable {
         // Only after the loop failed: close what is left without waking peers, whose eventfds
         // may be closed (and their numbers reused) by now.
         for slot in table.usedSlots() {
-            let c = table.entry(slot)
-            releasePending(c)
-            closeNoRetry(c.pointee.fd)
-            table.free(slot)
+            releasePending(table.entry(slot))
+            table.close(slot)
         }
         readBuffer.deallocate()
         for b in bufferPool { b.deallocate() }
@@ -128,7 +127,7 @@ final class Worker: @unchecked Sendable {
             }
             if !drainAgain.isEmpty { retryDraining() }
             publish()
-            if backoffUntil != nil || draining {
+            if backoff.isActive || draining {
                 if tick() { break }
             }
         }
@@ -139,9 +138,9 @@ final class Worker: @unchecked Sendable {
         // Wake regularly so the heartbeat shows the worker alive even when idle.
         var timeout = Int64(control.heartbeatMilliseconds.load(ordering: .relaxed))
         if !drainAgain.isEmpty { return 0 }
-        if backoffUntil == nil && !draining { return Int32(timeout) }  // the common case: no clock read
+        if !backoff.isActive && !draining { return Int32(timeout) }  // the common case: no clock read
         let now = monotonicNanoseconds()
-        if let until = backoffUntil { timeout = min(timeout, max(0, (until - now) / 1_000_000 + 1)) }
+        if let until = backoff.until { timeout = min(timeout, max(0, (until - now) / 1_000_000 + 1)) }
         if draining {
             let deadline = control.stopDeadline.load(ordering: .relaxed)
             timeout = min(timeout, max(0, (deadline - now) / 1_000_000 + 1), 50)
@@ -153,10 +152,7 @@ final class Worker: @unchecked Sendable {
     /// - Returns: true when the worker is done.
     private func tick() -> Bool {
         let now = monotonicNanoseconds()
-        if let until = backoffUntil, now >= until {
-            backoffUntil = nil
-            try? reconcileListening()
-        }
+        if backoff.expire(now: now) { try? reconcileListening() }
         if draining {
             if table.count == 0 { return true }
             finishQuietConnections(now: now)
@@ -176,6 +172,7 @@ final class Worker: @unchecked Sendable {
         counters.accepted.store(accepted, ordering: .relaxed)
         counters.bytesEchoed.store(bytesEchoed, ordering: .relaxed)
         counters.open.store(table.count, ordering: .relaxed)
+        counters.acceptBackoffs.store(backoff.count, ordering: .relaxed)
     }
 
     // MARK: - Accepting
@@ -183,7 +180,7 @@ final class Worker: @unchecked Sendable {
     /// Registers or unregisters the listeners so that the worker accepts exactly when it should:
     /// not stopping, not at the connection limit, not backing off after EMFILE.
     private func reconcileListening() throws(SystemError) {
-        let want = !draining && !pausedAtLimit && backoffUntil == nil
+        let want = !draining && !pausedAtLimit && !backoff.isActive
         guard want != listenersRegistered else { return }
         for (i, fd) in listeners.enumerated() {
             if want {
@@ -233,16 +230,11 @@ final class Worker: @unchecked Sendable {
     /// - Returns: true to go on accepting.
     private func handleAcceptError(_ error: SystemError) -> Bool {
         if Socket.isTransientAcceptError(error.errno) { return true }
-        switch error.errno {
-        default:
-            // EMFILE, ENFILE, ENOBUFS, ENOMEM: accepting again at once would spin. Stop polling
-            // the listeners for a second; connections wait in the kernel's backlog meanwhile.
-            counters.acceptBackoffs.add(1, ordering: .relaxed)
-            warnRateLimited("accept failed; pausing accepts for 1s", error)
-            backoffUntil = monotonicNanoseconds() + 1_000_000_000
-            try? reconcileListening()
-            return false
-        }
+        // EMFILE, ENFILE, ENOBUFS, ENOMEM: accepting again at once would spin. Stop polling the
+        // listeners for a second; connections wait in the kernel's backlog meanwhile.
+        backoff.pause("accept failed; pausing accepts for 1s", error)
+        try? reconcileListening()
+        return false
     }
 
     private func pauseAtLimit() {
@@ -397,11 +389,9 @@ final class Worker: @unchecked Sendable {
     }
 
     private func close(_ slot: Int32) {
-        let c = table.entry(slot)
-        releasePending(c)
+        releasePending(table.entry(slot))
         // close(2) also removes the descriptor from this epoll instance (it is not dup'ed).
-        closeNoRetry(c.pointee.fd)
-        table.free(slot)
+        table.close(slot)
         releaseSlot()
     }
 
@@ -411,13 +401,8 @@ final class Worker: @unchecked Sendable {
     /// good while there is room.
     private func releaseSlot() {
         if control.releaseConnection() {
-            for peer in peers { wake(peer) }
+            for peer in peers { EventFD.add(1, to: peer) }
         }
-    }
-
-    private func wake(_ fd: Int32) {
-        var one: UInt64 = 1
-        _ = Glibc.write(fd, &one, 8)
     }
 
     // MARK: - Graceful stop
@@ -496,9 +481,6 @@ final class Worker: @unchecked Sendable {
     // MARK: - Diagnostics
 
     private func warnRateLimited(_ message: Logger.Message, _ error: SystemError) {
-        let now = monotonicNanoseconds()
-        guard now - lastWarning >= 1_000_000_000 else { return }
-        lastWarning = now
-        logger.warning(message, metadata: ["error": "\(error)"])
+        warning.warn(logger, message, metadata: ["error": "\(error)"])
     }
 }

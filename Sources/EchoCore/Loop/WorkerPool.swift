@@ -55,8 +55,7 @@ public final class WorkerPool: @unchecked Sendable {
             do {
                 threads.append(
                     try JoinableThread(name: "echod-w\(w.index)") {
-                        var one: UInt64 = 1
-                        _ = Glibc.write(latch, &one, 8)
+                        EventFD.add(1, to: latch)
                         w.run()
                         finished.value.add(1, ordering: .releasing)
                     })
@@ -71,8 +70,7 @@ public final class WorkerPool: @unchecked Sendable {
         var pfd = pollfd(fd: startedLatch.descriptor.rawValue, events: Int16(POLLIN), revents: 0)
         while started < UInt64(workers.count) {
             _ = poll(&pfd, 1, 1000)
-            var value: UInt64 = 0
-            if Glibc.read(startedLatch.descriptor.rawValue, &value, 8) == 8 { started += value }
+            started += startedLatch.drain()
         }
     }
 

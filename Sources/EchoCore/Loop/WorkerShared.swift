@@ -76,14 +76,6 @@ public final class WorkerCounters: Sendable {
     public init() {}
 }
 
-/// Monotonic clock in nanoseconds (`CLOCK_MONOTONIC`).
-@inline(__always)
-public func monotonicNanoseconds() -> Int64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
-}
-
 /// An atomic integer that can be shared by reference between threads.
 public final class SharedCounter: Sendable {
     public let value = Atomic<Int>(0)

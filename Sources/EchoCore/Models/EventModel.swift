@@ -1,28 +1,34 @@
+import CEchoShims
 import Glibc
 import Logging
 
-/// The event model: a pool of epoll worker threads (see `Worker`). It needs nothing from the
-/// control loop; the loop only waits for the workers to finish a stop.
+/// The event model: a pool of epoll worker threads (see `Worker`), each accepting and echoing
+/// on its own. It needs nothing from the control loop, which only waits for a stop to finish.
 public final class EventModel: ServingModel {
     private let pool: WorkerPool
     private let workers: Int
     private var stopping = false
 
+    /// `Workers=`, with 0 meaning one per CPU this process may run on.
+    static func workerCount(_ configuration: Configuration) -> Int {
+        configuration.workers > 0 ? configuration.workers : Int(CEchoShims_available_cpus())
+    }
+
     /// - Throws: `SystemError` if an epoll instance or eventfd cannot be made.
-    public init(settings: ModelSettings, logger: Logger) throws(SystemError) {
-        workers = settings.workers
+    public init(configuration: Configuration, context: ModelContext) throws(SystemError) {
+        workers = Self.workerCount(configuration)
         pool = try WorkerPool(
-            listeners: settings.listeners, workerCount: settings.workers,
-            maxConnections: settings.maxConnections, heartbeatMilliseconds: settings.heartbeatMilliseconds,
-            logger: logger)
+            listeners: context.listeners, workerCount: workers,
+            maxConnections: context.maxConnections, heartbeatMilliseconds: context.heartbeatMilliseconds,
+            logger: context.logger)
+    }
+
+    /// Each worker's epoll instance and eventfd.
+    public static func descriptorReserve(_ configuration: Configuration) -> Int {
+        2 * workerCount(configuration)
     }
 
     public func start() throws(SystemError) { try pool.start() }
-    public var controlDescriptors: [Int32] { [] }
-    public func controlDescriptorReadable(_ fd: Int32) {}
-    public func handleSignal(_ signal: Int32, from pid: pid_t) {}
-    public func tick(now: Int64) {}
-    public var tickInterval: Int64? { stopping ? 20_000_000 : nil }
 
     public func beginStop(deadline: Int64) {
         stopping = true
@@ -41,7 +47,10 @@ public final class EventModel: ServingModel {
 
     public func progress() -> [UInt64] { pool.heartbeats() }
 
-    public func hangWorkerForTest() { pool.hangFirstWorker() }
+    /// Test-only (`[Debug] WatchdogTestTrigger=yes`): makes worker 0 hang.
+    func hangWorkerForTest() { pool.hangFirstWorker() }
 
     public var summary: String { "event model, \(workers) worker\(workers == 1 ? "" : "s")" }
+
+    public var servingMetadata: Logger.Metadata { ["workers": "\(workers)"] }
 }

@@ -20,7 +20,7 @@ import Glibc
 import Logging
 
 /// A process per connection.
-public final class ForkModel: ServingModel {
+public final class ForkModel: ControlLoopModel {
     static let bufferSize = 16 * 1024
 
     private let listeners: [Int32]
@@ -37,20 +37,17 @@ public final class ForkModel: ServingModel {
     private let childBuffer: UnsafeMutableRawPointer
     private var accepted: UInt64 = 0
     private var backoff: AcceptBackoff
-    private var stopping = false
-    private var deadline: Int64 = .max
-    private var killed = false
-    private var lastSignal: Int64 = 0
+    private var escalation = StopEscalation()
     private var sweepDue = false
     private var lastSweep: Int64 = 0
-    private var lastWarning: Int64 = 0
+    private var abnormalExit = RateLimitedWarning()
 
     /// - Throws: `SystemError` if the shared counter page cannot be mapped.
-    public init(settings: ModelSettings, logger: Logger) throws(SystemError) {
-        listeners = settings.listeners
-        limit = settings.maxConnections
-        self.logger = logger
-        backoff = AcceptBackoff(logger: logger)
+    public init(configuration: Configuration, context: ModelContext) throws(SystemError) {
+        listeners = context.listeners
+        limit = context.maxConnections
+        logger = context.logger
+        backoff = AcceptBackoff(logger: context.logger)
         let page = mmap(nil, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)
         guard let page, page != MAP_FAILED else { throw SystemError("mmap", errno: errno) }
         sharedBytes = page.bindMemory(to: UInt64.self, capacity: 1)
@@ -69,11 +66,14 @@ public final class ForkModel: ServingModel {
         munmap(childBuffer, Self.bufferSize)
     }
 
+    /// `MaxChildren=`.
+    public static func connectionCap(_ configuration: Configuration) -> Int? { configuration.maxChildren }
+
     public func start() throws(SystemError) {}
 
     /// Whether a new connection may be taken, back-off aside (the accept loop checks that one
     /// itself; reading `backoff` from inside its own mutating call would be an exclusivity error).
-    private var roomForMore: Bool { !stopping && children.count < limit }
+    private var roomForMore: Bool { !escalation.isStopping && children.count < limit }
 
     private var accepting: Bool { roomForMore && !backoff.isActive }
 
@@ -81,7 +81,7 @@ public final class ForkModel: ServingModel {
 
     public func controlDescriptorReadable(_ fd: Int32) {
         var spawned: [pid_t] = []
-        backoff.acceptConnections(from: fd, while: { !stopping && children.count + spawned.count < limit }) {
+        backoff.acceptConnections(from: fd, while: { !escalation.isStopping && children.count + spawned.count < limit }) {
             (connection) throws(AcceptBackoff.HandlerFailure) in
             spawned.append(try spawnChild(for: connection))
         }
@@ -122,8 +122,7 @@ public final class ForkModel: ServingModel {
         _exit(0)
     }
 
-    public func handleSignal(_ signal: Int32, from pid: pid_t) {
-        guard signal == SIGCHLD else { return }
+    public func childExited(_ pid: pid_t) {
         // waitpid(-1) walks every child in the kernel (wait_consider_task), so reaping n exits
         // that way costs O(n^2): with 19000 children that was most of the parent's CPU in perf.
         // Reap the child the signal names directly, which is O(1), and sweep with waitpid(-1)
@@ -154,15 +153,11 @@ public final class ForkModel: ServingModel {
         children.remove(pid)
         let termSignal = status & 0x7f
         let exitCode = (status >> 8) & 0xff
-        let abnormal = (termSignal != 0 && !(killed && termSignal == SIGKILL)) || (termSignal == 0 && exitCode != 0)
+        let abnormal = (termSignal != 0 && !(escalation.forced && termSignal == SIGKILL)) || (termSignal == 0 && exitCode != 0)
         if abnormal {
-            let now = monotonicNanoseconds()
-            if now - lastWarning >= 1_000_000_000 {
-                lastWarning = now
-                logger.warning(
-                    "connection process ended abnormally",
-                    metadata: ["child.pid": "\(pid)", "child.signal": "\(termSignal)", "child.status": "\(exitCode)"])
-            }
+            abnormalExit.warn(
+                logger, "connection process ended abnormally",
+                metadata: ["child.pid": "\(pid)", "child.signal": "\(termSignal)", "child.status": "\(exitCode)"])
         }
     }
 
@@ -170,7 +165,7 @@ public final class ForkModel: ServingModel {
         let now = monotonicNanoseconds()
         let due = [
             sweepDue ? lastSweep + 100_000_000 - now : nil,
-            stopping ? lastSignal + 100_000_000 - now : nil,
+            escalation.nextRound(now: now),
             backoff.remaining,
         ].compactMap { $0 }
         return due.min().map { max(0, $0) }
@@ -179,30 +174,24 @@ public final class ForkModel: ServingModel {
     public func tick(now: Int64) {
         backoff.expire(now: now)
         if sweepDue && now - lastSweep >= 100_000_000 { reapChildren() }
-        guard stopping else { return }
-        // The control loop turns for every SIGCHLD during a stop; signalling every other child
-        // each time would be quadratic. Every 100 ms is enough.
-        guard now - lastSignal >= 100_000_000 else { return }
-        lastSignal = now
-        if now >= deadline && !killed {
-            killed = true
+        switch escalation.step(now: now) {
+        case .wait, .force(first: false):
+            return
+        case .ask:
+            for pid in children { kill(pid, SIGTERM) }
+        case .force(first: true):
             logger.warning("stop timeout reached; killing remaining connection processes", metadata: ["children": "\(children.count)"])
             for pid in children { kill(pid, SIGKILL) }
-            return
         }
-        // Repeated: a SIGTERM that lands just before a child enters read() only sets its flag.
-        if !killed { for pid in children { kill(pid, SIGTERM) } }
     }
 
     public func beginStop(deadline: Int64) {
-        stopping = true
-        self.deadline = deadline
-        lastSignal = monotonicNanoseconds()
+        escalation.begin(deadline: deadline, now: monotonicNanoseconds())
         for pid in children { kill(pid, SIGTERM) }
     }
 
     public var isStopped: Bool {
-        stopping && children.isEmpty
+        escalation.isStopping && children.isEmpty
     }
 
     public func setMaxConnections(_ limit: Int) { self.limit = limit }
@@ -215,12 +204,6 @@ public final class ForkModel: ServingModel {
         s.acceptBackoffs = backoff.count
         return s
     }
-
-    /// Nothing to watch beyond the control loop itself, which is what sends the pings: a
-    /// connection thread or child blocked in read() is idle, not hung.
-    public func progress() -> [UInt64] { [] }
-
-    public func hangWorkerForTest() {}
 
     public var summary: String { "fork model" }
 }

@@ -10,7 +10,7 @@ import Logging
 import Synchronization
 
 /// A thread per connection.
-public final class ThreadModel: ServingModel {
+public final class ThreadModel: ControlLoopModel {
     /// Signal used to interrupt a connection thread's blocking call during a stop.
     static let interruptSignal = SIGUSR2
     /// Each connection thread's echo buffer (on the heap, not the small stack).
@@ -22,10 +22,7 @@ public final class ThreadModel: ServingModel {
     private let state: SharedState
     private var accepted: UInt64 = 0
     private var backoff: AcceptBackoff
-    private var stopping = false
-    private var deadline: Int64 = .max
-    private var forcedClose = false
-    private var lastInterrupt: Int64 = 0
+    private var escalation = StopEscalation()
 
     /// What connection threads share with the control thread.
     final class SharedState: Sendable {
@@ -47,13 +44,16 @@ public final class ThreadModel: ServingModel {
     }
 
     /// - Throws: `SystemError` if the eventfd cannot be made.
-    public init(settings: ModelSettings, logger: Logger) throws(SystemError) {
-        listeners = settings.listeners
-        stackSize = settings.threadStackSize
-        self.logger = logger
-        backoff = AcceptBackoff(logger: logger)
-        state = try SharedState(limit: settings.maxConnections)
+    public init(configuration: Configuration, context: ModelContext) throws(SystemError) {
+        listeners = context.listeners
+        stackSize = configuration.threadStackSize
+        logger = context.logger
+        backoff = AcceptBackoff(logger: context.logger)
+        state = try SharedState(limit: context.maxConnections)
     }
+
+    /// `MaxThreads=`.
+    public static func connectionCap(_ configuration: Configuration) -> Int? { configuration.maxThreads }
 
     public func start() throws(SystemError) {
         // Process-wide disposition; the signal is only ever sent to connection threads.
@@ -65,7 +65,7 @@ public final class ThreadModel: ServingModel {
     /// Whether a new connection may be taken, back-off aside (the accept loop checks that one
     /// itself; reading `backoff` from inside its own mutating call would be an exclusivity error).
     private var roomForMore: Bool {
-        !stopping && state.open.load(ordering: .relaxed) < state.limit.load(ordering: .relaxed)
+        !escalation.isStopping && state.open.load(ordering: .relaxed) < state.limit.load(ordering: .relaxed)
     }
 
     private var accepting: Bool { roomForMore && !backoff.isActive }
@@ -124,27 +124,25 @@ public final class ThreadModel: ServingModel {
         }
     }
 
-    public func handleSignal(_ signal: Int32, from pid: pid_t) {}
-
     public var tickInterval: Int64? {
-        stopping ? 100_000_000 : backoff.remaining
+        escalation.isStopping ? StopEscalation.period : backoff.remaining
     }
 
     public func tick(now: Int64) {
         backoff.expire(now: now)
-        // The control loop turns for every thread that ends during a stop; interrupting all the
-        // others each time would be quadratic. Every 100 ms is enough.
-        guard stopping, now - lastInterrupt >= 100_000_000 else { return }
-        lastInterrupt = now
-        if now >= deadline {
+        switch escalation.step(now: now) {
+        case .wait:
+            return
+        case .ask:
+            break
+        case .force(let first):
             // Out of time: shut the sockets under the threads; their blocked calls return. Again
-            // on every tick, for threads that registered after the first pass.
+            // on every round, for threads that registered after the first.
             let left = state.threads.withLock { threads in
                 for fd in threads.keys { shutdown(fd, Int32(SHUT_RDWR)) }
                 return threads.count
             }
-            if !forcedClose {
-                forcedClose = true
+            if first {
                 logger.warning("stop timeout reached; closed remaining connections", metadata: ["connections.closed": "\(left)"])
             }
         }
@@ -152,8 +150,7 @@ public final class ThreadModel: ServingModel {
     }
 
     /// Interrupts every connection thread's blocking call so it sees the stop flag; repeated
-    /// by `tick` because a signal that lands just before a thread enters read() only sets an
-    /// already-set flag.
+    /// by `tick` (see `StopEscalation`).
     private func interruptAll() {
         state.threads.withLock { threads in
             for thread in threads.values { pthread_kill(thread, Self.interruptSignal) }
@@ -161,14 +158,12 @@ public final class ThreadModel: ServingModel {
     }
 
     public func beginStop(deadline: Int64) {
-        stopping = true
-        self.deadline = deadline
+        escalation.begin(deadline: deadline, now: monotonicNanoseconds())
         state.stopping.store(true, ordering: .relaxed)
-        lastInterrupt = monotonicNanoseconds()
         interruptAll()
     }
 
-    public var isStopped: Bool { stopping && state.open.load(ordering: .relaxed) == 0 }
+    public var isStopped: Bool { escalation.isStopping && state.open.load(ordering: .relaxed) == 0 }
 
     public func setMaxConnections(_ limit: Int) {
         state.limit.store(limit, ordering: .relaxed)
@@ -182,12 +177,6 @@ public final class ThreadModel: ServingModel {
         s.acceptBackoffs = backoff.count
         return s
     }
-
-    /// Nothing to watch beyond the control loop itself, which is what sends the pings: a
-    /// connection thread or child blocked in read() is idle, not hung.
-    public func progress() -> [UInt64] { [] }
-
-    public func hangWorkerForTest() {}
 
     public var summary: String { "thread model, \(stackSize / 1024)K stacks" }
 }

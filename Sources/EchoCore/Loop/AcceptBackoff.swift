@@ -1,15 +1,16 @@
 import Glibc
 import Logging
 
-/// The accept loop of the models that accept on the control thread (thread and fork), with its
-/// back-off: after a resource error (EMFILE, ENFILE, ENOMEM, EAGAIN from pthread_create or fork)
-/// accepting pauses for a second instead of spinning, and connections wait in the backlog.
+/// The pause after a resource error (EMFILE, ENFILE, ENOMEM, EAGAIN from pthread_create or
+/// fork): accepting stops for a second instead of spinning, and connections wait in the kernel's
+/// backlog. The event model's workers keep one each; the thread and fork models' accept loop on
+/// the control thread (`acceptConnections`) is built on it.
 struct AcceptBackoff {
     /// CLOCK_MONOTONIC nanoseconds when accepting may resume, while paused.
     private(set) var until: Int64? = nil
     /// Pauses so far.
     private(set) var count: UInt64 = 0
-    private var lastWarning: Int64 = 0
+    private var warning = RateLimitedWarning()
     private let logger: Logger
 
     init(logger: Logger) {
@@ -24,17 +25,17 @@ struct AcceptBackoff {
     /// Pauses accepting for a second, logging at most one warning a second.
     mutating func pause(_ message: Logger.Message, _ error: SystemError) {
         count &+= 1
-        let now = monotonicNanoseconds()
-        until = now + 1_000_000_000
-        if now - lastWarning >= 1_000_000_000 {
-            lastWarning = now
-            logger.warning(message, metadata: ["error": "\(error)"])
-        }
+        until = monotonicNanoseconds() + 1_000_000_000
+        warning.warn(logger, message, metadata: ["error": "\(error)"])
     }
 
     /// Ends the pause once its time has come.
-    mutating func expire(now: Int64) {
-        if let until, now >= until { self.until = nil }
+    /// - Returns: true when the pause ended now.
+    @discardableResult
+    mutating func expire(now: Int64) -> Bool {
+        guard let until, now >= until else { return false }
+        self.until = nil
+        return true
     }
 
     /// What a connection handler reports when it could not take the connection for lack of a
