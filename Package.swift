@@ -32,6 +32,7 @@ let package = Package(
             name: "EchoCore",
             dependencies: [
                 "CEchoShims",
+                "EchoBuildInfo",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

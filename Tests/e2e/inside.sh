@@ -414,12 +414,18 @@ scenario_model() {
         || fail "echoload stream failed: $(echo "$out" | tail -2 | tr '\n' ' ')"
     wait_for 5 "StatusText of the $model model" sh -c "systemctl show -P StatusText echod | grep -q '^$model model'"
     echo "  StatusText: $(prop echod.service StatusText)"
+    # The same figures for scrapers, in /run/echod (RuntimeDirectory=), readable by others.
+    wait_for 5 "/run/echod/echod.prom of the $model model" grep -q "^echod_info{.*model=\"$model\"} 1$" /run/echod/echod.prom
+    grep -q '^echod_connections_accepted_total [1-9]' /run/echod/echod.prom \
+        || fail "echod.prom: $(grep accepted_total /run/echod/echod.prom)"
+    [ "$(stat -c %a /run/echod/echod.prom)" = 644 ] || fail "echod.prom mode $(stat -c %a /run/echod/echod.prom)"
     local pid
     pid=$(prop echod.service MainPID)
     reload_and_wait
     expect_prop echod.service MainPID "$pid"
     echo_check 4
     stop_with_connections "$model"
+    [ ! -e /run/echod/echod.prom ] || fail "/run/echod/echod.prom left after the stop"
     set_dropin ''
     end
 }

@@ -50,6 +50,10 @@ public final class Daemon {
         didSet { logger.debug("state changed", metadata: ["state": "\(state)"]) }
     }
     private var maxConnections = 0
+    /// The STATUS= figures as a Prometheus text file in `$RUNTIME_DIRECTORY` (see `MetricsFile`).
+    private var metrics = MetricsPublisher(file: nil, model: "")
+    /// What the daemon reads of its environment (`RUNTIME_DIRECTORY`, set by systemd).
+    private let environment: [String: String]
 
     /// Descriptors kept back from `MaxConnections=auto` for listeners, logs, the signalfd and
     /// the like (the model adds its own, see `ServingModel.descriptorReserve`).
@@ -84,6 +88,7 @@ public final class Daemon {
         self.notifier = notifier
         self.logLevel = logLevel
         self.logger = logger
+        environment = getenv("RUNTIME_DIRECTORY").map { ["RUNTIME_DIRECTORY": String(cString: $0)] } ?? [:]
     }
 
     /// Runs until SIGTERM or SIGINT and a graceful stop.
@@ -112,15 +117,25 @@ public final class Daemon {
         ]
         logger.info("serving", metadata: serving.merging(model.servingMetadata) { a, _ in a })
         var status = StatusReporter(summary: model.summary)
-        notifier.notify("READY=1\nSTATUS=\(status.line(model.snapshot()))")
+        metrics = MetricsPublisher(
+            file: MetricsFile.inRuntimeDirectory(environment: environment), model: configuration.model.rawValue)
+        notifier.notify("READY=1\nSTATUS=\(publishStatus(&status, model))")
 
         controlLoop(signals: signals, status: &status)
         listeners.close()
         let final = model.snapshot()
         state = .stopped(final)
+        metrics.remove()
         logger.info(
             "stopped",
             metadata: ["connections.accepted": "\(final.accepted)", "bytes.echoed": "\(final.bytesEchoed)"])
+    }
+
+    /// The `STATUS=` line for the model's figures now; the metrics file gets the same figures.
+    private func publishStatus(_ status: inout StatusReporter, _ model: ServingModel) -> String {
+        let snapshot = model.snapshot()
+        metrics.publish(snapshot, logger: logger)
+        return status.line(snapshot)
     }
 
     /// `MaxConnections=` resolved for the configured model.
@@ -170,7 +185,7 @@ public final class Daemon {
             if stopping && model.isStopped { return }
             var now = monotonicNanoseconds()
             if now >= nextStatus {
-                notifier.notify("STATUS=\(stopping ? "Stopping: " : "")\(status.line(model.snapshot()))")
+                notifier.notify("STATUS=\(stopping ? "Stopping: " : "")\(publishStatus(&status, model))")
                 nextStatus = now + statusInterval
             }
             if let due = watchdog.nextCheck, now >= due {
@@ -272,6 +287,6 @@ public final class Daemon {
         }
         configuration = plan.applied
         logger.info("configuration reloaded", metadata: ["max_connections": "\(maxConnections)"])
-        notifier.notify("READY=1\nSTATUS=\(status.line(model.snapshot()))")
+        notifier.notify("READY=1\nSTATUS=\(publishStatus(&status, model))")
     }
 }

@@ -1,4 +1,6 @@
+import EchoBuildInfo
 import Glibc
+import Logging
 
 /// The figures of `STATUS=` as a Prometheus text-format file (exposition format 0.0.4), for
 /// node_exporter's textfile collector or any scraper that reads files.
@@ -112,4 +114,37 @@ public struct MetricsFile: Sendable {
         let frac = millis % 1000
         return "\(millis / 1000).\(frac < 10 ? "00" : frac < 100 ? "0" : "")\(frac)"
     }
+}
+
+/// Keeps the metrics file in step with `STATUS=`: the daemon calls `publish` wherever it sends a
+/// `STATUS=` line with the model's figures, and `remove` once it has stopped.
+struct MetricsPublisher {
+    let file: MetricsFile?
+    private let model: String
+    private let startTime: Double
+    private var warning = RateLimitedWarning()
+
+    /// - Parameters:
+    ///   - file: where to write; nil writes nothing (echod not started with `RuntimeDirectory=`).
+    ///   - model: the serving model's name.
+    init(file: MetricsFile?, model: String) {
+        self.file = file
+        self.model = model
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        startTime = Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+    }
+
+    /// Rewrites the file; a failure is logged (at most once a second) and serving goes on.
+    mutating func publish(_ snapshot: ServerSnapshot, logger: Logger) {
+        guard let file else { return }
+        do {
+            try file.replace(
+                with: MetricsFile.render(snapshot, model: model, version: BuildInfo.version, startTime: startTime))
+        } catch {
+            warning.warn(logger, "cannot write the metrics file", metadata: ["error": "\(error)", "path": "\(file.path)"])
+        }
+    }
+
+    func remove() { file?.remove() }
 }
