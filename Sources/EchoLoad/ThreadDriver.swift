@@ -43,7 +43,7 @@ final class ThreadShared: Sendable {
     let control: RunControl
     let live: LiveCounters
     private let lastResolved = Atomic<Int64>(0)
-    private let tally: Mutex<Tally>
+    private let tally: Locked<Tally>
     /// Latency histograms, striped so threads rarely wait on each other's lock.
     let stripes: [LockedHistogram]
 
@@ -53,7 +53,7 @@ final class ThreadShared: Sendable {
         self.live = live
         var t = Tally()
         t.requested = options.connections
-        tally = Mutex(t)
+        tally = Locked(t)
         let measuresLatency = options.mode == .pingpong || options.mode == .rate
         stripes = (0..<(measuresLatency ? 8 : 0)).map { _ in LockedHistogram() }
     }
@@ -119,7 +119,7 @@ final class ThreadShared: Sendable {
 }
 
 final class LockedHistogram: Sendable {
-    let histogram = Mutex(Latency.makeHistogram())
+    let histogram = Locked(Latency.makeHistogram())
 }
 
 /// Counters one connection's writer and reader threads share (rate, stream).
@@ -314,7 +314,7 @@ struct ConnectionThread {
         let progress = ConnectionProgress()
         let reader: JoinableThread
         let me = self
-        let readerTally = Mutex(Tally())
+        let readerTally = Locked(Tally())
         do {
             reader = try JoinableThread(name: "echoload-r", stackSize: ThreadDriver.stackSize) {
                 var t = Tally()

@@ -33,7 +33,7 @@ public final class ThreadModel: ControlLoopModel {
         /// Live connection threads by connection descriptor, so a stop can interrupt them.
         /// A thread removes itself (under the lock) before closing its descriptor and exiting,
         /// so every pthread_t found here is alive.
-        let threads = Mutex<[Int32: pthread_t]>([:])
+        let threads = Locked<[Int32: pthread_t]>([:])
         /// Wakes the control loop when a slot frees at the limit, or a thread ends during a stop.
         let wakeup: EventFD
 
