@@ -216,3 +216,9 @@ func openFilesLimit(pid: pid_t) throws -> (soft: Int?, hard: Int?) {
     guard fields.count >= 2 else { throw HarnessError("unexpected limits line: \(line)") }
     return (Int(fields[0]), Int(fields[1]))
 }
+
+/// The sanitizer echod and the tests were built with (`make test-sanitize` sets
+/// ECHOD_TEST_SANITIZER=thread or address), or nil. Under one, resident memory includes the
+/// sanitizer's shadow memory and allocator quarantine, so the memory bounds (Backpressure) are
+/// not asserted; everything else is.
+let sanitizer: String? = ProcessInfo.processInfo.environment["ECHOD_TEST_SANITIZER"]
