@@ -172,7 +172,6 @@ final class Worker: @unchecked Sendable {
         counters.accepted.store(accepted, ordering: .relaxed)
         counters.bytesEchoed.store(bytesEchoed, ordering: .relaxed)
         counters.open.store(table.count, ordering: .relaxed)
-        counters.acceptBackoffs.store(backoff.count, ordering: .relaxed)
     }
 
     // MARK: - Accepting
@@ -233,6 +232,7 @@ final class Worker: @unchecked Sendable {
         // EMFILE, ENFILE, ENOBUFS, ENOMEM: accepting again at once would spin. Stop polling the
         // listeners for a second; connections wait in the kernel's backlog meanwhile.
         backoff.pause("accept failed; pausing accepts for 1s", error)
+        counters.acceptBackoffs.store(backoff.count, ordering: .relaxed)
         try? reconcileListening()
         return false
     }

@@ -37,6 +37,9 @@ public enum SocketIO {
     @inline(__always)
     public static func send(_ fd: Int32, from buffer: UnsafeRawPointer, count: Int, flags: Int32 = 0) -> Transfer {
         let n = CEchoShims_send(fd, buffer, count, flags | Int32(MSG_NOSIGNAL))
+        // The common case first, in one compare: everything went (callers that compare the
+        // result with `count` then fold their own test away).
+        if n == count { return .transferred(count) }
         if n >= 0 { return .transferred(n) }
         return failure(Glibc.errno)
     }
