@@ -6,7 +6,7 @@ DESTDIR ?=
 
 # Debian packages the build and the tests need.
 APT_PACKAGES := libsystemd-dev pkg-config systemd systemd-container python3 python3-jsonschema procps iproute2 gcc util-linux \
-	debhelper dpkg-dev man-db lintian
+	debhelper dpkg-dev man-db lintian valgrind
 
 # Release binaries with the Swift runtime linked in (they run where no toolchain is: a .deb, a
 # container), built in their own scratch directory.
@@ -33,7 +33,7 @@ ZSH_COMPLETION_DIR ?= $(PREFIX)/share/zsh/vendor-completions
 FISH_COMPLETION_DIR ?= $(PREFIX)/share/fish/vendor_completions.d
 
 .PHONY: all setup build release demo test test-unit test-sanitize mutants bench bench-smoke bench-tcpkali clean release-static install uninstall deb e2e \
-	install-echod install-echoload lintian deb-previous spdx-check
+	install-echod install-echoload lintian deb-previous spdx-check callgrind
 
 all: build
 
@@ -232,6 +232,11 @@ bench-smoke: release-static $(BENCH_OUT)/baseline $(BENCH_OUT)/streamer
 ## automake, libtool, bison, flex).
 bench-tcpkali:
 	bench/build-tcpkali.sh $(TCPKALI_SRC) $(TCPKALI_BUILD)
+
+## callgrind: instructions per echoed message on the event model's hot path (fixed workload:
+## Model=event, Workers=1, echoload pingpong 10 x 64 B for 5 s; see scripts/callgrind.sh).
+callgrind: release
+	./scripts/callgrind.sh .build/release/echod .build/release/echoload
 
 clean:
 	rm -rf .build .build-*

@@ -11,9 +11,7 @@ public struct SignalFD: ~Copyable {
 
     /// - Parameter signals: the signals to receive.
     public init(_ signals: [Int32]) throws(SystemError) {
-        var mask = sigset_t()
-        sigemptyset(&mask)
-        for s in signals { sigaddset(&mask, s) }
+        var mask = Signals.set(signals)
         let fd = try syscall("signalfd") { signalfd(-1, &mask, Int32(SFD_NONBLOCK) | Int32(SFD_CLOEXEC)) }
         descriptor = FileDescriptor(owning: fd)
     }

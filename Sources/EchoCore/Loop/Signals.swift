@@ -8,18 +8,23 @@ public enum Signals {
     /// Call before any thread starts, so the signals reach only a signalfd.
     /// The corresponding C function is `pthread_sigmask(3)`.
     public static func block(_ signals: [Int32]) {
-        var mask = sigset_t()
-        sigemptyset(&mask)
-        for s in signals { sigaddset(&mask, s) }
+        var mask = set(signals)
         pthread_sigmask(SIG_BLOCK, &mask, nil)
     }
 
     /// Unblocks `signals` in the calling thread.
     public static func unblock(_ signals: [Int32]) {
+        var mask = set(signals)
+        pthread_sigmask(SIG_UNBLOCK, &mask, nil)
+    }
+
+    /// A signal set holding exactly `signals`. The corresponding C functions are `sigemptyset(3)`
+    /// and `sigaddset(3)`.
+    static func set(_ signals: [Int32]) -> sigset_t {
         var mask = sigset_t()
         sigemptyset(&mask)
         for s in signals { sigaddset(&mask, s) }
-        pthread_sigmask(SIG_UNBLOCK, &mask, nil)
+        return mask
     }
 
     /// Ignores SIGPIPE: a peer that resets its connection must give EPIPE, not kill echod.

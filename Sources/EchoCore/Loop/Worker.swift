@@ -172,7 +172,6 @@ final class Worker: @unchecked Sendable {
         counters.accepted.store(accepted, ordering: .relaxed)
         counters.bytesEchoed.store(bytesEchoed, ordering: .relaxed)
         counters.open.store(table.count, ordering: .relaxed)
-        counters.acceptBackoffs.store(backoff.count, ordering: .relaxed)
     }
 
     // MARK: - Accepting
@@ -233,6 +232,7 @@ final class Worker: @unchecked Sendable {
         // EMFILE, ENFILE, ENOBUFS, ENOMEM: accepting again at once would spin. Stop polling the
         // listeners for a second; connections wait in the kernel's backlog meanwhile.
         backoff.pause("accept failed; pausing accepts for 1s", error)
+        counters.acceptBackoffs.store(backoff.count, ordering: .relaxed)
         try? reconcileListening()
         return false
     }
@@ -294,22 +294,21 @@ final class Worker: @unchecked Sendable {
     @inline(__always)
     @discardableResult
     private func echoOnce(_ slot: Int32, _ c: UnsafeMutablePointer<Connection>) -> EchoOutcome {
-        let fd = c.pointee.fd
-        let n = CEchoShims_recv(fd, readBuffer, echoBufferSize, 0)
-        if n > 0 {
+        switch SocketIO.receive(c.pointee.fd, into: readBuffer, count: echoBufferSize) {
+        case .transferred(let n):
             return writeBack(slot, c, count: n)
-        }
-        if n == 0 {
+        case .wouldBlock, .interrupted:
+            return .wouldBlock
+        case .endOfStream:
             // The peer shut down its sending side; everything it sent has been echoed (a
             // connection is never read while bytes are pending), so close now: FIN follows the data.
             close(slot)
             return .closed
+        case .failed:
+            // ECONNRESET, ETIMEDOUT, ...: the peer is gone.
+            close(slot)
+            return .closed
         }
-        let err = errno
-        if err == EAGAIN || err == EINTR { return .wouldBlock }
-        // ECONNRESET, ETIMEDOUT, ...: the peer is gone.
-        close(slot)
-        return .closed
     }
 
     enum EchoOutcome { case echoed, wouldBlock, pending, closed }
@@ -317,18 +316,19 @@ final class Worker: @unchecked Sendable {
     @inline(__always)
     private func writeBack(_ slot: Int32, _ c: UnsafeMutablePointer<Connection>, count n: Int) -> EchoOutcome {
         let fd = c.pointee.fd
-        var written = CEchoShims_send(fd, readBuffer, n, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
-        if written == n {
-            bytesEchoed &+= UInt64(n)
-            return .echoed
-        }
-        if written < 0 {
-            let err = errno
-            guard err == EAGAIN || err == EINTR else {
-                close(slot)
-                return .closed
+        let written: Int
+        switch SocketIO.send(fd, from: readBuffer, count: n, flags: Int32(MSG_DONTWAIT)) {
+        case .transferred(let w):
+            if w == n {
+                bytesEchoed &+= UInt64(n)
+                return .echoed
             }
+            written = w
+        case .wouldBlock, .interrupted:
             written = 0
+        case .endOfStream, .failed:
+            close(slot)
+            return .closed
         }
         bytesEchoed &+= UInt64(written)
         // Keep the rest (at most one read's worth) and stop reading until it has gone out.
@@ -352,10 +352,13 @@ final class Worker: @unchecked Sendable {
         let fd = c.pointee.fd
         let start = Int(c.pointee.pendingStart)
         let end = Int(c.pointee.pendingEnd)
-        let written = CEchoShims_send(fd, c.pointee.pending! + start, end - start, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
-        if written < 0 {
-            let err = errno
-            if err == EAGAIN || err == EINTR { return }
+        let written: Int
+        switch SocketIO.send(fd, from: c.pointee.pending! + start, count: end - start, flags: Int32(MSG_DONTWAIT)) {
+        case .transferred(let w):
+            written = w
+        case .wouldBlock, .interrupted:
+            return
+        case .endOfStream, .failed:
             close(slot)
             return
         }
@@ -470,11 +473,15 @@ final class Worker: @unchecked Sendable {
 
     private func discardInput(_ slot: Int32, _ c: UnsafeMutablePointer<Connection>) {
         for _ in 0..<16 {
-            let n = CEchoShims_recv(c.pointee.fd, readBuffer, echoBufferSize, 0)
-            if n > 0 { continue }
-            if n < 0 && (errno == EAGAIN || errno == EINTR) { return }
-            close(slot)
-            return
+            switch SocketIO.receive(c.pointee.fd, into: readBuffer, count: echoBufferSize) {
+            case .transferred:
+                continue
+            case .wouldBlock, .interrupted:
+                return
+            case .endOfStream, .failed:
+                close(slot)
+                return
+            }
         }
     }
 

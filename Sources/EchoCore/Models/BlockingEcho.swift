@@ -30,21 +30,23 @@ public enum BlockingEcho {
                 drainAndLinger(fd: fd, buffer: buffer, capacity: capacity, echoed: &unreported)
                 return
             }
-            let n = read(fd, buffer, capacity)
-            if n > 0 {
+            switch SocketIO.receive(fd, into: buffer, count: capacity) {
+            case .transferred(let n):
                 guard writeAll(fd: fd, buffer, count: n) else { return }
                 unreported &+= UInt64(n)
                 if unreported >= 1 << 20 {
                     echoed(unreported)
                     unreported = 0
                 }
+            case .interrupted:
                 continue
+            case .endOfStream:
+                // Everything received has been echoed (writes are synchronous), so the caller
+                // may close and the FIN follows the data.
+                return
+            case .wouldBlock, .failed:
+                return  // ECONNRESET and the like: the peer is gone
             }
-            // EOF: everything received has been echoed (writes are synchronous), so the caller
-            // may close and the FIN follows the data.
-            if n == 0 { return }
-            if errno == EINTR { continue }
-            return  // ECONNRESET and the like: the peer is gone
         }
     }
 
@@ -55,10 +57,11 @@ public enum BlockingEcho {
     public static func waitForInput(fd: Int32, stopRequested: () -> Bool) -> Bool {
         var byte: UInt8 = 0
         while !stopRequested() {
-            let n = recv(fd, &byte, 1, Int32(MSG_PEEK))
-            if n >= 0 { return true }
-            if errno == EINTR { continue }
-            return false
+            switch SocketIO.receive(fd, into: &byte, count: 1, flags: Int32(MSG_PEEK)) {
+            case .transferred, .endOfStream: return true
+            case .interrupted: continue
+            case .wouldBlock, .failed: return false
+            }
         }
         return false
     }
@@ -78,18 +81,19 @@ public enum BlockingEcho {
     static func writeAll(fd: Int32, _ buffer: UnsafeMutableRawPointer, count: Int) -> Bool {
         var offset = 0
         while offset < count {
-            let w = send(fd, buffer + offset, count - offset, Int32(MSG_NOSIGNAL))
-            if w > 0 {
+            switch SocketIO.send(fd, from: buffer + offset, count: count - offset) {
+            case .transferred(let w) where w > 0:
                 offset += w
                 continue
-            }
-            if w < 0 && errno == EINTR { continue }
-            if w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
+            case .interrupted:
+                continue
+            case .wouldBlock:
                 var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
                 _ = poll(&pfd, 1, -1)
                 continue
+            case .transferred, .endOfStream, .failed:
+                return false
             }
-            return false
         }
         return true
     }
@@ -102,16 +106,19 @@ public enum BlockingEcho {
         let quiet = Int64(drainQuietPeriodMilliseconds) * 1_000_000
         var lastData = monotonicNanoseconds()
         while true {
-            let n = recv(fd, buffer, capacity, Int32(MSG_DONTWAIT))
-            if n > 0 {
+            switch SocketIO.receive(fd, into: buffer, count: capacity, flags: Int32(MSG_DONTWAIT)) {
+            case .transferred(let n):
                 guard writeAll(fd: fd, buffer, count: n) else { return }
                 echoed &+= UInt64(n)
                 lastData = monotonicNanoseconds()
                 continue
+            case .interrupted:
+                continue
+            case .endOfStream, .failed:
+                return
+            case .wouldBlock:
+                break
             }
-            if n == 0 { return }
-            if errno == EINTR { continue }
-            guard errno == EAGAIN || errno == EWOULDBLOCK else { return }
             // Nothing readable: wait for more until the quiet period has passed. The controller
             // re-sends its signal while stopping, so poll may return EINTR: recompute and go on.
             let left = lastData + quiet - monotonicNanoseconds()
@@ -121,10 +128,10 @@ public enum BlockingEcho {
         }
         shutdown(fd, Int32(SHUT_WR))
         while true {
-            let n = read(fd, buffer, capacity)
-            if n > 0 { continue }
-            if n < 0 && errno == EINTR { continue }
-            return
+            switch SocketIO.receive(fd, into: buffer, count: capacity) {
+            case .transferred, .interrupted: continue
+            case .endOfStream, .wouldBlock, .failed: return
+            }
         }
     }
 }
