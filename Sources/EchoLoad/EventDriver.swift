@@ -60,7 +60,8 @@ struct EventConnection {
     /// Owed nothing more: write side shut, reading to EOF so that bytes the server sends
     /// beyond the echo are caught too.
     var finishing = false
-    var seed: Int = 0
+    /// Pattern key (from the global connection index).
+    var key: UInt64 = 0
     var connectStarted: Int64 = 0
     /// pingpong: when the current message started.
     var messageStarted: Int64 = 0
@@ -133,7 +134,7 @@ final class EventWorker: @unchecked Sendable {
         readBuffer = .allocate(byteCount: Self.readBufferSize, alignment: 64)
         histogram = Latency.makeHistogram()
         for i in 0..<count {
-            conns[i].seed = Pattern.seed(forConnection: options.connectionIndexBase + first + i)
+            conns[i].key = Pattern.key(forConnection: options.connectionIndexBase + first + i)
         }
         try epoll.add(timer.rawValue, events: .input, token: Self.timerToken)
         try epoll.add(control.startFD, events: .input, token: Self.startToken)
@@ -472,8 +473,7 @@ final class EventWorker: @unchecked Sendable {
         let fd = conns[i].fd
         while conns[i].sent < conns[i].goal {
             let want = Int(min(conns[i].goal - conns[i].sent, UInt64(Pattern.maxChunk)))
-            let p = Pattern.bytes(seed: conns[i].seed, position: conns[i].sent)
-            let n = Glibc.send(fd, p, want, Int32(MSG_NOSIGNAL))
+            let n = Pattern.send(fd, key: conns[i].key, position: conns[i].sent, count: want)
             if n > 0 {
                 conns[i].sent += UInt64(n)
                 tally.totalBytesSent += UInt64(n)
@@ -561,8 +561,8 @@ final class EventWorker: @unchecked Sendable {
             close(i)
             return
         }
-        if let bad = Pattern.firstMismatch(readBuffer, count: n, seed: conns[i].seed, position: before) {
-            let expected = Pattern.bytes(seed: conns[i].seed, position: before + UInt64(bad)).pointee
+        if let bad = Pattern.firstMismatch(readBuffer, count: n, key: conns[i].key, position: before) {
+            let expected = Pattern.byte(key: conns[i].key, position: before + UInt64(bad))
             let got = readBuffer.load(fromByteOffset: bad, as: UInt8.self)
             fault { $0.recordMismatch(connection: global(i), position: before + UInt64(bad), got: got, expected: expected) }
             close(i)
