@@ -108,6 +108,8 @@ final class EventWorker: @unchecked Sendable {
     private var openCount = 0
     private var probing = false
     private var stopHandled = false
+    /// This worker's connects are counted in `control` (once).
+    private var reportedResolved = false
     // rate: the worker's part of the run's one schedule: its j-th message is message j / count
     // of its connection j % count.
     private var nextMessage: Int64 = 0
@@ -187,8 +189,10 @@ final class EventWorker: @unchecked Sendable {
                 service(Int(token), flags)
             }
         }
-        // Whatever is still open at the end (an aborted loop) is closed, not leaked.
+        // Whatever is still open at the end (an aborted loop) is closed, not leaked; and a worker
+        // that never got to count its connects does so now, so the others are not left waiting.
         for i in 0..<count where conns[i].state == .open || conns[i].state == .connecting { close(i) }
+        if !reportedResolved { control.resolved(count, now: monotonicNanoseconds()) }
         publish()
         if options.mode == .pingpong || options.mode == .rate { tally.latency = histogram }
         tally.connectNanos = max(0, lastResolved - started)
@@ -208,6 +212,7 @@ final class EventWorker: @unchecked Sendable {
             expireConnects(now)
             if resolved == count {
                 phase = .waiting
+                reportedResolved = true
                 control.resolved(count, now: now)
                 tick(now)
             }
