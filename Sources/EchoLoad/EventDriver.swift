@@ -60,7 +60,8 @@ struct EventConnection {
     /// Owed nothing more: write side shut, reading to EOF so that bytes the server sends
     /// beyond the echo are caught too.
     var finishing = false
-    var seed: Int = 0
+    /// Pattern key (from the global connection index).
+    var key: UInt64 = 0
     var connectStarted: Int64 = 0
     /// pingpong: when the current message started.
     var messageStarted: Int64 = 0
@@ -107,6 +108,8 @@ final class EventWorker: @unchecked Sendable {
     private var openCount = 0
     private var probing = false
     private var stopHandled = false
+    /// This worker's connects are counted in `control` (once).
+    private var reportedResolved = false
     // rate: the worker's part of the run's one schedule: its j-th message is message j / count
     // of its connection j % count.
     private var nextMessage: Int64 = 0
@@ -133,7 +136,7 @@ final class EventWorker: @unchecked Sendable {
         readBuffer = .allocate(byteCount: Self.readBufferSize, alignment: 64)
         histogram = Latency.makeHistogram()
         for i in 0..<count {
-            conns[i].seed = Pattern.seed(forConnection: options.connectionIndexBase + first + i)
+            conns[i].key = Pattern.key(forConnection: options.connectionIndexBase + first + i)
         }
         try epoll.add(timer.rawValue, events: .input, token: Self.timerToken)
         try epoll.add(control.startFD, events: .input, token: Self.startToken)
@@ -186,8 +189,10 @@ final class EventWorker: @unchecked Sendable {
                 service(Int(token), flags)
             }
         }
-        // Whatever is still open at the end (an aborted loop) is closed, not leaked.
+        // Whatever is still open at the end (an aborted loop) is closed, not leaked; and a worker
+        // that never got to count its connects does so now, so the others are not left waiting.
         for i in 0..<count where conns[i].state == .open || conns[i].state == .connecting { close(i) }
+        if !reportedResolved { control.resolved(count, now: monotonicNanoseconds()) }
         publish()
         if options.mode == .pingpong || options.mode == .rate { tally.latency = histogram }
         tally.connectNanos = max(0, lastResolved - started)
@@ -207,6 +212,7 @@ final class EventWorker: @unchecked Sendable {
             expireConnects(now)
             if resolved == count {
                 phase = .waiting
+                reportedResolved = true
                 control.resolved(count, now: now)
                 tick(now)
             }
@@ -472,8 +478,7 @@ final class EventWorker: @unchecked Sendable {
         let fd = conns[i].fd
         while conns[i].sent < conns[i].goal {
             let want = Int(min(conns[i].goal - conns[i].sent, UInt64(Pattern.maxChunk)))
-            let p = Pattern.bytes(seed: conns[i].seed, position: conns[i].sent)
-            let n = Glibc.send(fd, p, want, Int32(MSG_NOSIGNAL))
+            let n = Pattern.send(fd, key: conns[i].key, position: conns[i].sent, count: want)
             if n > 0 {
                 conns[i].sent += UInt64(n)
                 tally.totalBytesSent += UInt64(n)
@@ -561,8 +566,8 @@ final class EventWorker: @unchecked Sendable {
             close(i)
             return
         }
-        if let bad = Pattern.firstMismatch(readBuffer, count: n, seed: conns[i].seed, position: before) {
-            let expected = Pattern.bytes(seed: conns[i].seed, position: before + UInt64(bad)).pointee
+        if let bad = Pattern.firstMismatch(readBuffer, count: n, key: conns[i].key, position: before) {
+            let expected = Pattern.byte(key: conns[i].key, position: before + UInt64(bad))
             let got = readBuffer.load(fromByteOffset: bad, as: UInt8.self)
             fault { $0.recordMismatch(connection: global(i), position: before + UInt64(bad), got: got, expected: expected) }
             close(i)

@@ -64,6 +64,7 @@ final class RunControl: Sendable {
 
     /// Counts `n` more of this process's connects as resolved; the last one makes the process ready.
     func resolved(_ n: Int, now: Int64) {
+        guard n > 0 else { return }
         if resolvedCount.add(n, ordering: .acquiringAndReleasing).newValue == options.connections {
             readyGate.open(now)
             if startsAlone {

@@ -136,7 +136,7 @@ struct ConnectionThread {
     let index: Int
     var options: LoadOptions { shared.options }
     var global: Int { options.connectionIndexBase + index }
-    var seed: Int { Pattern.seed(forConnection: global) }
+    var key: UInt64 { Pattern.key(forConnection: global) }
     var control: RunControl { shared.control }
 
     func run() {
@@ -187,7 +187,7 @@ struct ConnectionThread {
         var done = 0
         while done < count {
             let want = min(count - done, Pattern.maxChunk)
-            let n = Glibc.send(fd, Pattern.bytes(seed: seed, position: from + UInt64(done)), want, Int32(MSG_NOSIGNAL))
+            let n = Pattern.send(fd, key: key, position: from + UInt64(done), count: want)
             if n > 0 {
                 done += n
                 tally.totalBytesSent += UInt64(n)
@@ -215,7 +215,7 @@ struct ConnectionThread {
         while done < count {
             let n = Glibc.recv(fd, buffer, min(capacity, count - done), 0)
             if n > 0 {
-                if let bad = Pattern.firstMismatch(buffer, count: n, seed: seed, position: from + UInt64(done)) {
+                if let bad = Pattern.firstMismatch(buffer, count: n, key: key, position: from + UInt64(done)) {
                     mismatch(at: from + UInt64(done + bad), got: buffer.load(fromByteOffset: bad, as: UInt8.self), &tally)
                     return .failed
                 }
@@ -240,7 +240,7 @@ struct ConnectionThread {
     }
 
     private func mismatch(at position: UInt64, got: UInt8, _ tally: inout Tally) {
-        let expected = Pattern.bytes(seed: seed, position: position).pointee
+        let expected = Pattern.byte(key: key, position: position)
         fault(&tally) { $0.recordMismatch(connection: global, position: position, got: got, expected: expected) }
     }
 
@@ -414,7 +414,7 @@ struct ConnectionThread {
                     fault(&tally) { $0.recordOverrun(connection: global, received: received + UInt64(n), sent: sentNow) }
                     return
                 }
-                if let bad = Pattern.firstMismatch(buffer, count: n, seed: seed, position: received) {
+                if let bad = Pattern.firstMismatch(buffer, count: n, key: key, position: received) {
                     mismatch(at: received + UInt64(bad), got: buffer.load(fromByteOffset: bad, as: UInt8.self), &tally)
                     return
                 }

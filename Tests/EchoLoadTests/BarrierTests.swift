@@ -107,10 +107,13 @@ import Testing
         try #require(arrivals.count >= 400, "\(arrivals.count) messages arrived")
         let gaps = zip(arrivals.dropFirst(), arrivals).map { Double($0 - $1) / 1e9 }
         let spacing = 1 / rate
+        // Bursts of 4 make three gaps in four near zero, so the median gap is near zero. One
+        // schedule makes the median gap the spacing; the server's and client's scheduling delays
+        // on a busy host bunch some arrivals, but not half of them.
+        let median = gaps.sorted()[gaps.count / 2]
         let bunched = gaps.filter { $0 < spacing / 4 }.count
-        // Bursts of 4 would make three gaps in four (75 %) near zero.
-        #expect(Double(bunched) < 0.25 * Double(gaps.count),
-                "\(bunched) of \(gaps.count) gaps under \(spacing / 4 * 1e6) µs: bursts, not one schedule")
+        #expect(median >= spacing / 2,
+                "median gap \(median * 1e6) µs at \(spacing * 1e6) µs spacing (\(bunched) of \(gaps.count) under a quarter): bursts, not one schedule")
     }
 
     /// Item 2. The offered rate is reported; `--fail-under-rate` makes a shortfall fail the run.

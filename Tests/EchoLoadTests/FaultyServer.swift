@@ -23,8 +23,8 @@ enum Fault: String, CaseIterable, Sendable, CustomStringConvertible {
     case trailingGarbage
     /// Echoes the first 5000 bytes, then closes cleanly (FIN) with the rest unechoed.
     case earlyClose
-    /// From the offset on, sends back what it received `replayDistance` bytes earlier instead of
-    /// what it just received (a server replaying old data from one pattern period back).
+    /// From the offset (and `replayDistance`) on, sends back what it received `replayDistance`
+    /// bytes earlier instead of what it just received (a server replaying old data).
     case replayOld
     /// A correct echo (the log is what the test wants).
     case none
@@ -36,8 +36,7 @@ enum Fault: String, CaseIterable, Sendable, CustomStringConvertible {
         case .flipByte: 3000
         case .dropMidMessage, .earlyClose: 5000
         case .stallOnce: 2000
-        case .silent, .trailingGarbage, .none: 0
-        case .replayOld: 200_000
+        case .silent, .trailingGarbage, .none, .replayOld: 0
         }
     }
 }

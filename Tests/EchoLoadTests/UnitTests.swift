@@ -5,38 +5,87 @@ import Glibc
 import Testing
 
 @Suite struct PatternTests {
-    @Test func seedsAreDistinctForManyConnections() {
-        var seen = Set<Int>()
-        for i in 0..<Pattern.period { seen.insert(Pattern.seed(forConnection: i)) }
-        #expect(seen.count == Pattern.period)
+    /// `count` bytes of the stream of the connection with `key` from `position`, as sent.
+    func stream(_ key: UInt64, _ position: UInt64, _ count: Int) -> [UInt8] {
+        var out: [UInt8] = []
+        while out.count < count {
+            let (p, n) = Pattern.segment(key: key, position: position + UInt64(out.count))
+            out += UnsafeBufferPointer(start: p, count: min(n, count - out.count))
+        }
+        return out
+    }
+
+    func mismatch(_ bytes: [UInt8], _ key: UInt64, _ position: UInt64) -> Int? {
+        bytes.withUnsafeBytes { Pattern.firstMismatch($0.baseAddress!, count: bytes.count, key: key, position: position) }
+    }
+
+    /// The old seeds repeated every 65,521 connections; keys never repeat.
+    @Test func keysAreDistinctAcrossConnections() {
+        var seen = Set<UInt64>()
+        for i in 0..<200_000 { seen.insert(Pattern.key(forConnection: i)) }
+        #expect(seen.count == 200_000)
+        let a = Pattern.key(forConnection: 5)
+        let b = Pattern.key(forConnection: 5 + 65_521)
+        #expect(mismatch(stream(b, 0, 4096), a, 0) != nil)
     }
 
     @Test func anEchoOfTheStreamMatches() {
-        let seed = Pattern.seed(forConnection: 7)
-        // Across the period boundary, in uneven chunks.
-        var position: UInt64 = UInt64(Pattern.period - 1000)
-        for chunk in [1, 999, 1, 4096, 70_000] {
-            let copy = Array(UnsafeBufferPointer(start: Pattern.bytes(seed: seed, position: position), count: chunk))
-            #expect(copy.withUnsafeBytes { Pattern.firstMismatch($0.baseAddress!, count: chunk, seed: seed, position: position) } == nil)
+        let key = Pattern.key(forConnection: 7)
+        // Across block boundaries, in uneven chunks.
+        var position = UInt64(Pattern.blockSize - 1000)
+        for chunk in [1, 999, 1, 4096, 70_000, Pattern.blockSize * 3] {
+            #expect(mismatch(stream(key, position, chunk), key, position) == nil)
             position += UInt64(chunk)
         }
     }
 
     @Test func aFlippedByteIsFoundAtItsOffset() {
-        let seed = Pattern.seed(forConnection: 3)
-        var copy = Array(UnsafeBufferPointer(start: Pattern.bytes(seed: seed, position: 100), count: 5000))
-        copy[4321] ^= 0x01
-        #expect(copy.withUnsafeBytes { Pattern.firstMismatch($0.baseAddress!, count: 5000, seed: seed, position: 100) } == 4321)
+        let key = Pattern.key(forConnection: 3)
+        var copy = stream(key, 100, 40_000)
+        copy[34_321] ^= 0x01
+        #expect(mismatch(copy, key, 100) == 34_321)
     }
 
     @Test func aShiftedOrForeignStreamIsFound() {
-        let seed = Pattern.seed(forConnection: 3)
+        let key = Pattern.key(forConnection: 3)
         // One byte lost: the rest of the stream arrives one position early.
-        let shifted = Array(UnsafeBufferPointer(start: Pattern.bytes(seed: seed, position: 1), count: 256))
-        #expect(shifted.withUnsafeBytes { Pattern.firstMismatch($0.baseAddress!, count: 256, seed: seed, position: 0) } != nil)
+        #expect(mismatch(stream(key, 1, 256), key, 0) != nil)
         // Another connection's bytes at the same position (cross-talk).
-        let other = Array(UnsafeBufferPointer(start: Pattern.bytes(seed: Pattern.seed(forConnection: 4), position: 0), count: 256))
-        #expect(other.withUnsafeBytes { Pattern.firstMismatch($0.baseAddress!, count: 256, seed: seed, position: 0) } != nil)
+        #expect(mismatch(stream(Pattern.key(forConnection: 4), 0, 256), key, 0) != nil)
+    }
+
+    /// Item 5: old data replayed from any distance back is caught, including the old pattern's
+    /// period (65,521), the table's period, the block size, their products and large powers of
+    /// two (the 64-bit offset feeds the block hash whole).
+    @Test(arguments: [65_521, 16_384, 262_139, 65_521 * 16_384, 262_139 * 16_384, 1 << 32, 1 << 40, 1 << 56])
+    func aReplayFromAnyDistanceIsCaught(distance: Int) {
+        let key = Pattern.key(forConnection: 11)
+        for position in [UInt64(distance), UInt64(distance) + 12_345] {
+            let old = stream(key, position - UInt64(distance), 3 * Pattern.blockSize)
+            #expect(mismatch(old, key, position) != nil, "a replay from \(distance) bytes back passed")
+        }
+    }
+
+    /// `Pattern.send` spans blocks with one sendmsg; what arrives is the stream.
+    @Test func sendSpansBlocks() throws {
+        var fds: [Int32] = [-1, -1]
+        try #require(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        defer { close(fds[0]); close(fds[1]) }
+        var size: Int32 = 1 << 20
+        setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &size, 4)
+        setsockopt(fds[1], SOL_SOCKET, SO_RCVBUF, &size, 4)
+        let key = Pattern.key(forConnection: 9)
+        let position = UInt64(3 * Pattern.blockSize - 77)
+        let n = Pattern.send(fds[0], key: key, position: position, count: 50_000)
+        try #require(n > Pattern.blockSize, "sent \(n)")
+        var buffer = [UInt8](repeating: 0, count: n)
+        var got = 0
+        while got < n {
+            let r = buffer.withUnsafeMutableBytes { recv(fds[1], $0.baseAddress! + got, n - got, 0) }
+            try #require(r > 0)
+            got += r
+        }
+        #expect(mismatch(buffer, key, position) == nil)
     }
 }
 
