@@ -32,7 +32,7 @@ BASH_COMPLETION_DIR ?= $(PREFIX)/share/bash-completion/completions
 ZSH_COMPLETION_DIR ?= $(PREFIX)/share/zsh/vendor-completions
 FISH_COMPLETION_DIR ?= $(PREFIX)/share/fish/vendor_completions.d
 
-.PHONY: all setup build release demo test test-unit test-sanitize mutants bench bench-smoke bench-tcpkali clean release-static install uninstall deb e2e \
+.PHONY: all setup build release demo test test-unit test-sanitize mutants bench bench-smoke bench-tcpkali bench-config clean release-static install uninstall deb e2e \
 	install-echod install-echoload lintian deb-previous spdx-check callgrind
 
 all: build
@@ -222,6 +222,11 @@ $(BENCH_OUT)/streamer: bench/streamer.c
 bench: release-static $(BENCH_OUT)/baseline $(BENCH_OUT)/streamer
 	python3 bench/run.py --echod $(BUILT)/echod --echoload $(BUILT)/echoload \
 	  --baseline $(BENCH_OUT)/baseline --streamer $(BENCH_OUT)/streamer --tcpkali $(TCPKALI) --out $(BENCH_OUT)
+
+## bench-config: CPU and wall time of `echod --check-config` on 1 MiB files of pathological shapes
+## (issue 13: the loader is linear in the file's size); prints a table, asserts nothing.
+bench-config: release-static
+	python3 bench/config_shapes.py --echod $(BUILT)/echod
 
 ## bench-smoke: the benchmark end to end in under a minute; asserts nothing about speed.
 bench-smoke: release-static $(BENCH_OUT)/baseline $(BENCH_OUT)/streamer

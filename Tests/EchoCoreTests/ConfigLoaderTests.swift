@@ -183,13 +183,13 @@ private typealias Location = EchoCore.SourceLocation
         }
     }
 
-    @Test func mainFileThatIsADirectoryIsReportedWithStrerror() throws {
+    @Test func mainFileThatIsADirectoryIsNotARegularFile() throws {
         try Fixture.withTempDirectory { dir in
             let main = dir + "/echod.conf"
             try Fixture.makeDirectory(main)
             #expect(
                 Fixture.loadRejection(path: main, explicitlyRequested: false)
-                    == ["\(main): cannot read: Is a directory"])
+                    == ["\(main): not a regular file (a directory)"])
         }
     }
 
@@ -286,6 +286,96 @@ private typealias Location = EchoCore.SourceLocation
             let rendered = config.rendered()
             #expect(rendered.hasPrefix("# Effective configuration of echod.\n# Read from, in order: \(main)\n"))
             #expect(rendered.contains("[Limits]\n# from \(main):2\nNoFile=4096\n"))
+        }
+    }
+}
+
+/// Files that are not regular (issue 13, defect 2): `--config` naming a FIFO hung in `open(2)`
+/// with SIGTERM blocked. Every load here runs on its own thread with a deadline: if it is still
+/// blocked after it, the test fails and opens the FIFO for writing, which lets the blocked open
+/// return, so that a loader that blocks fails the run instead of hanging it.
+@Suite struct ConfigNonRegularFileTests {
+    final class Outcome: @unchecked Sendable {
+        var rejection: [String] = []
+    }
+
+    /// The rejection of loading `path`, or `nil` if the load was still running after 5 seconds
+    /// (then the FIFOs in `fifos` are opened for writing once, to release it).
+    static func loadRejectionWithDeadline(path: String, fifos: [String]) throws -> [String]? {
+        var done: [Int32] = [-1, -1]
+        try #require(pipe(&done) == 0)
+        defer { close(done[0]) }
+        let outcome = Outcome()
+        let writeEnd = done[1]
+        let thread = try JoinableThread(name: "config-load") {
+            outcome.rejection = Fixture.loadRejection(path: path)
+            var byte: UInt8 = 1
+            _ = write(writeEnd, &byte, 1)
+            close(writeEnd)
+        }
+        var waiting = pollfd(fd: done[0], events: Int16(POLLIN), revents: 0)
+        let finished = poll(&waiting, 1, 5_000) == 1
+        if !finished {
+            for fifo in fifos {
+                let fd = open(fifo, O_WRONLY | O_NONBLOCK | O_CLOEXEC)
+                if fd >= 0 { close(fd) }
+            }
+        }
+        thread.join()
+        return finished ? outcome.rejection : nil
+    }
+
+    @Test func mainFileThatIsAFIFOIsAnErrorAndDoesNotBlock() throws {
+        try Fixture.withTempDirectory { dir in
+            let main = dir + "/echod.conf"
+            try #require(mkfifo(main, 0o644) == 0)
+            let rejection = try Self.loadRejectionWithDeadline(path: main, fifos: [main])
+            #expect(rejection == ["\(main): not a regular file (a FIFO)"], "nil: the load blocked")
+        }
+    }
+
+    @Test func dropInThatIsAFIFOIsAnErrorAndDoesNotBlock() throws {
+        try Fixture.withTempDirectory { dir in
+            let main = dir + "/echod.conf"
+            try Fixture.writeFile(main, "[Server]\nWorkers=1\n")
+            try Fixture.makeDirectory(main + ".d")
+            try Fixture.writeFile(main + ".d/10-a.conf", "[Server]\nWorkers=2\n")
+            let fifo = main + ".d/50-fifo.conf"
+            try #require(mkfifo(fifo, 0o644) == 0)
+            let rejection = try Self.loadRejectionWithDeadline(path: main, fifos: [fifo])
+            #expect(rejection == ["\(fifo): not a regular file (a FIFO)"], "nil: the load blocked")
+        }
+    }
+
+    @Test func mainFileThatIsASocketOrDeviceIsAnError() throws {
+        try Fixture.withTempDirectory { dir in
+            #expect(Fixture.loadRejection(path: "/dev/zero") == ["/dev/zero: not a regular file (a character device)"])
+
+            let socketPath = dir + "/echod.conf"
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            try #require(fd >= 0)
+            defer { close(fd) }
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &address.sun_path) { raw in
+                for (i, byte) in socketPath.utf8.enumerated() where i < raw.count - 1 { raw[i] = byte }
+            }
+            let bound = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            try #require(bound == 0)
+            #expect(Fixture.loadRejection(path: socketPath) == ["\(socketPath): not a regular file (a socket)"])
+        }
+    }
+
+    /// A main file that is (a symlink to) /dev/null reads as empty, as a mask does for drop-ins.
+    @Test func mainFileThatIsDevNullReadsAsEmpty() throws {
+        try Fixture.withTempDirectory { dir in
+            let main = dir + "/echod.conf"
+            try #require(symlink("/dev/null", main) == 0)
+            let (config, warnings) = try ConfigurationLoader.load(path: main, explicitlyRequested: true)
+            #expect(warnings.isEmpty)
+            #expect(Fixture.settingsOnly(config) == Configuration())
         }
     }
 }

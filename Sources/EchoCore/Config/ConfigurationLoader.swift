@@ -14,9 +14,11 @@ public enum ConfigurationLoader {
 
     /// Reads the main file and its drop-ins, validates everything.
     ///
-    /// The drop-ins are the regular files `path + ".d/*.conf"`, applied in byte order of their
-    /// names; other names, hidden files and non-regular files (e.g. a symlink to `/dev/null`,
-    /// which masks a drop-in as in systemd) are skipped, and a missing directory is fine.
+    /// The drop-ins are the files `path + ".d/*.conf"`, applied in byte order of their names;
+    /// other names, hidden files, directories and symlinks to `/dev/null` (which mask a drop-in
+    /// as in systemd) are skipped, and a missing directory is fine. A main file or drop-in that
+    /// is not a regular file (a FIFO, a socket, a device other than `/dev/null`) is an error,
+    /// found without opening it in a way that could block.
     ///
     /// - Parameters:
     ///   - path: the main file.
@@ -96,18 +98,35 @@ public enum ConfigurationLoader {
         let isMissing: Bool
     }
 
-    /// Reads a whole file.
+    /// Reads a whole regular file.
+    ///
+    /// Anything but a regular file is refused before it is read: a FIFO would block `open(2)`
+    /// until a writer came (with SIGTERM blocked for the signalfd, only SIGKILL ended it), and a
+    /// device could be read forever. The one exception is `/dev/null`, read as an empty file, as
+    /// a symlink to it masks a file in systemd. The file is checked with `stat(2)` before it is
+    /// opened (so a device is never opened) and opened with `O_NONBLOCK` then checked again with
+    /// `fstat(2)` (so a file swapped for a FIFO in between cannot block the open either).
     ///
     /// - Returns: its bytes, or why they could not be read.
     static func readFile(_ path: String) -> Result<[UInt8], ReadFailure> {
+        var status = stat()
+        if stat(path, &status) == 0, let refusal = refusal(of: status, path: path) {
+            return refusal
+        }
         let fd: Int32
         do {
-            fd = try syscall("open") { open(path, O_RDONLY | O_CLOEXEC) }
+            fd = try syscall("open") { open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY) }
         } catch {
             return .failure(
                 ReadFailure(message: "\(path): cannot open: \(error.reason)", isMissing: error.errno == ENOENT))
         }
         defer { close(fd) }
+        do {
+            _ = try syscall("fstat") { fstat(fd, &status) }
+        } catch {
+            return .failure(ReadFailure(message: "\(path): cannot stat: \(error.reason)", isMissing: false))
+        }
+        if let refusal = refusal(of: status, path: path) { return refusal }
 
         var contents: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 64 * 1024)
@@ -128,6 +147,38 @@ public enum ConfigurationLoader {
                     ReadFailure(message: "\(path): file is larger than \(maximumFileSize / 1024) KiB", isMissing: false)
                 )
             }
+        }
+    }
+
+    /// Why a file with `status` is not read, or `nil` if it is: `.success([])` for `/dev/null`,
+    /// a failure naming the type for anything else that is not a regular file.
+    private static func refusal(of status: stat, path: String) -> Result<[UInt8], ReadFailure>? {
+        let type = status.st_mode & S_IFMT
+        if type == S_IFREG { return nil }
+        if isDevNull(status) { return .success([]) }
+        return .failure(
+            ReadFailure(message: "\(path): not a regular file (\(fileTypeName(type)))", isMissing: false))
+    }
+
+    /// Whether `status` is the null device (character device 1:3, devices(7)).
+    static func isDevNull(_ status: stat) -> Bool {
+        status.st_mode & S_IFMT == S_IFCHR && status.st_rdev == devNullNumber
+    }
+
+    /// The device number of 1:3 in glibc's encoding (`makedev(3)`, a macro Swift cannot call):
+    /// the major number's low 8 bits at bits 8-15, the minor's low 8 bits at bits 0-7.
+    private static let devNullNumber: dev_t = (1 << 8) | 3
+
+    /// "a FIFO", "a directory" and so on, for messages.
+    static func fileTypeName(_ type: mode_t) -> String {
+        switch type {
+        case S_IFIFO: return "a FIFO"
+        case S_IFDIR: return "a directory"
+        case S_IFCHR: return "a character device"
+        case S_IFBLK: return "a block device"
+        case S_IFSOCK: return "a socket"
+        case S_IFLNK: return "a symbolic link"
+        default: return "file type \(String(type, radix: 8))"
         }
     }
 
@@ -176,8 +227,12 @@ public enum ConfigurationLoader {
                 continue
             }
             let path = directory + "/" + text
+            // Directories and masks (a symlink to /dev/null, as in systemd) are skipped; other
+            // files that are not regular (a FIFO, a socket, a device) are kept, and `readFile`
+            // refuses them with an error, as for the main file: a `.conf` that cannot be read
+            // is a mistake to report, not to ignore.
             var status = stat()
-            if stat(path, &status) == 0, status.st_mode & S_IFMT != S_IFREG { continue }
+            if stat(path, &status) == 0, status.st_mode & S_IFMT == S_IFDIR || isDevNull(status) { continue }
             paths.append(path)
         }
         return paths

@@ -34,17 +34,33 @@ struct ConfigurationDiagnosticLog {
 
     /// The diagnostics ordered by the position of their file in `fileOrder`, then by line
     /// (file-level ones first), then by the order they were recorded.
-    func sorted(fileOrder: [String]) -> [ConfigurationDiagnostic] {
-        func rank(_ file: String?) -> Int {
-            guard let file else { return -1 }
-            return fileOrder.firstIndex(of: file) ?? Int.max
+    ///
+    /// At most `limit` diagnostics are returned, the errors among the first `limit` in that order
+    /// kept; past it, a last error says how many more were found (as compilers stop after a number
+    /// of errors): a file of a hundred thousand mistakes is reported in a screenful, not one log
+    /// line per mistake on every reload.
+    func sorted(fileOrder: [String], limit: Int = ConfigurationDiagnosticLog.limit) -> [ConfigurationDiagnostic] {
+        var ranks: [String: Int] = [:]
+        for (index, file) in fileOrder.enumerated() where ranks[file] == nil { ranks[file] = index }
+        let keyed = entries.enumerated().map { offset, entry in
+            (rank: entry.file.map { ranks[$0] ?? Int.max } ?? -1, line: entry.diagnostic.location?.line ?? 0, offset: offset)
         }
-        return entries.enumerated().sorted { a, b in
-            let keyA = (rank(a.element.file), a.element.diagnostic.location?.line ?? 0, a.offset)
-            let keyB = (rank(b.element.file), b.element.diagnostic.location?.line ?? 0, b.offset)
-            return keyA < keyB
-        }.map(\.element.diagnostic)
+        let order = keyed.sorted { ($0.rank, $0.line, $0.offset) < ($1.rank, $1.line, $1.offset) }
+        var result = order.prefix(limit).map { entries[$0.offset].diagnostic }
+        if order.count > limit {
+            let hidden = order.dropFirst(limit)
+            let errors = hidden.count { entries[$0.offset].diagnostic.severity == .error }
+            result.append(
+                ConfigurationDiagnostic(
+                    severity: errors > 0 ? .error : .warning, location: nil,
+                    message: "\(hidden.count) more diagnostics not shown (errors: \(errors), "
+                        + "warnings: \(hidden.count - errors))"))
+        }
+        return result
     }
+
+    /// How many diagnostics `sorted(fileOrder:)` returns before its summary line.
+    static let limit = 100
 }
 
 /// Parses configuration text and checks the result.
@@ -69,7 +85,10 @@ enum ConfigurationParser {
         if body.starts(with: [0xEF, 0xBB, 0xBF]) { body = body.dropFirst(3) }
 
         var result: [LogicalLine] = []
-        var pending: [UInt8]?
+        // The logical line being continued, grown in place: joining by `previous + raw` would
+        // copy it once per physical line, quadratic in a file of backslash-continued lines.
+        var pending: [UInt8] = []
+        var continuing = false
         var pendingLine = 0
 
         func emit(_ raw: [UInt8], line: Int) {
@@ -88,27 +107,27 @@ enum ConfigurationParser {
             {
                 continue
             }
-            var joined: [UInt8]
-            if let previous = pending {
-                joined = previous + raw
-            } else {
-                joined = Array(raw)
+            if !continuing {
+                pending.removeAll(keepingCapacity: true)
                 pendingLine = lineNumber
             }
+            pending.append(contentsOf: raw)
             // Only an unescaped final backslash continues the line: `\\` at the end does not.
+            // Scanning this physical line alone is enough: what came before it ends with the
+            // space that replaced the previous continuation backslash, which escapes nothing.
             var escaped = false
-            for byte in joined {
+            for byte in raw {
                 escaped = escaped ? false : byte == UInt8(ascii: "\\")
             }
             if escaped {
-                joined[joined.count - 1] = UInt8(ascii: " ")
-                pending = joined
+                pending[pending.count - 1] = UInt8(ascii: " ")
+                continuing = true
                 continue
             }
-            pending = nil
-            emit(joined, line: pendingLine)
+            continuing = false
+            emit(pending, line: pendingLine)
         }
-        if let pending { emit(pending, line: pendingLine) }
+        if continuing { emit(pending, line: pendingLine) }
         return result
     }
 
@@ -138,6 +157,9 @@ enum ConfigurationParser {
         // Single-valued keys set in this file, with their line: a second assignment in one file
         // is a mistake, while a later file overriding an earlier one is what drop-ins are for.
         var firstSet: [String: Int] = [:]
+        // Element counts of the list keys touched in this file, so that an assignment does not
+        // render the whole list to learn its length (quadratic in a file of `Listen=` lines).
+        var listCounts: [String: Int] = [:]
 
         for logical in logicalLines(bytes) {
             let location = SourceLocation(file: file, line: logical.line)
@@ -190,7 +212,8 @@ enum ConfigurationParser {
                     log.error(unknownKeyMessage(name, in: sectionName), at: location)
                     continue
                 }
-                assign(value, to: key, at: location, in: &config, firstSet: &firstSet, log: &log)
+                assign(
+                    value, to: key, at: location, in: &config, firstSet: &firstSet, listCounts: &listCounts, log: &log)
             }
         }
     }
@@ -201,6 +224,7 @@ enum ConfigurationParser {
         at location: SourceLocation,
         in config: inout Configuration,
         firstSet: inout [String: Int],
+        listCounts: inout [String: Int],
         log: inout ConfigurationDiagnosticLog
     ) {
         let id = key.id
@@ -208,14 +232,18 @@ enum ConfigurationParser {
             if value.isEmpty || config.origins[id] == nil {
                 // An empty value empties the list, as in systemd; and the first assignment
                 // anywhere replaces the built-in default instead of adding to it.
+                let count = listCounts[id] ?? key.render(config).count
                 key.reset(&config)
-                config.origins = config.origins.filter { !$0.key.hasPrefix(id + "[") }
+                for index in 0..<count { config.origins[ConfigurationKey.elementID(id, index)] = nil }
+                listCounts[id] = 0
             }
             config.origins[id] = location
             guard !value.isEmpty else { return }
             do {
                 try key.assign(&config, value)
-                config.origins[ConfigurationKey.elementID(id, key.render(config).count - 1)] = location
+                let count = (listCounts[id] ?? key.render(config).count - 1) + 1
+                listCounts[id] = count
+                config.origins[ConfigurationKey.elementID(id, count - 1)] = location
             } catch {
                 log.error("invalid value '\(value)' for \(key.name)=: \(error.reason)", at: location)
             }
@@ -241,10 +269,15 @@ enum ConfigurationParser {
         }
     }
 
+    /// The key names of each section, for "did you mean" hints: built once, since a file of
+    /// unknown keys asks for them on every line.
+    private static let keyNames: [String: [String]] = Dictionary(
+        grouping: ConfigurationKey.all.map { ($0.section, $0.name) }, by: \.0
+    ).mapValues { $0.map(\.1) }
+
     private static func unknownKeyMessage(_ name: String, in section: String) -> String {
         let message = "unknown key '\(name)' in [\(section)]"
-        let sectionKeys = ConfigurationKey.all.filter { $0.section == section }.map(\.name)
-        if let hint = ConfigurationValueParser.closest(to: name, among: sectionKeys) {
+        if let hint = ConfigurationValueParser.closest(to: name, among: keyNames[section] ?? []) {
             return message + " (did you mean '\(hint)'?)"
         }
         if let elsewhere = ConfigurationKey.all.first(where: { $0.name == name }) {

@@ -185,27 +185,59 @@ enum ConfigurationValueParser {
 
     /// The Levenshtein distance between two strings, for "did you mean" hints.
     static func editDistance(_ a: String, _ b: String) -> Int {
-        let a = Array(a)
-        let b = Array(b)
-        if a.isEmpty { return b.count }
-        if b.isEmpty { return a.count }
-        var previous = Array(0...b.count)
-        var current = [Int](repeating: 0, count: b.count + 1)
-        for i in 1...a.count {
+        var a = a
+        var b = b
+        // Key and section names are ASCII, and for two ASCII strings bytes are characters: this
+        // runs for every unknown key against every candidate, so it works on the bytes in place.
+        if let distance = a.withUTF8({ x in b.withUTF8 { y in asciiEditDistance(x, y) } }) { return distance }
+        let x = Array(a)
+        let y = Array(b)
+        if x.isEmpty { return y.count }
+        if y.isEmpty { return x.count }
+        var previous = Array(0...y.count)
+        var current = [Int](repeating: 0, count: y.count + 1)
+        for i in 1...x.count {
             current[0] = i
-            for j in 1...b.count {
-                let substitution = previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)
+            for j in 1...y.count {
+                let substitution = previous[j - 1] + (x[i - 1] == y[j - 1] ? 0 : 1)
                 current[j] = min(previous[j] + 1, current[j - 1] + 1, substitution)
             }
             swap(&previous, &current)
         }
-        return previous[b.count]
+        return previous[y.count]
+    }
+
+    /// The Levenshtein distance between two ASCII byte strings, or `nil` if either is not ASCII.
+    private static func asciiEditDistance(_ x: UnsafeBufferPointer<UInt8>, _ y: UnsafeBufferPointer<UInt8>) -> Int? {
+        for byte in x where byte >= 0x80 { return nil }
+        for byte in y where byte >= 0x80 { return nil }
+        if x.isEmpty { return y.count }
+        if y.isEmpty { return x.count }
+        let n = y.count
+        return withUnsafeTemporaryAllocation(of: Int.self, capacity: 2 * (n + 1)) { rows in
+            // Row i - 1 at `previous`, row i at `current`; they swap after each row.
+            var previous = 0
+            var current = n + 1
+            for j in 0...n { rows[previous + j] = j }
+            for i in 1...x.count {
+                rows[current] = i
+                for j in 1...n {
+                    let substitution = rows[previous + j - 1] + (x[i - 1] == y[j - 1] ? 0 : 1)
+                    rows[current + j] = min(rows[previous + j] + 1, rows[current + j - 1] + 1, substitution)
+                }
+                swap(&previous, &current)
+            }
+            return rows[previous + n]
+        }
     }
 
     /// The candidate closest to `text`, if it is within an edit distance of 2.
     static func closest(to text: String, among candidates: some Sequence<String>) -> String? {
         var best: (name: String, distance: Int)?
-        for candidate in candidates {
+        // The distance is at least the difference in length: skipping candidates that differ by
+        // more than 2 keeps a key name as long as the file from costing length × candidate.
+        let length = text.count
+        for candidate in candidates where abs(candidate.count - length) <= 2 {
             let distance = editDistance(text, candidate)
             if distance <= 2, distance < best?.distance ?? Int.max { best = (candidate, distance) }
         }

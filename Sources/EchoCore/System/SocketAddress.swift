@@ -128,11 +128,31 @@ public enum SocketAddress: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    // Equal when the descriptions are equal (family, address and port; not the IPv6 flow label
+    // or scope), compared on the bytes: formatting both with inet_ntop made the duplicate check
+    // over a long `Listen=` list the dearest part of loading the configuration.
     public static func == (lhs: SocketAddress, rhs: SocketAddress) -> Bool {
-        lhs.description == rhs.description
+        switch (lhs, rhs) {
+        case (.v4(let a), .v4(let b)):
+            return a.sin_port == b.sin_port && a.sin_addr.s_addr == b.sin_addr.s_addr
+        case (.v6(var a), .v6(var b)):
+            return a.sin6_port == b.sin6_port
+                && withUnsafeBytes(of: &a.sin6_addr) { x in withUnsafeBytes(of: &b.sin6_addr) { y in x.elementsEqual(y) } }
+        default:
+            return false
+        }
     }
 
     public func hash(into hasher: inout Hasher) {
-        hasher.combine(description)
+        switch self {
+        case .v4(let a):
+            hasher.combine(AF_INET)
+            hasher.combine(a.sin_port)
+            hasher.combine(a.sin_addr.s_addr)
+        case .v6(var a):
+            hasher.combine(AF_INET6)
+            hasher.combine(a.sin6_port)
+            withUnsafeBytes(of: &a.sin6_addr) { hasher.combine(bytes: $0) }
+        }
     }
 }
