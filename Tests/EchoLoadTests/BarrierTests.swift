@@ -120,17 +120,20 @@ import Testing
     @Test("rate: a rate the client cannot offer fails the run with --fail-under-rate; one it can passes")
     func failUnderRate() throws {
         let echod = try Echod()
-        let base = ["rate", echod.address, "-c", "1", "--size", "64", "--duration", "300ms", "--warmup", "0",
+        let base = ["rate", echod.address, "-c", "1", "--size", "64", "--warmup", "0",
                     "--json", "--quiet", "--model", "thread", "--fail-under-rate", "90%"]
         // One blocking thread cannot hand out a billion messages a second.
-        let missed = try echoload(base + ["--rate", "1000000000/s", "--drain-timeout", "500ms"], timeout: 60)
+        let missed = try echoload(base + ["--rate", "1000000000/s", "--duration", "300ms", "--drain-timeout", "500ms"],
+                                  timeout: 60)
         #expect(missed.status == 1, "\(missed)")
         let j = try missed.json()
         #expect(value(j, "traffic.rate_met") == .bool(false), "\(missed)")
         #expect((value(j, "traffic.offered_messages_per_second")?.doubleValue ?? 1e12) < 0.9e9)
         #expect(missed.stderr.contains("--fail-under-rate"), "\(missed)")
         if let problem = try schemaViolation(missed.stdout) { Issue.record("schema: \(problem)") }
-        let met = try echoload(base + ["--rate", "200/s"], timeout: 60)
+        // 200 messages over a second: only sends pushed past the window's end by more than 100 ms
+        // of delay could take the offered rate under 90 %.
+        let met = try echoload(base + ["--rate", "200/s", "--duration", "1s"], timeout: 60)
         #expect(met.status == 0, "\(met)")
         #expect(value(try met.json(), "traffic.rate_met") == .bool(true), "\(met)")
     }

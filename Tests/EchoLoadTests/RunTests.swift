@@ -262,6 +262,8 @@ func defaultConnections(_ mode: LoadMode) -> Int {
             (["pingpong", "127.0.0.1:7", "--warmup", "2000000h", "--duration", "2000000h"], "at most 1000h"),
             (["pingpong", "127.0.0.1:7", "--model", "thread", "--drain-timeout", "0"], "--drain-timeout"),
             (["pingpong", "127.0.0.1:7", "--connect-timeout", "500ns"], "--connect-timeout"),
+            (["rate", "127.0.0.1:7", "--rate", "10", "--fail-under-rate", "150%"], "--fail-under-rate"),
+            (["rate", "127.0.0.1:7", "--rate", "10", "--fail-under-rate", "0"], "--fail-under-rate"),
         ])
         func extremeValuesAreRefusedInOneLine(arguments: [String], message: String) throws {
             expectOneLine(try echoload(arguments), status: 64, containing: message)
