@@ -252,6 +252,10 @@ scenario_help_man() {
             done
             page=/usr/share/man/man1/echoload.1.gz
         fi
+        # The page's header names the release the package is.
+        local release
+        release=$(dpkg-query -W -f='${Version}' "$(dpkg -S "$page" | cut -d: -f1)" | sed 's/-[^-]*$//')
+        zcat "$page" | grep -q "^\.TH .* \"echo[a-z]* $release\"" || fail "$(basename "$page")'s .TH does not name release $release: $(zcat "$page" | grep '^\.TH')"
         for o in $(option_definitions $page); do
             [ "$o" = --help ] && continue
             echo "$help_options" | grep -qx -- "$o" || fail "$(basename $page) defines $o, no --help lists it"
