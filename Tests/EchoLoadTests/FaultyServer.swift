@@ -56,14 +56,14 @@ final class FaultyServer: Sendable {
     let fault: Fault
     /// `replayOld`: how far back the replayed bytes come from.
     let replayDistance: Int
-    private let log = Mutex<[ServerEvent]>([])
+    private let log = Locked<[ServerEvent]>([])
     private let accepted = Atomic<Int>(0)
     /// Stream offset at which the fault begins (`Fault.defaultOffset` unless given).
     let offset: Int
     let address: String
     private let listener: Int32
-    private let connections = Mutex<[Int32]>([])
-    private let threads = Mutex<[JoinableThread]>([])
+    private let connections = Locked<[Int32]>([])
+    private let threads = Locked<[JoinableThread]>([])
     private let stopping = Atomic<Bool>(false)
 
     /// - Parameter offset: where the fault begins; a small one reaches the short streams of
