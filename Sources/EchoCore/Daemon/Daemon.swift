@@ -139,6 +139,7 @@ public final class Daemon {
             try openListeners()
             workerCount = configuration.workers > 0 ? configuration.workers : Int(CEchoShims_available_cpus())
             maxConnections = effectiveMaxConnections(configuration)
+            ConnectionTimeouts.shared.update(from: configuration)
             model = try makeModel()
         } catch {
             closeListeners()
@@ -314,6 +315,7 @@ public final class Daemon {
             applied.stackSize = old.stackSize
         }
         logLevel.level = new.logLevel
+        ConnectionTimeouts.shared.update(from: new)
         let limit = effectiveMaxConnections(applied)
         if limit != maxConnections {
             maxConnections = limit
@@ -482,6 +484,7 @@ struct StatusReporter {
         lastTime = now
         return "\(summary): \(s.open) open, \(s.accepted) accepted, "
             + "\(formatBytes(Double(s.bytesEchoed))) echoed, \(formatBytes(rate))/s"
+            + ConnectionTimeouts.shared.statusSuffix
     }
 }
 

@@ -44,6 +44,8 @@ public enum BlockingEcho {
             // may close and the FIN follows the data.
             if n == 0 { return }
             if errno == EINTR { continue }
+            // EAGAIN on this blocking socket: SO_RCVTIMEO, the idle timeout, ran out.
+            if errno == EAGAIN { ConnectionTimeouts.shared.countIdle() }
             return  // ECONNRESET and the like: the peer is gone
         }
     }
@@ -58,6 +60,8 @@ public enum BlockingEcho {
             let n = recv(fd, &byte, 1, Int32(MSG_PEEK))
             if n >= 0 { return true }
             if errno == EINTR { continue }
+            // EAGAIN on this blocking socket: SO_RCVTIMEO, the idle timeout, ran out.
+            if errno == EAGAIN { ConnectionTimeouts.shared.countIdle() }
             return false
         }
         return false
@@ -85,6 +89,12 @@ public enum BlockingEcho {
             }
             if w < 0 && errno == EINTR { continue }
             if w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
+                // On a blocking socket this is SO_SNDTIMEO, the send timeout: no byte went out
+                // for that long.
+                if ConnectionTimeouts.isBlocking(fd) {
+                    ConnectionTimeouts.shared.countSend()
+                    return false
+                }
                 var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
                 _ = poll(&pfd, 1, -1)
                 continue
