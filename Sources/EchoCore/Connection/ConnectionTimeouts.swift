@@ -117,9 +117,12 @@ public final class ConnectionTimeouts: Sendable {
         return micros == 0 ? nil : .microseconds(micros)
     }
 
-    /// A timeout in the file's syntax: `infinity` when off.
+    /// A timeout in the file's syntax: `infinity` when off, whole minutes as `Nmin`.
     static func format(_ duration: Duration?) -> String {
-        duration.map(ConfigurationValueParser.formatTimeSpan) ?? "infinity"
+        guard let duration else { return "infinity" }
+        let (seconds, attoseconds) = duration.components
+        if attoseconds == 0 && seconds % 60 == 0 { return "\(seconds / 60)min" }
+        return ConfigurationValueParser.formatTimeSpan(duration)
     }
 }
 
