@@ -497,6 +497,10 @@ private let noFileReason = "expected a number from 1 to 4294967295 or 'max'"
             # default
             StopTimeoutSec=10s
             # default
+            IdleTimeoutSec=infinity
+            # default
+            SendTimeoutSec=5min
+            # default
             LogLevel=info
 
             [Limits]

@@ -311,7 +311,7 @@ scenario_activation() {
     local status
     status=$(prop echod.service StatusText)
     echo "  StatusText: $status"
-    [[ $status =~ ^event\ model,\ [0-9]+\ workers:\ [0-9]+\ open,\ [0-9]+\ accepted,\ .*echoed,\ .*/s$ ]] \
+    [[ $status =~ ^event\ model,\ [0-9]+\ workers:\ [0-9]+\ open,\ [0-9]+\ accepted,\ .*echoed,\ .*/s,\ timeouts:\ [0-9]+\ idle,\ [0-9]+\ send$ ]] \
         || fail "StatusText '$status' is not the live summary"
     echo_check 3
     wait_for 5 "StatusText with 5 accepted" accepted_at_least 5

@@ -24,6 +24,13 @@ public struct Configuration: Sendable, Equatable {
     /// `[Server] StopTimeoutSec=`: how long a graceful stop may take before the remaining
     /// connections are closed. More than 0, at most 1 hour; default 10 seconds.
     public var stopTimeout: Duration
+    /// `[Server] IdleTimeoutSec=`: a connection that neither sends nor receives for this long is
+    /// closed. From 1 ms to 24 hours; nil (`infinity`, the default) for never.
+    public var idleTimeout: Duration?
+    /// `[Server] SendTimeoutSec=`: a connection whose echo has made no progress against a full
+    /// send buffer for this long (a peer that writes and never reads) is closed. From 1 ms to
+    /// 24 hours, or nil (`infinity`) for never; default `defaultSendTimeout`, 5 minutes.
+    public var sendTimeout: Duration?
     /// `[Server] LogLevel=`: the least severe level logged. Default `info`.
     public var logLevel: Logger.Level
     /// `[Thread] StackSize=`: stack of each connection thread in the thread model, in bytes.
@@ -65,6 +72,8 @@ public struct Configuration: Sendable, Equatable {
         maxConnections = .auto
         backlog = 4096
         stopTimeout = .seconds(10)
+        idleTimeout = nil
+        sendTimeout = Configuration.defaultSendTimeout
         logLevel = .info
         threadStackSize = 64 * 1024
         maxThreads = 16384
@@ -77,6 +86,10 @@ public struct Configuration: Sendable, Equatable {
         origins = [:]
         sources = []
     }
+
+    /// `SendTimeoutSec=`'s default: generous (TCP retransmits for far less before it gives
+    /// up on a dead peer) and still a bound on what a client that never reads can pin.
+    public static let defaultSendTimeout: Duration = .seconds(300)
 
     /// `127.0.0.1:7007`, built without parsing so that the default cannot fail.
     static let defaultListen: [SocketAddress] = {

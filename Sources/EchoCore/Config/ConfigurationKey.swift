@@ -164,6 +164,10 @@ struct ConfigurationKey: Sendable {
             format: { ConfigurationValueParser.formatTimeSpan($0) }
         ),
         .single(
+            "Server", "IdleTimeoutSec", \.idleTimeout, parse: ConnectionTimeouts.parse, format: ConnectionTimeouts.format),
+        .single(
+            "Server", "SendTimeoutSec", \.sendTimeout, parse: ConnectionTimeouts.parse, format: ConnectionTimeouts.format),
+        .single(
             "Server", "LogLevel", \.logLevel,
             parse: { (text) throws(ConfigurationValueError) in
                 try ConfigurationValueParser.choice(text, of: Logger.Level.self)

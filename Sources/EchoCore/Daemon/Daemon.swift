@@ -105,6 +105,7 @@ public final class Daemon {
             try ConfiguredLimits.apply(configuration, logger: logger)
             listeners = try ListenerSet.open(passed: passed, configuration: configuration, logger: logger)
             maxConnections = connectionLimit(configuration)
+            ConnectionTimeouts.shared.update(from: configuration)
             model = try makeModel(listeners: listeners.descriptors)
         } catch {
             notifier.notify(error.notification)
@@ -280,6 +281,7 @@ public final class Daemon {
             }
         }
         logLevel.level = new.logLevel
+        ConnectionTimeouts.shared.update(from: new)
         let limit = connectionLimit(plan.applied)
         if limit != maxConnections {
             maxConnections = limit

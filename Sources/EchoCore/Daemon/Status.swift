@@ -19,6 +19,7 @@ struct StatusReporter {
         lastTime = now
         return "\(summary): \(s.open) open, \(s.accepted) accepted, "
             + "\(formatBytes(Double(s.bytesEchoed))) echoed, \(formatBytes(rate))/s"
+            + ConnectionTimeouts.shared.statusSuffix
     }
 }
 

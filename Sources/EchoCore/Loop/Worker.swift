@@ -57,6 +57,13 @@ final class Worker: @unchecked Sendable {
     @exclusivity(unchecked) private var turns: UInt64 = 0
     private var warning = RateLimitedWarning()
 
+    // IdleTimeoutSec= and SendTimeoutSec= (ConnectionTimeouts.swift): a sweep every interval.
+    @exclusivity(unchecked) private var lastSweep: Int64 = 0
+    @exclusivity(unchecked) private var timedOutIdle: [Int32] = []
+    @exclusivity(unchecked) private var timedOutStalled: [Int32] = []
+    @exclusivity(unchecked) private var timeoutsToLog: (idle: UInt64, send: UInt64) = (0, 0)
+    private var lastTimeoutLog: Int64 = 0
+
     private static let listenerTag: UInt64 = 1 << 63
     private static let wakeupTag: UInt64 = 1 << 62
 
@@ -126,6 +133,7 @@ final class Worker: @unchecked Sendable {
                 }
             }
             if !drainAgain.isEmpty { retryDraining() }
+            if !draining && table.count > 0 { sweepTimeoutsIfDue() }
             publish()
             if backoff.isActive || draining {
                 if tick() { break }
@@ -138,6 +146,9 @@ final class Worker: @unchecked Sendable {
         // Wake regularly so the heartbeat shows the worker alive even when idle.
         var timeout = Int64(control.heartbeatMilliseconds.load(ordering: .relaxed))
         if !drainAgain.isEmpty { return 0 }
+        if table.count > 0, let sweep = ConnectionTimeouts.shared.sweepIntervalMilliseconds() {
+            timeout = min(timeout, Int64(sweep))
+        }
         if !backoff.isActive && !draining { return Int32(timeout) }  // the common case: no clock read
         let now = monotonicNanoseconds()
         if let until = backoff.until { timeout = min(timeout, max(0, (until - now) / 1_000_000 + 1)) }
@@ -296,6 +307,7 @@ final class Worker: @unchecked Sendable {
     private func echoOnce(_ slot: Int32, _ c: UnsafeMutablePointer<Connection>) -> EchoOutcome {
         switch SocketIO.receive(c.pointee.fd, into: readBuffer, count: echoBufferSize) {
         case .transferred(let n):
+            c.pointee.link = 0  // progress: the timeout sweep starts counting again
             return writeBack(slot, c, count: n)
         case .wouldBlock, .interrupted:
             return .wouldBlock
@@ -363,6 +375,7 @@ final class Worker: @unchecked Sendable {
             return
         }
         bytesEchoed &+= UInt64(written)
+        c.pointee.link = 0  // progress: the timeout sweep starts counting again
         if start + written < end {
             c.pointee.pendingStart = Int32(start + written)
             return
@@ -405,6 +418,41 @@ final class Worker: @unchecked Sendable {
     private func releaseSlot() {
         if control.releaseConnection() {
             for peer in peers { EventFD.add(1, to: peer) }
+        }
+    }
+
+    // MARK: - Timeouts
+
+    /// Sweeps the connections for IdleTimeoutSec= and SendTimeoutSec= when an interval has
+    /// passed (one coarse clock read per loop turn while there are connections), closes those
+    /// past their timeout, and logs the counts at most once a second.
+    private func sweepTimeoutsIfDue() {
+        let timeouts = ConnectionTimeouts.shared
+        guard let interval = timeouts.sweepIntervalMilliseconds() else { return }
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &now)
+        let nowNanos = Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+        guard nowNanos - lastSweep >= Int64(interval) * 1_000_000 else { return }
+        lastSweep = nowNanos
+        func sweeps(_ ms: Int) -> Int32 { ms == 0 ? 0 : Int32(clamping: (ms + interval - 1) / interval) }
+        table.sweepTimeouts(
+            idleSweeps: sweeps(timeouts.idleMilliseconds), sendSweeps: sweeps(timeouts.sendMilliseconds),
+            idle: &timedOutIdle, stalled: &timedOutStalled)
+        guard !timedOutIdle.isEmpty || !timedOutStalled.isEmpty else { return }
+        for slot in timedOutIdle { close(slot) }
+        for slot in timedOutStalled { close(slot) }
+        timeouts.countIdle(UInt64(timedOutIdle.count))
+        timeouts.countSend(UInt64(timedOutStalled.count))
+        timeoutsToLog.idle &+= UInt64(timedOutIdle.count)
+        timeoutsToLog.send &+= UInt64(timedOutStalled.count)
+        timedOutIdle.removeAll(keepingCapacity: true)
+        timedOutStalled.removeAll(keepingCapacity: true)
+        if nowNanos - lastTimeoutLog >= 1_000_000_000 {
+            lastTimeoutLog = nowNanos
+            logger.info(
+                "closed connections past their timeouts",
+                metadata: ["timeouts.idle": "\(timeoutsToLog.idle)", "timeouts.send": "\(timeoutsToLog.send)"])
+            timeoutsToLog = (0, 0)
         }
     }
 

@@ -44,7 +44,11 @@ public enum BlockingEcho {
                 // Everything received has been echoed (writes are synchronous), so the caller
                 // may close and the FIN follows the data.
                 return
-            case .wouldBlock, .failed:
+            case .wouldBlock:
+                // On this blocking socket: SO_RCVTIMEO, the idle timeout, ran out.
+                ConnectionTimeouts.shared.countIdle()
+                return
+            case .failed:
                 return  // ECONNRESET and the like: the peer is gone
             }
         }
@@ -60,7 +64,11 @@ public enum BlockingEcho {
             switch SocketIO.receive(fd, into: &byte, count: 1, flags: Int32(MSG_PEEK)) {
             case .transferred, .endOfStream: return true
             case .interrupted: continue
-            case .wouldBlock, .failed: return false
+            case .wouldBlock:
+                // On this blocking socket: SO_RCVTIMEO, the idle timeout, ran out.
+                ConnectionTimeouts.shared.countIdle()
+                return false
+            case .failed: return false
             }
         }
         return false
@@ -88,6 +96,12 @@ public enum BlockingEcho {
             case .interrupted:
                 continue
             case .wouldBlock:
+                // On a blocking socket this is SO_SNDTIMEO, the send timeout: no byte went out
+                // for that long.
+                if ConnectionTimeouts.isBlocking(fd) {
+                    ConnectionTimeouts.shared.countSend()
+                    return false
+                }
                 var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
                 _ = poll(&pfd, 1, -1)
                 continue

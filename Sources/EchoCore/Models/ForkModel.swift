@@ -115,6 +115,7 @@ public final class ForkModel: ControlLoopModel {
         }
         if CEchoShims_close_from(4) != 0 { _exit(71) }
         let shared = sharedBytes
+        ConnectionTimeouts.shared.apply(to: fd)
         BlockingEcho.serve(
             fd: fd, buffer: childBuffer, capacity: Self.bufferSize,
             stopRequested: { CEchoShims_stop_requested() != 0 },

@@ -104,6 +104,7 @@ public final class ThreadModel: ControlLoopModel {
 
     private static func connectionThread(fd: Int32, state: SharedState) {
         state.threads.withLock { $0[fd] = pthread_self() }
+        ConnectionTimeouts.shared.apply(to: fd)
         // An idle connection costs its thread's stack pages and no buffer: wait for the first
         // byte (MSG_PEEK leaves it queued) before allocating one.
         if BlockingEcho.waitForInput(fd: fd, stopRequested: { state.stopping.load(ordering: .relaxed) }) {
