@@ -13,7 +13,8 @@ import Testing
         s.open = 56
         s.bytesEchoed = 7_890_123
         s.acceptBackoffs = 9
-        let text = MetricsFile.render(s, model: "thread", version: "0.2.0 (abc)", startTime: 1_700_000_000.25)
+        let text = MetricsFile.render(
+            s, model: "thread", version: "0.2.0 (abc)", startTime: 1_700_000_000.25, idleTimeouts: 3, sendTimeouts: 4)
         #expect(text.hasSuffix("\n"))
         let lines = text.split(separator: "\n", omittingEmptySubsequences: false).dropLast()
         var samples: [String: String] = [:]
@@ -45,6 +46,8 @@ import Testing
         #expect(samples["echod_accept_backoffs_total"] == "9")
         #expect(samples["echod_start_time_seconds"] == "1700000000.250")
         #expect(text.contains("echod_info{version=\"0.2.0 (abc)\",model=\"thread\"} 1\n"))
+        #expect(text.contains("echod_connections_timed_out_total{timeout=\"idle\"} 3\n"))
+        #expect(text.contains("echod_connections_timed_out_total{timeout=\"send\"} 4\n"))
     }
 
     @Test func escapesLabelValues() {

@@ -70,8 +70,10 @@ public struct MetricsFile: Sendable {
     ///   - model: `event`, `thread` or `fork` (a label of `echod_info`).
     ///   - version: echod's version (a label of `echod_info`).
     ///   - startTime: when echod started, in seconds since the epoch.
+    ///   - idleTimeouts, sendTimeouts: connections closed by `IdleTimeoutSec=` and `SendTimeoutSec=`.
     public static func render(
-        _ snapshot: ServerSnapshot, model: String, version: String, startTime: Double
+        _ snapshot: ServerSnapshot, model: String, version: String, startTime: Double,
+        idleTimeouts: UInt64 = 0, sendTimeouts: UInt64 = 0
     ) -> String {
         var out = ""
         func metric(_ name: String, _ type: String, _ help: String, _ value: String, labels: String = "") {
@@ -91,6 +93,10 @@ public struct MetricsFile: Sendable {
         metric("echod_accept_backoffs_total", "counter",
                "Times accepting paused after a resource error (EMFILE, EAGAIN from pthread_create or fork).",
                "\(snapshot.acceptBackoffs)")
+        out += "# HELP echod_connections_timed_out_total Connections echod closed at a timeout, by timeout.\n"
+        out += "# TYPE echod_connections_timed_out_total counter\n"
+        out += "echod_connections_timed_out_total{timeout=\"idle\"} \(idleTimeouts)\n"
+        out += "echod_connections_timed_out_total{timeout=\"send\"} \(sendTimeouts)\n"
         return out
     }
 
@@ -140,7 +146,9 @@ struct MetricsPublisher {
         guard let file else { return }
         do {
             try file.replace(
-                with: MetricsFile.render(snapshot, model: model, version: BuildInfo.version, startTime: startTime))
+                with: MetricsFile.render(
+                    snapshot, model: model, version: BuildInfo.version, startTime: startTime,
+                    idleTimeouts: ConnectionTimeouts.shared.idleClosed, sendTimeouts: ConnectionTimeouts.shared.sendClosed))
         } catch {
             warning.warn(logger, "cannot write the metrics file", metadata: ["error": "\(error)", "path": "\(file.path)"])
         }
