@@ -380,6 +380,9 @@ struct ConnectionThread {
                 progress.sent.store(position, ordering: .releasing)
                 if shared.counts(monotonicNanoseconds(), window) { tally.bytesSent += tally.totalBytesSent - before }
             }
+            // Done before the FIN goes out: the reader may see the server's EOF (which follows
+            // it) at once, and must know by then that the writer has finished.
+            progress.writerDone.store(true, ordering: .releasing)
             Glibc.shutdown(fd, Int32(SHUT_WR))
         }
     }
