@@ -57,6 +57,12 @@ extension EchodIntegration {
                 }
                 #expect(Self.closedByPeer(silent, within: .seconds(5)), "silent client still open (\(model))")
                 try Self.ping(talker, 99)
+                // Logged with its count at the next STATUS= refresh (every 2 s), once.
+                let logged = waitUntil(timeout: .seconds(6), interval: .milliseconds(100)) {
+                    server.child.stderrText.contains("timeouts.idle.total=1")
+                }
+                #expect(logged, "no timeout log line; stderr:\n\(server.child.stderrTail())")
+                #expect(server.child.stderrText.ranges(of: "closed connections past their timeouts").count == 1)
                 let status = try Self.statusAfterReload(server)
                 #expect(status?.contains("timeouts: 1 idle, 0 send") == true, "STATUS=\(status ?? "none")")
             }

@@ -19,6 +19,7 @@
 // a shared anonymous mapping, so fork children's timeouts reach the parent's STATUS=.
 import CEchoShims
 import Glibc
+import Logging
 import Synchronization
 
 /// The connection timeouts in force, and how many connections each has closed.
@@ -71,6 +72,30 @@ public final class ConnectionTimeouts: Sendable {
     public func countIdle(_ n: UInt64 = 1) { CEchoShims_atomic_add_u64(counts, n) }
     /// Counts connections closed by the send timeout.
     public func countSend(_ n: UInt64 = 1) { CEchoShims_atomic_add_u64(counts + 1, n) }
+
+    /// What was last logged, so that the daemon logs the timeouts of every model (fork children
+    /// included) with their counts at each STATUS= refresh that has new ones: at most one line
+    /// every 2 s, never one per connection.
+    public struct LogState {
+        private var idle: UInt64 = 0
+        private var send: UInt64 = 0
+
+        public init() {}
+
+        /// Logs the connections closed by each timeout since the last call, if there are any.
+        public mutating func logIfChanged(_ logger: Logger) {
+            let timeouts = ConnectionTimeouts.shared
+            let (idleNow, sendNow) = (timeouts.idleClosed, timeouts.sendClosed)
+            guard idleNow != idle || sendNow != send else { return }
+            logger.info(
+                "closed connections past their timeouts",
+                metadata: [
+                    "timeouts.idle": "\(idleNow &- idle)", "timeouts.send": "\(sendNow &- send)",
+                    "timeouts.idle.total": "\(idleNow)", "timeouts.send.total": "\(sendNow)",
+                ])
+            (idle, send) = (idleNow, sendNow)
+        }
+    }
 
     /// `, timeouts: N idle, M send` for `STATUS=`.
     public var statusSuffix: String { ", timeouts: \(idleClosed) idle, \(sendClosed) send" }

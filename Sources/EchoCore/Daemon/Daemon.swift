@@ -216,12 +216,14 @@ public final class Daemon {
         let statusInterval = nanoseconds(self.statusInterval)
         var nextStatus = monotonicNanoseconds() + statusInterval
         var watchdog = Watchdog(interval: watchdogInterval, start: monotonicNanoseconds())
+        var timeoutLog = ConnectionTimeouts.LogState()
         var pollSet: [pollfd] = []
         while true {
             if stopping && model.isStopped { return 0 }
             var now = monotonicNanoseconds()
             if now >= nextStatus {
                 notifier.notify("STATUS=\(stopping ? "Stopping: " : "")\(status.line(model.snapshot()))")
+                timeoutLog.logIfChanged(logger)
                 nextStatus = now + statusInterval
             }
             if let due = watchdog.nextCheck, now >= due {
