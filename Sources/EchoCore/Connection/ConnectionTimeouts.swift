@@ -122,8 +122,11 @@ public final class ConnectionTimeouts: Sendable {
     /// of the shorter one, from 100 ms to 1 s; nil when both are off.
     /// Called on every turn of a worker's loop: two atomic loads, no allocation.
     public func sweepIntervalMilliseconds() -> Int? {
-        let idle = idleMilliseconds
-        let send = sendMilliseconds
+        Self.sweepInterval(idleMilliseconds: idleMilliseconds, sendMilliseconds: sendMilliseconds)
+    }
+
+    /// The sweep interval for timeouts in milliseconds (0 = off), or nil when both are off.
+    static func sweepInterval(idleMilliseconds idle: Int, sendMilliseconds send: Int) -> Int? {
         let shortest = idle == 0 ? send : (send == 0 ? idle : min(idle, send))
         guard shortest > 0 else { return nil }
         return min(1000, max(100, shortest / 4))
