@@ -450,9 +450,23 @@ final class Worker: @unchecked Sendable {
             idle: &timedOutIdle, stalled: &timedOutStalled)
         guard !timedOutIdle.isEmpty || !timedOutStalled.isEmpty else { return }
         for slot in timedOutIdle { close(slot) }
-        for slot in timedOutStalled { close(slot) }
         timeouts.countIdle(UInt64(timedOutIdle.count))
-        timeouts.countSend(UInt64(timedOutStalled.count))
+        var stalled: UInt64 = 0
+        for slot in timedOutStalled {
+            // EPOLLOUT comes only once a third of the send buffer is free, so a peer that reads
+            // slowly can drain it for longer than the timeout without one: try the send before
+            // calling the connection stalled. Any byte taken is progress (flushPending resets
+            // the count); none means the peer's window really stayed shut.
+            let c = table.entry(slot)
+            let generation = c.pointee.generation
+            flushPending(slot, c)
+            guard let still = table.entry(slot, generation: generation), still.pointee.link != 0,
+                still.pointee.pending != nil
+            else { continue }
+            close(slot)
+            stalled += 1
+        }
+        timeouts.countSend(stalled)
         timedOutIdle.removeAll(keepingCapacity: true)
         timedOutStalled.removeAll(keepingCapacity: true)
     }
