@@ -57,6 +57,12 @@ extension EchodIntegration {
                 }
                 #expect(Self.closedByPeer(silent, within: .seconds(5)), "silent client still open (\(model))")
                 try Self.ping(talker, 99)
+                // Logged with its count at the next STATUS= refresh (every 2 s), once.
+                let logged = waitUntil(timeout: .seconds(6), interval: .milliseconds(100)) {
+                    server.child.stderrText.contains("timeouts.idle.total=1")
+                }
+                #expect(logged, "no timeout log line; stderr:\n\(server.child.stderrTail())")
+                #expect(server.child.stderrText.ranges(of: "closed connections past their timeouts").count == 1)
                 let status = try Self.statusAfterReload(server)
                 #expect(status?.contains("timeouts: 1 idle, 0 send") == true, "STATUS=\(status ?? "none")")
             }
@@ -103,6 +109,74 @@ extension EchodIntegration {
                 try Self.ping(reader, 99)
                 let status = try Self.statusAfterReload(server)
                 #expect(status?.contains("timeouts: 0 idle, 1 send") == true, "STATUS=\(status ?? "none")")
+            }
+        }
+
+        /// SendTimeoutSec= measures a stall, not a slow transfer: a client that reads slowly (a
+        /// little every 400 ms, far less often than it writes) holds echod's sends back for
+        /// longer than the timeout in all, yet each of its reads lets them move, so it is served
+        /// to the last byte.
+        @Test(arguments: servingModels)
+        func slowReaderIsServedAcrossTheSendTimeout(model: String) throws {
+            try withEchod(config: Self.config(model: model, "SendTimeoutSec=2\n")) { server in
+                let client = try Client(port: server.port, receiveBuffer: 4096)
+                try client.socket.setNonBlocking()
+                let chunk = (0..<16384).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+                var written = 0
+                var received = 0
+                var mismatch = false
+                var scratch = [UInt8](repeating: 0, count: 8192)
+                var lastWrite = ContinuousClock.now
+                let start = ContinuousClock.now
+                // Write until echod is held back (nothing taken for 300 ms), reading 8 KiB every
+                // 400 ms all the while, and go on reading slowly for 6 s in all.
+                let slowPhase = Deadline(.seconds(6))
+                var nextRead = ContinuousClock.now
+                var failure: Int32 = 0
+                while !slowPhase.hasExpired && failure == 0 {
+                    if ContinuousClock.now - lastWrite < .milliseconds(300) {
+                        // The pattern repeats every 256 bytes: go on where the last send stopped.
+                        let offset = written % 256
+                        let sent = chunk.withUnsafeBytes {
+                            send(client.fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL))
+                        }
+                        if sent > 0 {
+                            written += sent
+                            lastWrite = .now
+                        } else if errno != EAGAIN {
+                            failure = errno
+                        }
+                    }
+                    if ContinuousClock.now >= nextRead {
+                        nextRead = .now + .milliseconds(400)
+                        let got = scratch.withUnsafeMutableBytes { recv(client.fd, $0.baseAddress!, $0.count, Int32(MSG_DONTWAIT)) }
+                        if got == 0 { failure = -1 }
+                        if got < 0 && errno != EAGAIN { failure = errno }
+                        if got > 0 {
+                            for i in 0..<got where scratch[i] != chunk[(received + i) % 256] { mismatch = true }
+                            received += got
+                        }
+                    }
+                    usleep(5_000)
+                }
+                #expect(failure == 0, "connection failed during the slow phase: \(failure) (\(model))")
+                #expect(received < written, "echod was never held back: the test proves nothing")
+                // Now read the rest at full speed: everything written comes back.
+                try client.socket.setTimeouts(.seconds(10))
+                let drain = Deadline(.seconds(20))
+                while received < written && !drain.hasExpired {
+                    var entry = pollfd(fd: client.fd, events: Int16(POLLIN), revents: 0)
+                    _ = poll(&entry, 1, 100)
+                    let got = scratch.withUnsafeMutableBytes { recv(client.fd, $0.baseAddress!, $0.count, Int32(MSG_DONTWAIT)) }
+                    if got <= 0 && !(got < 0 && errno == EAGAIN) { break }
+                    if got > 0 {
+                        for i in 0..<got where scratch[i] != chunk[(received + i) % 256] { mismatch = true }
+                        received += got
+                    }
+                }
+                #expect(received == written && !mismatch, "\(received) of \(written) bytes back (\(model)) after \(ContinuousClock.now - start)")
+                let status = try Self.statusAfterReload(server)
+                #expect(status?.contains("timeouts: 0 idle, 0 send") == true, "STATUS=\(status ?? "none")")
             }
         }
 

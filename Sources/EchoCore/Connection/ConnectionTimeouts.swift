@@ -19,6 +19,7 @@
 // a shared anonymous mapping, so fork children's timeouts reach the parent's STATUS=.
 import CEchoShims
 import Glibc
+import Logging
 import Synchronization
 
 /// The connection timeouts in force, and how many connections each has closed.
@@ -72,6 +73,30 @@ public final class ConnectionTimeouts: Sendable {
     /// Counts connections closed by the send timeout.
     public func countSend(_ n: UInt64 = 1) { CEchoShims_atomic_add_u64(counts + 1, n) }
 
+    /// What was last logged, so that the daemon logs the timeouts of every model (fork children
+    /// included) with their counts at each STATUS= refresh that has new ones: at most one line
+    /// every 2 s, never one per connection.
+    public struct LogState {
+        private var idle: UInt64 = 0
+        private var send: UInt64 = 0
+
+        public init() {}
+
+        /// Logs the connections closed by each timeout since the last call, if there are any.
+        public mutating func logIfChanged(_ logger: Logger) {
+            let timeouts = ConnectionTimeouts.shared
+            let (idleNow, sendNow) = (timeouts.idleClosed, timeouts.sendClosed)
+            guard idleNow != idle || sendNow != send else { return }
+            logger.info(
+                "closed connections past their timeouts",
+                metadata: [
+                    "timeouts.idle": "\(idleNow &- idle)", "timeouts.send": "\(sendNow &- send)",
+                    "timeouts.idle.total": "\(idleNow)", "timeouts.send.total": "\(sendNow)",
+                ])
+            (idle, send) = (idleNow, sendNow)
+        }
+    }
+
     /// `, timeouts: N idle, M send` for `STATUS=`.
     public var statusSuffix: String { ", timeouts: \(idleClosed) idle, \(sendClosed) send" }
 
@@ -97,8 +122,11 @@ public final class ConnectionTimeouts: Sendable {
     /// of the shorter one, from 100 ms to 1 s; nil when both are off.
     /// Called on every turn of a worker's loop: two atomic loads, no allocation.
     public func sweepIntervalMilliseconds() -> Int? {
-        let idle = idleMilliseconds
-        let send = sendMilliseconds
+        Self.sweepInterval(idleMilliseconds: idleMilliseconds, sendMilliseconds: sendMilliseconds)
+    }
+
+    /// The sweep interval for timeouts in milliseconds (0 = off), or nil when both are off.
+    static func sweepInterval(idleMilliseconds idle: Int, sendMilliseconds send: Int) -> Int? {
         let shortest = idle == 0 ? send : (send == 0 ? idle : min(idle, send))
         guard shortest > 0 else { return nil }
         return min(1000, max(100, shortest / 4))

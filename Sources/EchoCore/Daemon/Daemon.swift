@@ -177,6 +177,7 @@ public final class Daemon {
         let statusInterval = nanoseconds(self.statusInterval)
         var nextStatus = monotonicNanoseconds() + statusInterval
         var watchdog = Watchdog(interval: watchdogInterval, start: monotonicNanoseconds())
+        var timeoutLog = ConnectionTimeouts.LogState()
         var pollSet: [pollfd] = []
         guard let model = state.model else { return }
         // The thread and fork models accept here; the event model asks nothing of this loop.
@@ -187,6 +188,7 @@ public final class Daemon {
             var now = monotonicNanoseconds()
             if now >= nextStatus {
                 notifier.notify("STATUS=\(stopping ? "Stopping: " : "")\(publishStatus(&status, model))")
+                timeoutLog.logIfChanged(logger)
                 nextStatus = now + statusInterval
             }
             if let due = watchdog.nextCheck, now >= due {

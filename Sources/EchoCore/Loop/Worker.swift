@@ -61,8 +61,6 @@ final class Worker: @unchecked Sendable {
     @exclusivity(unchecked) private var lastSweep: Int64 = 0
     @exclusivity(unchecked) private var timedOutIdle: [Int32] = []
     @exclusivity(unchecked) private var timedOutStalled: [Int32] = []
-    @exclusivity(unchecked) private var timeoutsToLog: (idle: UInt64, send: UInt64) = (0, 0)
-    private var lastTimeoutLog: Int64 = 0
 
     private static let listenerTag: UInt64 = 1 << 63
     private static let wakeupTag: UInt64 = 1 << 62
@@ -424,8 +422,8 @@ final class Worker: @unchecked Sendable {
     // MARK: - Timeouts
 
     /// Sweeps the connections for IdleTimeoutSec= and SendTimeoutSec= when an interval has
-    /// passed (one coarse clock read per loop turn while there are connections), closes those
-    /// past their timeout, and logs the counts at most once a second.
+    /// passed (one coarse clock read per loop turn while there are connections) and closes those
+    /// past their timeout; the daemon logs the counts (`ConnectionTimeouts.LogState`).
     private func sweepTimeoutsIfDue() {
         let timeouts = ConnectionTimeouts.shared
         guard let interval = timeouts.sweepIntervalMilliseconds() else { return }
@@ -440,20 +438,25 @@ final class Worker: @unchecked Sendable {
             idle: &timedOutIdle, stalled: &timedOutStalled)
         guard !timedOutIdle.isEmpty || !timedOutStalled.isEmpty else { return }
         for slot in timedOutIdle { close(slot) }
-        for slot in timedOutStalled { close(slot) }
         timeouts.countIdle(UInt64(timedOutIdle.count))
-        timeouts.countSend(UInt64(timedOutStalled.count))
-        timeoutsToLog.idle &+= UInt64(timedOutIdle.count)
-        timeoutsToLog.send &+= UInt64(timedOutStalled.count)
+        var stalled: UInt64 = 0
+        for slot in timedOutStalled {
+            // EPOLLOUT comes only once a third of the send buffer is free, so a peer that reads
+            // slowly can drain it for longer than the timeout without one: try the send before
+            // calling the connection stalled. Any byte taken is progress (flushPending resets
+            // the count); none means the peer's window really stayed shut.
+            let c = table.entry(slot)
+            let generation = c.pointee.generation
+            flushPending(slot, c)
+            guard let still = table.entry(slot, generation: generation), still.pointee.link != 0,
+                still.pointee.pending != nil
+            else { continue }
+            close(slot)
+            stalled += 1
+        }
+        timeouts.countSend(stalled)
         timedOutIdle.removeAll(keepingCapacity: true)
         timedOutStalled.removeAll(keepingCapacity: true)
-        if nowNanos - lastTimeoutLog >= 1_000_000_000 {
-            lastTimeoutLog = nowNanos
-            logger.info(
-                "closed connections past their timeouts",
-                metadata: ["timeouts.idle": "\(timeoutsToLog.idle)", "timeouts.send": "\(timeoutsToLog.send)"])
-            timeoutsToLog = (0, 0)
-        }
     }
 
     // MARK: - Graceful stop
