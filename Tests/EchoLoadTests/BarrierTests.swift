@@ -66,7 +66,11 @@ import Testing
     /// another (far longer than the 300 ms window); if each started its own window when its own
     /// connection was up, the first children's traffic would come before the last children
     /// had connected.
-    @Test("split runs measure one window: traffic starts once every process is connected", .timeLimit(.minutes(3)))
+    @Test(
+        "split runs measure one window: traffic starts once every process is connected", .timeLimit(.minutes(3)),
+        .disabled(
+            if: sanitizer != nil,
+            "under a sanitizer FaultyServer's accept loop (a thread started per connection) lags the kernel's handshakes by more than the window, so accept times no longer tell when connections were up"))
     func windowsAreAligned() throws {
         let server = try FaultyServer(.none)
         defer { server.stop() }

@@ -269,3 +269,7 @@ func value(_ json: JSONValue, _ path: String) -> JSONValue? {
     for key in path.split(separator: ".") { v = v?[String(key)] }
     return v
 }
+
+/// The sanitizer the tests and echoload were built with (`make test-sanitize` sets
+/// ECHOD_TEST_SANITIZER=thread or address), or nil.
+let sanitizer: String? = ProcessInfo.processInfo.environment["ECHOD_TEST_SANITIZER"]
