@@ -5,6 +5,7 @@
 //
 // The timeouts are 1 s and the checks wait with deadlines several times longer than the
 // timeout plus the event model's sweep interval, so a loaded machine only makes them slower.
+import CEchoShims
 import Glibc
 import Testing
 
