@@ -217,8 +217,8 @@ struct ConnectionThread {
             let received = from + UInt64(done)
             switch SocketIO.receive(fd, into: buffer, count: min(capacity, count - done)) {
             case .transferred(let n):
-                if let bad = Pattern.firstMismatch(buffer, count: n, key: key, position: received) {
-                    mismatch(at: received + UInt64(bad), got: buffer.load(fromByteOffset: bad, as: UInt8.self), &tally)
+                if let bad = Pattern.firstMismatch(buffer, count: n, key: key, position: from + UInt64(done)) {
+                    mismatch(at: from + UInt64(done + bad), got: buffer.load(fromByteOffset: bad, as: UInt8.self), &tally)
                     return .failed
                 }
                 done += n
