@@ -3,8 +3,9 @@
 // the control thread (the thread that called `run`), never through asynchronous handlers.
 //
 // What the lifecycle uses lives in rooms of its own: ListenerSet (Listeners.swift),
-// ConfiguredLimits, ReloadPlan (Reload.swift), StatusReporter (Status.swift), Watchdog,
-// WatchdogTestTrigger, StartupError/ExitStatus; the models behind `ServingModel`.
+// ConfiguredLimits, ReloadPlan (Reload.swift), StatusReporter (Status.swift), MetricsPublisher
+// (MetricsFile.swift), Watchdog, WatchdogTestTrigger, StartupError/ExitStatus; the models behind
+// `ServingModel`.
 import Glibc
 import Logging
 
