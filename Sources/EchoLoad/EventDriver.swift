@@ -478,22 +478,23 @@ final class EventWorker: @unchecked Sendable {
         let fd = conns[i].fd
         while conns[i].sent < conns[i].goal {
             let want = Int(min(conns[i].goal - conns[i].sent, UInt64(Pattern.maxChunk)))
-            let n = Pattern.send(fd, key: conns[i].key, position: conns[i].sent, count: want)
-            if n > 0 {
+            switch Pattern.send(fd, key: conns[i].key, position: conns[i].sent, count: want) {
+            case .transferred(let n):
                 conns[i].sent += UInt64(n)
                 tally.totalBytesSent += UInt64(n)
                 pending.bytesSent += n
                 if options.mode == .stream && now >= window.start && now < window.end { tally.bytesSent += UInt64(n) }
+            case .interrupted:
                 continue
-            }
-            let e = errno
-            if e == EINTR { continue }
-            if e == EAGAIN || e == EWOULDBLOCK {
+            case .wouldBlock:
                 setOutput(i, true)
                 return
+            case .failed(let e):
+                ioFailed(i, e)
+                return
+            case .endOfStream:
+                return  // not a send outcome
             }
-            ioFailed(i, e)
-            return
         }
         setOutput(i, false)
     }
@@ -537,23 +538,23 @@ final class EventWorker: @unchecked Sendable {
         }
         let fd = conns[i].fd
         while true {
-            let n = Glibc.recv(fd, readBuffer, Self.readBufferSize, 0)
-            if n > 0 {
+            switch SocketIO.receive(fd, into: readBuffer, count: Self.readBufferSize) {
+            case .transferred(let n):
                 received(i, n, now)
                 // Finishing connections have already read on (to EOF or EAGAIN) in finish().
                 if conns[i].state != .open || conns[i].finishing || n < Self.readBufferSize { return }
-                continue
-            }
-            if n == 0 {
+            case .endOfStream:
                 fault { $0.recordPeerClose(connection: global(i), received: conns[i].received, sent: conns[i].sent) }
                 close(i)
                 return
+            case .interrupted:
+                continue
+            case .wouldBlock:
+                return
+            case .failed(let e):
+                ioFailed(i, e)
+                return
             }
-            let e = errno
-            if e == EINTR { continue }
-            if e == EAGAIN || e == EWOULDBLOCK { return }
-            ioFailed(i, e)
-            return
         }
     }
 
@@ -622,21 +623,22 @@ final class EventWorker: @unchecked Sendable {
     /// Reads a finishing connection: EOF closes it; any byte is one more than was sent.
     private func readToEOF(_ i: Int) {
         while conns[i].state == .open {
-            let n = Glibc.recv(conns[i].fd, readBuffer, Self.readBufferSize, 0)
-            if n > 0 {
+            switch SocketIO.receive(conns[i].fd, into: readBuffer, count: Self.readBufferSize) {
+            case .transferred:
                 fault { $0.recordTrailingBytes(connection: global(i), sent: conns[i].sent) }
                 close(i)
                 return
-            }
-            if n == 0 {
+            case .endOfStream:
                 close(i)
                 return
+            case .interrupted:
+                continue
+            case .wouldBlock:
+                return
+            case .failed:
+                close(i)  // a reset after a complete echo loses nothing we sent
+                return
             }
-            let e = errno
-            if e == EINTR { continue }
-            if e == EAGAIN || e == EWOULDBLOCK { return }
-            close(i)  // a reset after a complete echo loses nothing we sent
-            return
         }
     }
 

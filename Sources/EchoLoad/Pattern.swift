@@ -16,6 +16,7 @@
 // Sends go straight from the table (one `sendmsg` with one iovec per block touched), and checks
 // are one `memcmp` per block touched: one 64-bit hash per 16 KiB, nothing allocated, no copy,
 // and the check needs no record of what was sent, only the count of bytes verified so far.
+import EchoCore
 import Glibc
 
 /// The patterned payload shared by every connection of the process.
@@ -83,13 +84,13 @@ public enum Pattern {
 
     /// Sends stream bytes `[position, position + count)` (count at most `maxChunk`) of the
     /// connection with `key` on `fd`, with MSG_NOSIGNAL: one send(2), or one sendmsg(2) with an
-    /// iovec per block when they span several.
-    /// - Returns: what the call returned (errno is left as the call set it).
+    /// iovec per block when they span several (the iovecs live on the stack).
+    /// - Returns: the call's outcome, as `SocketIO` reports it.
     @inline(__always)
-    public static func send(_ fd: Int32, key: UInt64, position: UInt64, count: Int) -> Int {
+    public static func send(_ fd: Int32, key: UInt64, position: UInt64, count: Int) -> Transfer {
         let (first, contiguous) = segment(key: key, position: position)
-        if count <= contiguous { return Glibc.send(fd, first, count, Int32(MSG_NOSIGNAL)) }
-        return withUnsafeTemporaryAllocation(of: iovec.self, capacity: maxSegments) { iov -> Int in
+        if count <= contiguous { return SocketIO.send(fd, from: first, count: count) }
+        return withUnsafeTemporaryAllocation(of: iovec.self, capacity: maxSegments) { iov -> Transfer in
             var n = 0
             var done = 0
             while done < count && n < maxSegments {
@@ -99,10 +100,7 @@ public enum Pattern {
                 n += 1
                 done += take
             }
-            var message = msghdr()
-            message.msg_iov = iov.baseAddress
-            message.msg_iovlen = n
-            return Glibc.sendmsg(fd, &message, Int32(MSG_NOSIGNAL))
+            return SocketIO.send(fd, vectors: iov.baseAddress!, count: n)
         }
     }
 

@@ -187,19 +187,20 @@ struct ConnectionThread {
         var done = 0
         while done < count {
             let want = min(count - done, Pattern.maxChunk)
-            let n = Pattern.send(fd, key: key, position: from + UInt64(done), count: want)
-            if n > 0 {
+            switch Pattern.send(fd, key: key, position: from + UInt64(done), count: want) {
+            case .transferred(let n):
                 done += n
                 tally.totalBytesSent += UInt64(n)
                 shared.live.bytesSent.add(n, ordering: .relaxed)
                 continue
-            }
-            let e = errno
-            if n < 0 && e == EINTR { continue }
-            if n < 0 && (e == EAGAIN || e == EWOULDBLOCK) {
+            case .interrupted:
+                continue
+            case .wouldBlock:  // SO_SNDTIMEO ran out
                 fault(&tally) { $0.recordSendTimeout(connection: global) }
-            } else {
+            case .failed(let e):
                 fault(&tally) { $0.recordIOError(connection: global, errno: e) }
+            case .endOfStream:
+                break  // not a send outcome
             }
             return .failed
         }
@@ -213,8 +214,9 @@ struct ConnectionThread {
     ) -> IOOutcome {
         var done = 0
         while done < count {
-            let n = Glibc.recv(fd, buffer, min(capacity, count - done), 0)
-            if n > 0 {
+            let received = from + UInt64(done)
+            switch SocketIO.receive(fd, into: buffer, count: min(capacity, count - done)) {
+            case .transferred(let n):
                 if let bad = Pattern.firstMismatch(buffer, count: n, key: key, position: from + UInt64(done)) {
                     mismatch(at: from + UInt64(done + bad), got: buffer.load(fromByteOffset: bad, as: UInt8.self), &tally)
                     return .failed
@@ -223,15 +225,13 @@ struct ConnectionThread {
                 tally.totalBytesReceived += UInt64(n)
                 shared.live.bytesReceived.add(n, ordering: .relaxed)
                 continue
-            }
-            let e = errno
-            if n < 0 && e == EINTR { continue }
-            let received = from + UInt64(done)
-            if n == 0 {
+            case .interrupted:
+                continue
+            case .endOfStream:
                 fault(&tally) { $0.recordPeerClose(connection: global, received: received, sent: sent) }
-            } else if e == EAGAIN || e == EWOULDBLOCK {
+            case .wouldBlock:  // SO_RCVTIMEO ran out
                 fault(&tally) { $0.recordEchoTimeout(connection: global, received: received, sent: sent) }
-            } else {
+            case .failed(let e):
                 fault(&tally) { $0.recordIOError(connection: global, errno: e) }
             }
             return .failed
@@ -277,13 +277,15 @@ struct ConnectionThread {
         ClientSocket.setTimeout(fd, SO_RCVTIMEO, options.drainTimeout)
         var scratch = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
         while true {
-            let n = withUnsafeMutableBytes(of: &scratch) { Glibc.recv(fd, $0.baseAddress!, $0.count, 0) }
-            if n > 0 {
+            switch withUnsafeMutableBytes(of: &scratch, { SocketIO.receive(fd, into: $0.baseAddress!, count: $0.count) }) {
+            case .transferred:
                 fault(&tally) { $0.recordTrailingBytes(connection: global, sent: sent) }
                 return
+            case .interrupted:
+                continue
+            case .endOfStream, .wouldBlock, .failed:
+                return  // EOF; or no close within the drain timeout, or a reset: nothing we sent is lost
             }
-            if n < 0 && errno == EINTR { continue }
-            return  // EOF; or no close within the drain timeout, or a reset: nothing we sent is lost
         }
     }
 
@@ -407,9 +409,10 @@ struct ConnectionThread {
                 expectEOF(fd, sent: sent, &tally)
                 return
             }
-            let n = Glibc.recv(fd, buffer, capacity, 0)
+            let outcome = SocketIO.receive(fd, into: buffer, count: capacity)
             let now = monotonicNanoseconds()
-            if n > 0 {
+            switch outcome {
+            case .transferred(let n):
                 let sentNow = progress.sent.load(ordering: .acquiring)
                 // The writer publishes `sent` after send() returns, so the echo may race ahead of it
                 // by at most one write; only count "more than sent" beyond that.
@@ -437,17 +440,15 @@ struct ConnectionThread {
                     shared.live.messages.add(completed, ordering: .relaxed)
                 }
                 continue
-            }
-            let e = errno
-            if n < 0 && e == EINTR { continue }
-            if n == 0 {
+            case .interrupted:
+                continue
+            case .endOfStream:
                 let sent = progress.sent.load(ordering: .acquiring)
                 if !(progress.writerDone.load(ordering: .acquiring) && received == sent) {
                     fault(&tally) { $0.recordPeerClose(connection: global, received: received, sent: sent) }
                 }
                 return
-            }
-            if e == EAGAIN || e == EWOULDBLOCK {
+            case .wouldBlock:  // the short SO_RCVTIMEO ran out
                 if received == progress.sent.load(ordering: .acquiring) {
                     lastProgress = now
                 } else if now - lastProgress >= options.drainTimeout {
@@ -456,9 +457,10 @@ struct ConnectionThread {
                     return
                 }
                 continue
+            case .failed(let e):
+                fault(&tally) { $0.recordIOError(connection: global, errno: e) }
+                return
             }
-            fault(&tally) { $0.recordIOError(connection: global, errno: e) }
-            return
         }
     }
 }

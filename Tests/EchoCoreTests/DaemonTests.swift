@@ -58,6 +58,20 @@ import Testing
         #expect(plan.applied.core == old.core)
     }
 
+    /// The trigger's signal is blocked only when the key is on at start, so a reload must not
+    /// turn it on (or off): it waits for a restart like `Model=`.
+    @Test func watchdogTestTriggerWaitsForARestart() {
+        let old = Configuration()
+        var new = old
+        new.watchdogTestTrigger = true
+        let plan = ReloadPlan(running: old, loaded: new, socketsPassed: false)
+        #expect(plan.restartKeys == ["[Debug] WatchdogTestTrigger="])
+        #expect(plan.applied.watchdogTestTrigger == false)
+        let back = ReloadPlan(running: new, loaded: old, socketsPassed: true)
+        #expect(back.restartKeys == ["[Debug] WatchdogTestTrigger="])
+        #expect(back.applied.watchdogTestTrigger == true)
+    }
+
     @Test func anUnchangedConfigurationChangesNothing() {
         let plan = ReloadPlan(running: Configuration(), loaded: Configuration(), socketsPassed: false)
         #expect(plan.restartKeys.isEmpty)

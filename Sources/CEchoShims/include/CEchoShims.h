@@ -42,7 +42,7 @@ int CEchoShims_stop_requested(void);
 int CEchoShims_install_interrupt_handler(int signo);
 /// In a freshly forked child, before anything else: every signal back to its default
 /// disposition, SIGTERM to a handler that only records a stop request (one sig_atomic_t store;
-/// no SA_RESTART, so a blocked read(2)/write(2) returns EINTR and the child looks at the flag), SIGINT/SIGHUP/SIGPIPE ignored (the parent decides
+/// no SA_RESTART, so a blocked recv(2)/send(2) returns EINTR and the child looks at the flag), SIGINT/SIGHUP/SIGPIPE ignored (the parent decides
 /// when children stop), and only then the inherited mask cleared, so a SIGTERM that arrived
 /// while the child was being set up is handled, never fatal.
 void CEchoShims_child_signal_setup(void);
@@ -54,16 +54,19 @@ int CEchoShims_close_from(unsigned int first);
 void CEchoShims_atomic_add_u64(uint64_t *p, uint64_t v);
 uint64_t CEchoShims_atomic_load_u64(const uint64_t *p);
 
-/// recv(2), send(2) and epoll_wait(2) as raw system calls. glibc's wrappers are cancellation
+/// recv(2), send(2), sendmsg(2) and epoll_wait(2) as raw system calls. glibc's wrappers are cancellation
 /// points: in a multi-threaded process each call also enables and disables asynchronous
 /// cancellation (about 60 instructions per call, a third of echod's user-space cost per echoed
 /// message when measured with callgrind). echod never cancels threads, so the hot path skips
-/// that bookkeeping. errno is set as by the wrappers.
+/// that bookkeeping (nor does echoload). errno is set as by the wrappers.
 static inline long CEchoShims_recv(int fd, void *buf, size_t len, int flags) {
     return syscall(SYS_recvfrom, fd, buf, len, flags, (void *)0, (void *)0);
 }
 static inline long CEchoShims_send(int fd, const void *buf, size_t len, int flags) {
     return syscall(SYS_sendto, fd, buf, len, flags, (void *)0, 0);
+}
+static inline long CEchoShims_sendmsg(int fd, const struct msghdr *message, int flags) {
+    return syscall(SYS_sendmsg, fd, message, flags);
 }
 static inline int CEchoShims_epoll_wait(int epfd, struct epoll_event *events, int maxevents, int timeout) {
 #ifdef SYS_epoll_wait

@@ -219,7 +219,9 @@ struct ConfigurationKey: Sendable {
         .integer("Thread", "MaxThreads", \.maxThreads, in: 1...1_000_000, model: .thread),
         .integer("Fork", "MaxChildren", \.maxChildren, in: 1...1_000_000, model: .fork),
         .single(
-            "Debug", "WatchdogTestTrigger", \.watchdogTestTrigger,
+            // Restart only: the trigger's signal is blocked and read from the signalfd only if
+            // the key is on at start (`WatchdogTestTrigger.arm`, before any thread exists).
+            "Debug", "WatchdogTestTrigger", \.watchdogTestTrigger, onReload: .restart,
             parse: { (text) throws(ConfigurationValueError) in
                 guard let value = ConfigurationValueParser.boolean(text) else {
                     throw ConfigurationValueError("expected a boolean (yes/no, true/false, on/off, 1/0)")

@@ -141,7 +141,7 @@ enum ConfigurationParser {
 
     /// Applies one file's contents on top of `config` and appends `file` to `config.sources`.
     ///
-    /// Checks that need every file (duplicate addresses, unimplemented model) are left to
+    /// Checks that need every file (duplicate addresses, keys set for another model) are left to
     /// `validate(_:log:)`.
     ///
     /// - Parameters:

@@ -3,7 +3,7 @@
 enum ConnectionPhase: UInt8 {
     /// Reading and echoing.
     case echoing
-    /// A stop is under way: keep echoing until the peer has been quiet for `drainQuietPeriod`,
+    /// A stop is under way: keep echoing until the peer has been quiet for `drainQuietPeriodMilliseconds`,
     /// then close the write side.
     case draining
     /// Our write side is shut: read and discard until the peer closes, so that closing with

@@ -3,8 +3,9 @@
 // the control thread (the thread that called `run`), never through asynchronous handlers.
 //
 // What the lifecycle uses lives in rooms of its own: ListenerSet (Listeners.swift),
-// ConfiguredLimits, ReloadPlan (Reload.swift), StatusReporter (Status.swift), Watchdog,
-// WatchdogTestTrigger, StartupError/ExitStatus; the models behind `ServingModel`.
+// ConfiguredLimits, ReloadPlan (Reload.swift), StatusReporter (Status.swift), MetricsPublisher
+// (MetricsFile.swift), Watchdog, WatchdogTestTrigger, StartupError/ExitStatus; the models behind
+// `ServingModel`.
 import Glibc
 import Logging
 
@@ -20,16 +21,16 @@ public final class Daemon {
         case starting
         /// Serving connections.
         case serving(ServingModel)
-        /// A stop signal arrived: the model finishes open connections until `deadline`
-        /// (CLOCK_MONOTONIC nanoseconds).
-        case stopping(ServingModel, deadline: Int64)
+        /// A stop signal arrived: the model finishes open connections (by the deadline it was
+        /// given in `beginStop(deadline:)`, which it enforces itself).
+        case stopping(ServingModel)
         /// Every connection is closed; the final totals.
         case stopped(ServerSnapshot)
 
         /// The running model, while there is one.
         var model: ServingModel? {
             switch self {
-            case .serving(let m), .stopping(let m, _): return m
+            case .serving(let m), .stopping(let m): return m
             case .starting, .stopped: return nil
             }
         }
@@ -248,7 +249,7 @@ public final class Daemon {
         logger.info("stopping", metadata: ["connections.open": "\(model.snapshot().open)"])
         let deadline = monotonicNanoseconds() + nanoseconds(configuration.stopTimeout)
         model.beginStop(deadline: deadline)
-        state = .stopping(model, deadline: deadline)
+        state = .stopping(model)
     }
 
     // MARK: - Reload

@@ -46,10 +46,12 @@ struct AcceptBackoff {
     }
 
     /// Accepts blocking, close-on-exec connections from `listener` while `shouldAccept()` holds
-    /// and the queue is not empty, handing each to `handle`. Errors that concern one connection
-    /// are skipped; others, and a `HandlerFailure`, pause accepting.
+    /// and the queue is not empty, handing each to `handle`, which owns it from then on (also
+    /// when it throws). Errors that concern one connection are skipped; others, and a
+    /// `HandlerFailure`, pause accepting.
     mutating func acceptConnections(
-        from listener: Int32, while shouldAccept: () -> Bool, _ handle: (Int32) throws(HandlerFailure) -> Void
+        from listener: Int32, while shouldAccept: () -> Bool,
+        _ handle: (consuming FileDescriptor) throws(HandlerFailure) -> Void
     ) {
         while !isActive && shouldAccept() {
             let result: IOResult<Int32>
@@ -62,7 +64,7 @@ struct AcceptBackoff {
             }
             guard case .processed(let fd) = result else { return }
             do {
-                try handle(fd)
+                try handle(FileDescriptor(owning: fd))
             } catch {
                 pause(error.message, error.error)
                 return

@@ -2,9 +2,9 @@
 // connection, as in the classic servers those models stand for.
 //
 // A graceful stop reaches a blocked session as a signal whose handler (CEchoShims) sets a flag
-// and is installed without SA_RESTART, so the blocked read(2) or write(2) returns EINTR. The
+// and is installed without SA_RESTART, so the blocked recv(2) or send(2) returns EINTR. The
 // session then echoes what has already arrived, shuts its write side and waits for the peer to
-// close. A signal landing between the flag check and the next read() is not lost for good: the
+// close. A signal landing between the flag check and the next recv() is not lost for good: the
 // controller repeats it every 100 ms until the session is gone, and closes what is left at the
 // stop deadline.
 import CEchoShims

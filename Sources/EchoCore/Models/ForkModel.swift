@@ -82,7 +82,7 @@ public final class ForkModel: ControlLoopModel {
     public func controlDescriptorReadable(_ fd: Int32) {
         var spawned: [pid_t] = []
         backoff.acceptConnections(from: fd, while: { !escalation.isStopping && children.count + spawned.count < limit }) {
-            (connection) throws(AcceptBackoff.HandlerFailure) in
+            (connection: consuming FileDescriptor) throws(AcceptBackoff.HandlerFailure) in
             spawned.append(try spawnChild(for: connection))
         }
         children.formUnion(spawned)
@@ -91,24 +91,25 @@ public final class ForkModel: ControlLoopModel {
 
     /// Forks a child to serve `connection` and closes the parent's copy.
     /// - Returns: the child's pid.
-    private func spawnChild(for connection: Int32) throws(AcceptBackoff.HandlerFailure) -> pid_t {
+    private func spawnChild(for connection: consuming FileDescriptor) throws(AcceptBackoff.HandlerFailure) -> pid_t {
         fflush(nil)  // nothing buffered may be written twice, once by each process
         let pid = fork()
-        if pid == 0 { childMain(connection) }
         let err = errno
-        closeNoRetry(connection)
+        if pid == 0 { childMain(connection) }
+        connection.close()
         if pid < 0 {
             throw .init(message: "fork failed; pausing accepts for 1s", error: SystemError("fork", errno: err))
         }
         return pid
     }
 
-    /// The child: never returns.
-    private func childMain(_ connection: Int32) -> Never {
+    /// The child: never returns. It leaves with _exit, so `connection` is never closed through
+    /// its owner; the child's descriptors end with the process.
+    private func childMain(_ connection: consuming FileDescriptor) -> Never {
         CEchoShims_child_signal_setup()
         // Keep 0-2 (stderr may be the journal) and the connection, moved to 3; close the rest:
         // listeners, signalfd, the parent's other connections if any were in flight.
-        var fd = connection
+        var fd = connection.rawValue
         if fd != 3 {
             if dup2(fd, 3) < 0 { _exit(71) }
             fd = 3

@@ -74,7 +74,7 @@ public protocol ServingModel: AnyObject {
 
 extension ServingModel {
     /// Models without workers of their own have nothing to watch beyond the control loop, which
-    /// is what sends the pings: a connection thread or child blocked in read() is idle, not hung.
+    /// is what sends the pings: a connection thread or child blocked in recv() is idle, not hung.
     public func progress() -> [UInt64] { [] }
 
     public var servingMetadata: Logger.Metadata { [:] }

@@ -1,6 +1,6 @@
 // How the thread and fork models stop connections that sit in blocking calls: ask (a signal
-// that interrupts read(2)), ask again every 100 ms, because a signal that lands just before a
-// connection enters read() only sets a flag that is already set, and force what is left at the
+// that interrupts recv(2)), ask again every 100 ms, because a signal that lands just before a
+// connection enters recv() only sets a flag that is already set, and force what is left at the
 // stop deadline. The control loop turns for every connection that ends during a stop; asking
 // every other connection each time would be quadratic, hence the fixed cadence.
 

@@ -86,23 +86,35 @@ public final class ThreadModel: ControlLoopModel {
         let state = self.state
         let stackSize = self.stackSize
         var started: UInt64 = 0
-        backoff.acceptConnections(from: listener, while: { roomForMore }) { (fd) throws(AcceptBackoff.HandlerFailure) in
+        backoff.acceptConnections(from: listener, while: { roomForMore }) {
+            (connection: consuming FileDescriptor) throws(AcceptBackoff.HandlerFailure) in
             state.open.add(1, ordering: .relaxed)
+            let handoff = Handoff(connection)
             do throws(SystemError) {
                 try JoinableThread.detach(name: "echod-conn", stackSize: stackSize) {
-                    Self.connectionThread(fd: fd, state: state)
+                    Self.connectionThread(handoff.take(), state: state)
                 }
                 started &+= 1
             } catch {
                 state.open.subtract(1, ordering: .relaxed)
-                closeNoRetry(fd)
+                // The thread never ran: `handoff` still owns the connection and closes it.
                 throw .init(message: "cannot start a connection thread; pausing accepts for 1s", error: error)
             }
         }
         accepted &+= started
     }
 
-    private static func connectionThread(fd: Int32, state: SharedState) {
+    /// Carries a connection to its new thread (a ~Copyable value cannot be captured by an
+    /// escaping closure): the owner until the thread takes it, and closes it if it never does.
+    private final class Handoff: @unchecked Sendable {
+        private var connection: FileDescriptor?
+        init(_ connection: consuming FileDescriptor) { self.connection = .some(connection) }
+        /// Called once, by the connection thread.
+        func take() -> FileDescriptor { connection.take()! }
+    }
+
+    private static func connectionThread(_ connection: consuming FileDescriptor, state: SharedState) {
+        let fd = connection.rawValue
         state.threads.withLock { $0[fd] = pthread_self() }
         ConnectionTimeouts.shared.apply(to: fd)
         // An idle connection costs its thread's stack pages and no buffer: wait for the first
@@ -118,7 +130,7 @@ public final class ThreadModel: ControlLoopModel {
             BlockingEcho.lingerIdle(fd: fd)
         }
         state.threads.withLock { _ = $0.removeValue(forKey: fd) }
-        closeNoRetry(fd)
+        connection.close()  // only now: a stop may shut down any descriptor still in `threads`
         let before = state.open.subtract(1, ordering: .relaxed).oldValue
         if before >= state.limit.load(ordering: .relaxed) || state.stopping.load(ordering: .relaxed) {
             state.wakeup.wake()

@@ -1,5 +1,6 @@
-// The system calls of the echo paths: recv and send on a connected socket, as always-inlined
-// helpers over the raw system calls (CEchoShims_recv/send: glibc's wrappers are cancellation
+// The system calls of the echo paths (echod's models and echoload's drivers): recv, send and
+// sendmsg on a connected socket, as always-inlined helpers over the raw system calls
+// (CEchoShims_recv/send/sendmsg: glibc's wrappers are cancellation
 // points, about 60 instructions a call in a multi-threaded process). errno is read at once;
 // "would block" and "interrupted" come back as values, not thrown errors, because on these paths
 // they are ordinary: level-triggered epoll reports the socket again, and the blocking models
@@ -21,10 +22,11 @@ public enum Transfer: Equatable {
     case failed(errno: Int32)
 }
 
-/// recv(2) and send(2) for the echo paths.
+/// recv(2), send(2) and sendmsg(2) for the echo paths. Inlinable, so that echoload's drivers
+/// (another module) get the same inlined calls as echod's worker.
 public enum SocketIO {
     /// Reads up to `count` bytes. The corresponding C function is `recv(2)`.
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func receive(_ fd: Int32, into buffer: UnsafeMutableRawPointer, count: Int, flags: Int32 = 0) -> Transfer {
         let n = CEchoShims_recv(fd, buffer, count, flags)
         if n > 0 { return .transferred(n) }
@@ -34,7 +36,7 @@ public enum SocketIO {
 
     /// Writes up to `count` bytes, with MSG_NOSIGNAL (a reset peer gives EPIPE, not SIGPIPE)
     /// added to `flags`. The corresponding C function is `send(2)`.
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func send(_ fd: Int32, from buffer: UnsafeRawPointer, count: Int, flags: Int32 = 0) -> Transfer {
         let n = CEchoShims_send(fd, buffer, count, flags | Int32(MSG_NOSIGNAL))
         // The common case first, in one compare: everything went (callers that compare the
@@ -44,7 +46,20 @@ public enum SocketIO {
         return failure(Glibc.errno)
     }
 
-    @inline(__always)
+    /// Writes the `count` buffers at `vectors` in order, with MSG_NOSIGNAL added to `flags`
+    /// (one call however many buffers: echoload sends a patterned stream slice by slice).
+    /// The corresponding C function is `sendmsg(2)`.
+    @inlinable @inline(__always)
+    public static func send(_ fd: Int32, vectors: UnsafeMutablePointer<iovec>, count: Int, flags: Int32 = 0) -> Transfer {
+        var message = msghdr()
+        message.msg_iov = vectors
+        message.msg_iovlen = count
+        let n = CEchoShims_sendmsg(fd, &message, flags | Int32(MSG_NOSIGNAL))
+        if n >= 0 { return .transferred(n) }
+        return failure(Glibc.errno)
+    }
+
+    @usableFromInline @inline(__always)
     static func failure(_ err: Int32) -> Transfer {
         if err == EAGAIN || err == EWOULDBLOCK { return .wouldBlock }
         if err == EINTR { return .interrupted }

@@ -77,6 +77,7 @@ public func syscallNonBlocking<T: FixedWidthInteger>(
 }
 
 @inline(__always)
+@usableFromInline
 func assertAcceptableErrno(_ err: Int32, _ call: @autoclosure () -> String) {
-    assert(err != EBADF && err != EFAULT, "\(call()) failed with \(SystemError(call(), errno: err)): a bug in echod")
+    assert(err != EBADF && err != EFAULT, "\(call()) failed with \(SystemError(call(), errno: err)): a bug, not a condition of the connection")
 }
