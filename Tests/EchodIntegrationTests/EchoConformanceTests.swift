@@ -67,6 +67,27 @@ extension EchodIntegration {
             }
         }
 
+        /// A rest that echod could not send is itself sent in parts: the clients announce a small
+        /// MSS (536), which keeps echod's autotuned send buffer near 40 KiB, and a 4 KiB receive
+        /// window, so when the event model's EPOLLOUT comes, less room has opened than the rest
+        /// it holds (up to one 64 KiB read). The later tries must start where the last one
+        /// stopped: a byte sent twice or skipped shows at its stream offset.
+        @Test(arguments: servingModels)
+        func restsSentInSeveralPartsKeepTheStreamExact(model: String) throws {
+            try withEchod(config: Echod.config(model: model)) { server in
+                let plans = (0..<4).map { i in
+                    FlowPlan(
+                        bytes: (1 << 20) + 4093 * i, seed: 1400 + UInt64(i),
+                        readChunk: 3001 + 2 * i, receiveBuffer: 4096, maxSegment: 536)
+                }
+                let load = try EchoLoad(port: server.port, plans: plans)
+                let finished = try load.runToCompletion(timeout: .seconds(50))
+                #expect(load.failures == [])
+                #expect(finished, "\(load.unfinishedSummary); \(server.describeState())")
+                for flow in load.flows { #expect(flow.readCount == flow.plan.bytes, "flow \(flow.index)") }
+            }
+        }
+
         /// Clients that vanish mid-transfer (close with unread data; RST via SO_LINGER 0)
         /// while others transfer: the others finish byte-exact and echod keeps serving.
         ///
