@@ -28,11 +28,6 @@ struct FlowPlan {
     /// client having shut its write side: a graceful stop does that to clients that never
     /// half-close. EOF is then a clean end, not a failure.
     var serverMayClose = false
-    /// TCP_MAXSEG for the client socket, set before connecting: the MSS it announces, so the
-    /// server's segments are this small. A small MSS keeps the server's autotuned send buffer
-    /// small (the kernel sizes it from the MSS and the congestion window), so with a small
-    /// `receiveBuffer` even the server's second try at a rest it could not send goes out in parts.
-    var maxSegment: Int32?
     /// While the client is still sending, the server may end the stream (FIN) only once the
     /// client has paused its sending for this long (a graceful stop's quiet period). The flow
     /// times its own pauses (from `EchoLoad.watchSendGaps()`): an EOF while sending is a clean
@@ -94,7 +89,7 @@ final class EchoLoad {
     /// timeout; then non-blocking).
     init(_ host: Loopback = .v4, port: UInt16, plans: [FlowPlan]) throws {
         flows = try plans.enumerated().map { index, plan in
-            let client = try Client(host, port: port, receiveBuffer: plan.receiveBuffer, maxSegment: plan.maxSegment)
+            let client = try Client(host, port: port, receiveBuffer: plan.receiveBuffer)
             try client.socket.setNonBlocking()
             return Flow(index: index, plan: plan, socket: client.socket)
         }

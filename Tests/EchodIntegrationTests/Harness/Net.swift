@@ -142,17 +142,12 @@ final class Client {
 
     /// - Parameter receiveBuffer: SO_RCVBUF, set before connecting so that the window the
     ///   peer sees is small from the first byte (a slow reader makes the peer's sends partial).
-    /// - Parameter maxSegment: TCP_MAXSEG, set before connecting: the MSS this client announces.
-    init(
-        _ host: Loopback = .v4, port: UInt16, timeout: Duration = .seconds(10), receiveBuffer: Int32? = nil,
-        maxSegment: Int32? = nil
-    ) throws {
+    init(_ host: Loopback = .v4, port: UInt16, timeout: Duration = .seconds(10), receiveBuffer: Int32? = nil) throws {
         self.host = host
         self.port = port
         socket = try Socket.make(family: host.family, type: CEchoShims_SOCK_STREAM)
         try socket.setTimeouts(timeout)
         if let receiveBuffer { try socket.setOption(SOL_SOCKET, SO_RCVBUF, receiveBuffer, "SO_RCVBUF") }
-        if let maxSegment { try socket.setOption(Int32(IPPROTO_TCP), TCP_MAXSEG, maxSegment, "TCP_MAXSEG") }
         try socket.connect(host, port: port)
     }
 
