@@ -30,9 +30,10 @@ struct FlowPlan {
     var serverMayClose = false
     /// While the client is still sending, the server may end the stream (FIN) only once the
     /// client has paused its sending for this long (a graceful stop's quiet period). The flow
-    /// times its own pauses (from `EchoLoad.watchSendGaps()`): an EOF while sending is a clean
+    /// times its own pauses (from `EchoLoad.watchSendGaps(from:)`): an EOF while sending is a clean
     /// end if the client did pause that long (a starved client goes quiet too, and the server
-    /// cannot tell), and a failure if it never did.
+    /// cannot tell), and a failure if it never did. A pause is any stretch without a send that
+    /// moved bytes, whatever held the client back (its thread off the CPU, or full buffers).
     var quietPeriod: Duration?
 }
 
@@ -47,7 +48,7 @@ final class Flow {
     fileprivate(set) var sawEOF = false
     fileprivate(set) var aborted = false
     fileprivate(set) var failure: String?
-    /// Since `EchoLoad.watchSendGaps()`: the longest time between two sends that moved bytes
+    /// Since `EchoLoad.watchSendGaps(from:)`: the longest time between two sends that moved bytes
     /// (or from the last send to the server's EOF), and whether the server ended the stream
     /// after such a pause while the client still had bytes to send.
     fileprivate(set) var longestSendGap: Duration = .zero
