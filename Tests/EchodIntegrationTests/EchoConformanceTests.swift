@@ -67,6 +67,28 @@ extension EchodIntegration {
             }
         }
 
+        /// A rest that echod could not send is itself sent in parts. The listener handed to echod
+        /// has a 16 KiB SO_SNDBUF, which its connections inherit (and which turns off the send
+        /// buffer's autotuning, that otherwise grows it to MiBs on loopback), and the clients read
+        /// slowly through a 4 KiB window: when the event model's EPOLLOUT comes, less room has
+        /// opened than the rest it holds (up to one 64 KiB read). Each later try must start where
+        /// the last one stopped: a byte sent twice or skipped shows at its stream offset.
+        @Test(arguments: servingModels)
+        func restsSentInSeveralPartsKeepTheStreamExact(model: String) throws {
+            let (listener, _) = try makeListener()
+            try listener.setOption(SOL_SOCKET, SO_SNDBUF, Int32(8 << 10), "SO_SNDBUF")  // the kernel doubles it
+            try withEchod(config: Echod.config(model: model), listener: listener) { server in
+                let plans = (0..<4).map { i in
+                    FlowPlan(bytes: (1 << 20) + 4093 * i, seed: 1400 + UInt64(i), readChunk: 3001 + 2 * i, receiveBuffer: 4096)
+                }
+                let load = try EchoLoad(port: server.port, plans: plans)
+                let finished = try load.runToCompletion(timeout: .seconds(50))
+                #expect(load.failures == [])
+                #expect(finished, "\(load.unfinishedSummary); \(server.describeState())")
+                for flow in load.flows { #expect(flow.readCount == flow.plan.bytes, "flow \(flow.index)") }
+            }
+        }
+
         /// Clients that vanish mid-transfer (close with unread data; RST via SO_LINGER 0)
         /// while others transfer: the others finish byte-exact and echod keeps serving.
         ///

@@ -28,6 +28,13 @@ struct FlowPlan {
     /// client having shut its write side: a graceful stop does that to clients that never
     /// half-close. EOF is then a clean end, not a failure.
     var serverMayClose = false
+    /// While the client is still sending, the server may end the stream (FIN) only once the
+    /// client has paused its sending for this long (a graceful stop's quiet period). The flow
+    /// times its own pauses (from `EchoLoad.watchSendGaps(from:)`): an EOF while sending is a clean
+    /// end if the client did pause that long (a starved client goes quiet too, and the server
+    /// cannot tell), and a failure if it never did. A pause is any stretch without a send that
+    /// moved bytes, whatever held the client back (its thread off the CPU, or full buffers).
+    var quietPeriod: Duration?
 }
 
 /// The state of one connection in an `EchoLoad`.
@@ -41,6 +48,19 @@ final class Flow {
     fileprivate(set) var sawEOF = false
     fileprivate(set) var aborted = false
     fileprivate(set) var failure: String?
+    /// Since `EchoLoad.watchSendGaps(from:)`: the longest time between two sends that moved bytes
+    /// (or from the last send to the server's EOF), and whether the server ended the stream
+    /// after such a pause while the client still had bytes to send.
+    fileprivate(set) var longestSendGap: Duration = .zero
+    fileprivate(set) var endedAfterPause = false
+    fileprivate var lastSend: ContinuousClock.Instant?
+    fileprivate var gapWatchStart: ContinuousClock.Instant?
+
+    /// The pause in sending going on at `now`, counted from the watch's start at the earliest.
+    fileprivate func pause(at now: ContinuousClock.Instant) -> Duration {
+        guard let start = gapWatchStart else { return .zero }
+        return now - max(start, lastSend ?? start)
+    }
 
     fileprivate init(index: Int, plan: FlowPlan, socket: Socket) {
         self.index = index
@@ -85,6 +105,19 @@ final class EchoLoad {
     var failures: [String] { flows.compactMap(\.failure) }
     var totalRead: Int { flows.reduce(0) { $0 + $1.readCount } }
     var totalWritten: Int { flows.reduce(0) { $0 + $1.written } }
+
+    /// Starts timing each flow's pauses in sending from `start` (see `FlowPlan.quietPeriod`).
+    func watchSendGaps(from start: ContinuousClock.Instant) {
+        for flow in flows {
+            flow.gapWatchStart = start
+            flow.longestSendGap = .zero
+        }
+    }
+
+    /// The longest pause in sending of `flow` since the watch began, counting one still going on.
+    func longestSendGap(_ flow: Flow) -> Duration {
+        flow.isDone ? flow.longestSendGap : max(flow.longestSendGap, flow.pause(at: .now))
+    }
 
     /// Makes every flow's write side end where it is now (then it half-closes if planned).
     func stopWriting() {
@@ -172,6 +205,17 @@ final class EchoLoad {
                 break
             }
             if got == 0 {
+                if let quiet = flow.plan.quietPeriod, flow.wantsWrite, flow.gapWatchStart != nil {
+                    flow.longestSendGap = max(flow.longestSendGap, flow.pause(at: .now))
+                    if flow.longestSendGap >= quiet {
+                        flow.endedAfterPause = true
+                        flow.sawEOF = true
+                        flow.socket.close()
+                    } else {
+                        flow.fail("EOF while still sending, after \(flow.readCount) of \(flow.written) bytes echoed; the client never paused its sending for the quiet period (\(quiet)), longest pause \(flow.longestSendGap)")
+                    }
+                    break
+                }
                 if (flow.writeShut || flow.plan.serverMayClose) && flow.readCount == flow.written && !flow.wantsWrite {
                     flow.sawEOF = true
                     flow.socket.close()
@@ -212,6 +256,11 @@ final class EchoLoad {
             }
             flow.written += sent
             moved += sent
+            if flow.plan.quietPeriod != nil {
+                let now = ContinuousClock.now
+                flow.longestSendGap = max(flow.longestSendGap, flow.pause(at: now))
+                flow.lastSend = now
+            }
         }
         return moved
     }
