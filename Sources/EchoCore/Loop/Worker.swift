@@ -507,6 +507,14 @@ final class Worker: @unchecked Sendable {
             guard c.pointee.phase == .draining, c.pointee.pending == nil,
                 clock - c.pointee.link >= drainQuietPeriodMilliseconds
             else { continue }
+            // `link` moves only when this worker reads: after a turn of the loop longer than the
+            // quiet period (a starved worker, a long batch) bytes may be waiting unread, and a
+            // FIN now would leave them to be discarded while lingering. Only a read that finds
+            // nothing makes the connection quiet.
+            drainStep(slot, c)
+            guard c.pointee.fd >= 0, c.pointee.phase == .draining, c.pointee.pending == nil,
+                clock - c.pointee.link >= drainQuietPeriodMilliseconds, drainAgain.last != slot
+            else { continue }
             shutdown(c.pointee.fd, Int32(SHUT_WR))
             c.pointee.phase = .lingering
         }
