@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # echod — build, demo, test. Run as root on Debian 12 (set-up installs packages with apt).
 SHELL := /bin/bash
 SWIFT ?= swift
@@ -65,11 +66,13 @@ demo: release
 # The Swift suites run last so that their summary line closes the output.
 # Each part has a time budget (timeout(1) for e2e and bench-smoke; per suite for the Swift
 # suites, checked by scripts/test-report.py, which also prints the ten slowest tests and then
-# repeats the summary line so it stays last). First, the cheap check that every mutant of
-# make mutants still finds its snippet (a refactoring must carry the mutants along).
+# repeats the summary line so it stays last). First, two cheap checks: every source file has its
+# SPDX line, and every mutant of make mutants still finds its snippet (a refactoring must carry
+# the mutants along).
 E2E_BUDGET ?= 900
 BENCH_SMOKE_BUDGET ?= 180
 test: build
+	scripts/spdx.sh --check
 	python3 scripts/mutants.py --check-only
 	timeout --foreground $(E2E_BUDGET) $(MAKE) --no-print-directory e2e
 	timeout --foreground $(BENCH_SMOKE_BUDGET) $(MAKE) bench-smoke

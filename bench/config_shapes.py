@@ -1,4 +1,6 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+
 """Times `echod --check-config` on configuration files of pathological shapes (issue 13, item 1).
 
 A benchmark point, not a test: it prints one line per shape (size, lines, wall time, exit status)

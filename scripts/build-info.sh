@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # Writes OUTDIR/BuildInfo+Generated.swift for the EchoBuildInfo target (run by the BuildInfoPlugin
 # before every build): the version (debian/changelog's first entry, without the Debian revision),
 # the git commit the tree was built from (with "+dirty" if tracked files differ from it; empty

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Instructions per echoed message on the event model's hot path, measured with callgrind.
 #
 # A fixed workload: echod (Model=event, Workers=1) under callgrind, one echoload pingpong run

@@ -1,4 +1,6 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+
 """make demo: echod in each concurrency model on loopback, driven by echoload, one table.
 
 For each model: start echod with a throwaway config, hold 2000 idle connections (each then

@@ -1,4 +1,6 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+
 """make mutants: apply each one-line break from Tests/mutants/mutants.json, build, run the tests
 that must catch it, restore the source, and report which mutants survived.
 

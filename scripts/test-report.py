@@ -1,4 +1,6 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+
 """Runs `swift test ARGS...`, passes its output through, then prints each suite's time against its
 budget and the ten slowest tests, and finally repeats swift test's own summary line
 ("✔ Test run with N tests ... passed ...") so that it stays the last line (CI reads it).

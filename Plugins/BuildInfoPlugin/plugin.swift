@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Generates EchoBuildInfo's constants (version, git commit, Swift version) before every build by
 // running scripts/build-info.sh, which rewrites its output only when a value changed, so an
 // unchanged tree recompiles nothing.

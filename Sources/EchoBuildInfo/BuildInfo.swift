@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // What `echod --version` and `echoload --version` print. The values come from
 // BuildInfo+Generated.swift, which the BuildInfoPlugin writes before every build
 // (scripts/build-info.sh): debian/changelog's version, the git commit, the Swift version.

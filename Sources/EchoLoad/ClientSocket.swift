@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The one way echoload makes a client connection: a TCP socket for the target, bound to a
 // source address if the run has any (with IP_BIND_ADDRESS_NO_PORT), TCP_NODELAY set, and
 // connect(2) started. The preflight probe, the event model and the thread model all use it.

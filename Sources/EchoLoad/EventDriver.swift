@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The event client model: a few threads, each with its own epoll instance and its own share of
 // the connections, every connection a small state record in a flat array (no allocation per
 // connection after start, none per message). Level-triggered, like echod's workers.

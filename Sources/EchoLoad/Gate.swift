@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // A one-shot gate threads wait at until it opens with a value (a time: the connect epoch, the
 // start of the run, the moment it was told to stop). A condition variable rather than polling:
 // the thread model may have thousands of waiters. Its clock is CLOCK_MONOTONIC, so timed waits

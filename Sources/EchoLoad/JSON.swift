@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // A small JSON value, writer and parser, so that the engine can produce `--json` reports and
 // read its child processes' partial results without Foundation. Objects keep their key order,
 // which keeps the output stable for people and diffs.

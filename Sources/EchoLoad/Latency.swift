@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Round-trip latency: how it is recorded (HdrHistogram, nanoseconds).
 import Histogram
 

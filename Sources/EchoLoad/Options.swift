@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // What a run does: the value type both drivers and the command line share, and the parsers for
 // the textual forms the command line accepts (`10s`, `1000/s`, `127.0.0.2-127.0.0.250`).
 import CEchoShims

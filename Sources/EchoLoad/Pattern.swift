@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The payload every connection sends, and how its echo is checked.
 //
 // A connection's stream is cut into blocks of `blockSize` bytes (by stream offset); block `b` of

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Splitting a run across processes: `--processes P` (each child runs the event or thread model
 // on its share) and `--model fork` (one process per connection, blocking I/O). This is how a run
 // goes past the per-process descriptor ceiling.

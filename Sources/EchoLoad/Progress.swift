@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The once-a-second progress line: running totals workers add to (event workers once per loop
 // turn, connection threads per event), snapshots of them, and the reporter that prints them
 // (or, in a child process, sends them to the parent).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // A finished run and how it is shown: a table for people and a JSON document whose shape is
 // fixed by docs/echoload.schema.json (`schema_version` 1).
 import Histogram

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // One process's clock and barriers for a run, so that every worker thread and every process of
 // a split run measure the same interval:
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Entry points of the engine: `LoadRunner.run` for a whole run (checks, descriptor limit,
 // reachability, then the driver the model asks for) and `LoadRunner.runChild` for one part of a
 // split run.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // What a run counted, and how partial counts merge (threads → process → parent). The ways a
 // connection can go wrong are recorded here, once, for every client model.
 import EchoCore

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Small text helpers without Foundation: fixed-point numbers, errno names, whole writes.
 import Glibc
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The thread client model: one thread per connection with blocking I/O (plus a reader thread per
 // connection for `rate` and `stream`, which must read while they write). Threads get small
 // stacks (`stackSize`). Every connection thread waits for the connect epoch, connects (at its

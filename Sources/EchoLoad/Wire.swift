@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The parent–child protocol of a split run (`--processes P`, `--model fork`), JSON lines both ways.
 //
 // Parent → child, on the child's stdin (a pipe kept open for the whole run):

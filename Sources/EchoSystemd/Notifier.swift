@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The only module that imports libsystemd. Everything here is a no-op outside systemd:
 // sd_notify returns 0 when $NOTIFY_SOCKET is unset, sd_listen_fds returns 0 without
 // $LISTEN_FDS.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // echod's entry point: flags, configuration, then EchoCore.Daemon. Wiring only.
 import ArgumentParser
 import EchoBuildInfo

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // echoload's entry point: flags to `LoadOptions`, then `LoadRunner`. Wiring only; the engine is
 // the EchoLoad library.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Reading configuration files from disk: the main file, its drop-in directory, missing and
 // unreadable files, and the shipped etc/echod.conf. Each test works in its own mkdtemp
 // directory, removed afterwards.

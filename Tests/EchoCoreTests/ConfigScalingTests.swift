@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Loading the configuration must be linear in the file's size (issue 13, defect 1): a file of
 // 8,000 `Listen=` lines took 11 s and 250,000 backslash-continued lines over 5 s, because each
 // assignment rendered the whole list and each continuation copied and rescanned the line so far.

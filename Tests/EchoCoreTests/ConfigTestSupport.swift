@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Helpers for the configuration tests: parsing shortcuts and scoped temporary directories.
 import EchoCore
 import Glibc

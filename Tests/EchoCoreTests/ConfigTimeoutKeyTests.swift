@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // IdleTimeoutSec= and SendTimeoutSec= (issue 13, items 4 and 5): syntax, defaults, rendering,
 // and the settings the daemon hands to the models.
 import EchoCore

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Scoped fixtures for EchoCore tests: blocking loopback clients with timeouts, patterned data.
 import CEchoShims
 import Glibc

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The event model's timeout sweep (ConnectionTimeouts.swift) on its own, sweep by sweep: no
 // clock, no sockets, so the counting rule is checked exactly.
 @testable import EchoCore

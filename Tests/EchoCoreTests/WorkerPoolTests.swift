@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The event model's worker pool, in process, on real loopback sockets.
 import Glibc
 import Logging

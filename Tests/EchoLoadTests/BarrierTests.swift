@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Issue 11 items 1, 2, 3 and 6, proved from the server's side: a server that logs its accepts,
 // closes and arrivals (`FaultyServer(.none)`) shows that a hold had all N connections open at
 // once in every client model, that `hold --rate` spaced the connects in every model, that every

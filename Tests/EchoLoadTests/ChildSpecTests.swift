@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Issue 11 item 4: a split run's child gets its options on a pipe, so a --source list of tens of
 // thousands of addresses reaches every child (as an argv string it failed with E2BIG at about
 // 10,000 addresses); and the number of source addresses is bounded with a clear error.

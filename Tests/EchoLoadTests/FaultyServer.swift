@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Deliberately wrong echo servers, run inside the test process on 127.0.0.1:0: one that flips a
 // byte now and then, one that drops the connection in the middle of a message, one that never
 // answers, one that sends more than the echo, one that closes cleanly before the echo is whole,

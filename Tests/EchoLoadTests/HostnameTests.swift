@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Issue 11 item 7: targets named by host name (resolved with getaddrinfo: `localhost`, names from
 // /etc/hosts), and a clear one-line error for a name that does not resolve.
 import EchoCore

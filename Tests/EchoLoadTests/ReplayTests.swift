@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Issue 11 item 5: a server that replays old data is caught. The old pattern repeated every
 // 65,521 bytes (and its seeds every 65,521 connections), so a server that sent back, from some
 // offset on, what it had received exactly 65,521 bytes earlier passed every check.

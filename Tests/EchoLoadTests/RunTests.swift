@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // End-to-end runs of the echoload binary against real echod processes (each concurrency model),
 // against deliberately wrong servers, with split processes, and at a scale past one source
 // address's ephemeral ports. Loopback only; every run is bounded by its own --duration and

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Test fixtures: the built binaries, child processes with captured output, echod on an ephemeral
 // loopback port, and JSON Schema validation of echoload's --json output.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Pure pieces of the engine: the payload pattern, the parsers, JSON, and exact merging.
 import EchoCore
 @testable import EchoLoad

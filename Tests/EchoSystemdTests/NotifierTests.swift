@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // sd_notify over a datagram socket the test binds itself, playing systemd's part.
 import Glibc
 import Testing

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // A client that writes without reading must be held back by TCP flow control, not by echod
 // buffering its data. The design bound is one read buffer per connection (the event model's
 // 64 KiB pending buffer; the thread and fork models' 16 KiB echo buffer): the memory of the

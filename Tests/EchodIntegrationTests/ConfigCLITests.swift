@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The configuration through echod's command line: --check-config, error reporting as
 // PATH:LINE: message with exit status 78, drop-in order, and refusing to start.
 import Foundation

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // echod given configuration files that are not regular files (issue 13, defect 2): `--config`
 // naming a FIFO hung in open(2) with SIGTERM and SIGINT blocked, so only SIGKILL ended it.
 // Now it is a configuration error (exit 78) naming the file, at start as in --check-config,

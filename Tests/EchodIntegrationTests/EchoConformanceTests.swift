@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // RFC 862 over TCP: every byte comes back, in order, on every connection, and a client's
 // half-close or abrupt departure is handled without disturbing anyone else. One suite, run as
 // is against each concurrency model.

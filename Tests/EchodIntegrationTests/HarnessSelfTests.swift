@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The harness checked against /bin/sh and itself, so that an echod failure is never a
 // harness failure in disguise.
 import CEchoShims

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // What is particular to each concurrency model: the fork model reaps every child and leaks no
 // descriptor, the thread model's threads all end, and every model's connection limit holds under
 // a burst while the excess waits in the backlog and is served once slots free.

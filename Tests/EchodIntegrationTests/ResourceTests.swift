@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // What echod looks like from /proc: its RLIMIT_NOFILE and its open descriptors.
 import Glibc
 import Testing

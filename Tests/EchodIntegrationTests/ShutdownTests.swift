@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // SIGTERM while connections are busy: echod stops (STOPPING=1, exit 0) only after echoing
 // what it received, and StopTimeoutSec bounds how long clients can hold it up.
 import CEchoShims

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // echod as a systemd service sees it: a listening socket at fd 3 (LISTEN_FDS), and the
 // sd_notify protocol on NOTIFY_SOCKET (READY=1, STATUS=, RELOADING=1, STOPPING=1).
 import CEchoShims

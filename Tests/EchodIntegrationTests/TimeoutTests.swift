@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // IdleTimeoutSec= and SendTimeoutSec= (issue 13, items 4 and 5) in every model: an abusive
 // client (one that never speaks; one that writes and never reads) is closed, while a
 // well-behaved one beside it is served throughout; the counts appear in STATUS=; a reload

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: Apache-2.0
 # echod end to end, inside a throwaway systemd container (started by Tests/e2e/run.sh): installs
 # the .debs (echod.deb, echoload.deb and, when present, echod-previous.deb, the previous release's
 # single package, in DEBDIR), then drives echod.socket / echod.service with systemctl and echoload, as a user would.

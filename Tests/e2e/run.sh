@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: Apache-2.0
 # echod end to end against real systemd 252: boots a throwaway systemd-nspawn container from this
 # machine's own file system, installs the .deb there and runs Tests/e2e/inside.sh as the
 # container's only job (see ../shared/notes/systemd-testing.md for the recipe).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // CEchoShims: the few kernel interfaces Swift's Glibc module does not import.
 //
 // This header must NOT define _GNU_SOURCE: doing so gives the Clang module a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /// One problem found in the configuration files.
 public struct ConfigurationDiagnostic: Sendable, Equatable, CustomStringConvertible {
     /// Whether the problem stops echod from starting.

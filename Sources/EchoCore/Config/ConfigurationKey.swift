@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The table of configuration keys. Adding a key is adding an entry to `ConfigurationKey.all`
 // (plus its field in `Configuration`, its default in `Configuration.init()`, and its
 // documentation in etc/echod.conf); the parser, the layering of drop-ins, the duplicate check,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Finding and reading the configuration files, with plain Glibc calls: the main file, then
 // the drop-ins in `<main>.d/*.conf` in byte order of their names, as systemd reads
 // `/etc/systemd/journald.conf.d/` (systemd.syntax(7), "drop-ins").

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The systemd INI dialect (systemd.syntax(7)), applied to a `Configuration` one file at a time.
 //
 // Lexing follows systemd's config_parse() in src/shared/conf-parser.c: comment lines are

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Value syntaxes shared by configuration keys, following systemd where it has one:
 // booleans as parse_boolean() and time spans as parse_sec() (systemd.time(7)).
 // Everything is strict: a value either parses exactly or is rejected with what was expected.

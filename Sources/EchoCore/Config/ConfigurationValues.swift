@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The small value types that configuration keys hold. Each one prints back in the
 // configuration file's own syntax, so `Configuration.rendered()` can show it.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /// What a connection is doing.
 @usableFromInline
 enum ConnectionPhase: UInt8 {

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // IdleTimeoutSec= and SendTimeoutSec= (issue 13, items 4 and 5): a connection that neither
 // sends nor receives for the idle timeout is closed, and so is one whose echo has made no
 // progress against a full send buffer for the send timeout (a peer that writes and never reads).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Where the configuration came from, so that a reload reads the same files again, and how its
 // diagnostics reach stderr (the journal) at start and on reload alike.
 

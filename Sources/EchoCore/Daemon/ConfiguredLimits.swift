@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // `[Limits]` of the configuration (NoFile=, NProc=, Core=, StackSize=) applied to the process's
 // soft resource limits, at start and again on reload when they changed.
 import Glibc

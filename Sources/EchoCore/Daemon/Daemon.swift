@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The daemon's life: start (rlimits, listeners, the serving model), READY=1, periodic STATUS=,
 // reload on SIGHUP, graceful stop on SIGTERM/SIGINT. Signals arrive through a signalfd read by
 // the control thread (the thread that called `run`), never through asynchronous handlers.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The listening sockets: those the service manager passed (socket activation), or those bound
 // from `Listen=`; checked, made non-blocking and close-on-exec, with TCP_NODELAY for the
 // connections they accept.

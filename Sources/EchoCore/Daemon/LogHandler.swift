@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // echod's swift-log backend. Under journald (systemd connected stderr to the journal, as
 // $JOURNAL_STREAM says) each line starts with a syslog priority prefix `<N>`, which journald
 // turns into the entry's PRIORITY, and carries no timestamp or program name (the journal adds

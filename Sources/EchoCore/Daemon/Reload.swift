@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // What a reload (SIGHUP) changes: the newly read configuration compared with the running one,
 // key by key, as the key table says (`ConfigurationKey.onReload`). Keys that can change only at
 // a restart keep their running values, so that the next reload compares against what is really

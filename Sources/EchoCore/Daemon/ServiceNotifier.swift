@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /// Where the daemon reports its state to a service manager (`sd_notify(3)`'s protocol).
 ///
 /// EchoCore talks to this protocol; EchoSystemd implements it over libsystemd, so the core

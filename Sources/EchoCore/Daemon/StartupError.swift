@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // How echod ends when it cannot start or stop cleanly: the exit statuses it uses, and the error
 // that carries a start-up failure (with its errno for the service manager) to the executable.
 

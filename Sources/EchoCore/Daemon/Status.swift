@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The `STATUS=` line systemctl status shows: the model's summary, its totals, and the echo rate
 // since the previous line.
 

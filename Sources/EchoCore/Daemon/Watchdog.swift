@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // systemd's watchdog (`WatchdogSec=`): the daemon pings at half the interval, and only while
 // every worker is making progress, so a hung worker gets the service restarted.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Test-only: with `[Debug] WatchdogTestTrigger=yes`, SIGUSR1 makes an event-model worker hang,
 // so that the integration tests can watch the watchdog withhold its ping. Everything the daemon
 // does for it is here; the pool's side is `WorkerPool.hangFirstWorker`.

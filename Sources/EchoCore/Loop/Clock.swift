@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The clock every part of echod reads (CLOCK_MONOTONIC, in nanoseconds as Int64) and the one
 // conversion from Swift's Duration into it.
 import Glibc

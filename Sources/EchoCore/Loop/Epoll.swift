@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // A thin wrapper over epoll(7), which Glibc does not import (it comes through CEchoShims): a
 // ~Copyable owner of the epoll descriptor. Its siblings are EventFD.swift, SignalFD.swift.
 import CEchoShims

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // eventfd(2): the wake-up every blocking loop in echod registers beside its other descriptors.
 import CEchoShims
 import Glibc

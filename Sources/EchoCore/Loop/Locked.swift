@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 import Glibc
 
 /// A value behind a pthread mutex, for state that threads share and that is not on the echo path

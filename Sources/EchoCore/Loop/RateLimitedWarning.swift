@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 import Logging
 
 /// At most one warning a second from one source, so that a storm of failures (EMFILE on every

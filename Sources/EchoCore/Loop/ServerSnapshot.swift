@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /// Totals of a serving model at one moment, for `STATUS=` and logs.
 public struct ServerSnapshot: Equatable, Sendable {
     /// Connections accepted since start.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // signalfd(2): signals delivered as readable events to the daemon's control loop, instead of
 // asynchronous handlers.
 import CEchoShims

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The process's signal mask and dispositions: what echod blocks before any thread starts (so
 // signals reach only the signalfd), and what it ignores.
 import Glibc

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The event model's worker: one thread, one epoll instance, its own connections.
 //
 // Every worker registers every listening socket with EPOLLEXCLUSIVE, so a new connection wakes

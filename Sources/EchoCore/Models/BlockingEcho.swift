@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The echo loop of the thread and fork models: plain blocking read and write on one
 // connection, as in the classic servers those models stand for.
 //

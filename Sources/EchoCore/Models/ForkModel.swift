@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The fork model: one process per connection — the classic fork (inetd-style) server.
 //
 // The parent is the daemon's control thread and nothing else: no worker threads, no Dispatch,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The interface between the daemon's lifecycle and a concurrency model, kept as small as redis
 // keeps its event-loop backends: built from the configuration, started, stopped, and asked for
 // figures. What only the models that accept on the control thread need (descriptors to poll,

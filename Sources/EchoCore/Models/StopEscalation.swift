@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // How the thread and fork models stop connections that sit in blocking calls: ask (a signal
 // that interrupts recv(2)), ask again every 100 ms, because a signal that lands just before a
 // connection enters recv() only sets a flag that is already set, and force what is left at the

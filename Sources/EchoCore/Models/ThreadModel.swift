@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The thread model: one thread per connection doing blocking I/O — the classic thread server.
 //
 // The control thread accepts (the listeners are polled by the daemon's control loop) and starts

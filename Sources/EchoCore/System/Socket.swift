@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Socket system calls used by echod: listeners, accept, and checks on sockets handed over by
 // systemd. Every socket is created SOCK_CLOEXEC|SOCK_NONBLOCK from birth, so none can leak into
 // a child process between socket() and a later fcntl().

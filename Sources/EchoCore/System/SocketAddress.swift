@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 import Glibc
 
 /// An IPv4 or IPv6 socket address, parsed from and printed as `127.0.0.1:7007` or `[::1]:7007`.

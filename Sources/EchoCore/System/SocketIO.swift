@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The system calls of the echo paths (echod's models and echoload's drivers): recv, send and
 // sendmsg on a connected socket, as always-inlined helpers over the raw system calls
 // (CEchoShims_recv/send/sendmsg: glibc's wrappers are cancellation

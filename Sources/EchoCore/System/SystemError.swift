@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Errors from system calls, carrying the call's name and the errno, so that a
 // failure reads "epoll_ctl(ADD): Bad file descriptor (errno 9)" wherever it is
 // logged. errno is captured by `syscall(_:_:)` immediately after the call,

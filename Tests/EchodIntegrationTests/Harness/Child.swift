@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Child processes started with posix_spawn(3): Foundation.Process cannot place an extra
 // descriptor at fd 3, which socket activation needs.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Time bounds for everything the harness waits on. Nothing in these tests sleeps as a way
 // of synchronising: it polls a condition until a deadline, and the deadline is what turns
 // a hang into a failure.

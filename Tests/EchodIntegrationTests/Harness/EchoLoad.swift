@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Many echo connections driven from one thread with poll(2): each flow writes its
 // patterned stream as fast as the socket accepts it, reads the echo back and checks every
 // byte against the pattern at the offset it belongs to, so nothing is stored and a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Running the real echod binary: where it is, how it is started (socket-activated or
 // binding Listen= itself), and what /proc says about it.
 import Foundation

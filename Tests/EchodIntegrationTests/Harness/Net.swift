@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Loopback sockets for the tests: listeners to hand to echod, and blocking clients whose
 // every call is bounded by SO_RCVTIMEO / SO_SNDTIMEO so that nothing can hang forever.
 // Every descriptor is created with SOCK_CLOEXEC; writes use MSG_NOSIGNAL, so a peer's

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The test's side of sd_notify(3): an AF_UNIX datagram socket whose path goes into the
 // child's NOTIFY_SOCKET. Each datagram is one or more newline-separated assignments
 // ("READY=1\nSTATUS=…").

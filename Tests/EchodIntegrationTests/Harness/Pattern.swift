@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Patterned random payloads that can be generated and checked at any offset without
 // keeping the sent bytes: a connection's stream is a window into one fixed random block,
 // starting at an offset derived from the connection's seed. The block's period is odd, so

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // A private directory per test for config files, the notify socket and the child's output.
 import Foundation
 import Glibc
