@@ -146,20 +146,26 @@ class Server:
         self.err.close()
 
 
-def listening_port(pid):
-    """The port of the TCP socket in LISTEN state owned by pid, from /proc."""
-    inodes = set()
+def fd_targets(pid):
+    """{fd: readlink target} of pid's open descriptors; None when /proc/PID/fd cannot be read."""
+    targets = {}
     try:
         for fd in os.listdir(f"/proc/{pid}/fd"):
             try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                targets[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
             except OSError:
                 continue
-            m = re.match(r"socket:\[(\d+)\]", target)
-            if m:
-                inodes.add(m.group(1))
     except OSError:
         return None
+    return targets
+
+
+def listening_port(pid):
+    """The port of the TCP socket in LISTEN state owned by pid, from /proc."""
+    targets = fd_targets(pid)
+    if targets is None:
+        return None
+    inodes = {m.group(1) for m in (re.match(r"socket:\[(\d+)\]", t) for t in targets.values()) if m}
     with open(f"/proc/{pid}/net/tcp") as f:
         for line in f.readlines()[1:]:
             parts = line.split()
@@ -249,20 +255,16 @@ def epoll_spread(pid):
                         listening.add(parts[9])
         except OSError:
             pass
-    sockets, polls = {}, []
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            m = re.match(r"socket:\[(\d+)\]", target)
-            if m:
-                sockets[int(fd)] = m.group(1)
-            elif target == "anon_inode:[eventpoll]":
-                polls.append(fd)
-    except OSError:
+    targets = fd_targets(pid)
+    if targets is None:
         return []
+    sockets, polls = {}, []
+    for fd, target in targets.items():
+        m = re.match(r"socket:\[(\d+)\]", target)
+        if m:
+            sockets[fd] = m.group(1)
+        elif target == "anon_inode:[eventpoll]":
+            polls.append(fd)
     counts = []
     for ep in polls:
         try:
