@@ -9,7 +9,9 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <unistd.h>
+#include <sys/ioctl.h>
 #include <sys/syscall.h>
+#include <linux/sockios.h>
 #include <pthread.h>
 #include <string.h>
 #include <signal.h>
@@ -110,4 +112,10 @@ void CEchoShims_atomic_add_u64(uint64_t *p, uint64_t v) {
 
 uint64_t CEchoShims_atomic_load_u64(const uint64_t *p) {
     return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+int CEchoShims_unsent_bytes(int fd) {
+    int queued = 0;
+    if (ioctl(fd, SIOCOUTQ, &queued) != 0) return -1;
+    return queued;
 }

@@ -30,6 +30,10 @@ int CEchoShims_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
 int CEchoShims_prlimit(pid_t pid, int resource, const struct rlimit *new_limit, struct rlimit *old_limit);
 /// pipe2(2) (echoload's process driver).
 int CEchoShims_pipe2(int fds[2], int flags);
+
+/// Bytes in a TCP socket's send queue not yet acknowledged by the peer (ioctl SIOCOUTQ; ioctl
+/// is variadic, so Swift cannot call it); -1 with errno on failure.
+int CEchoShims_unsent_bytes(int fd);
 /// Number of CPUs this thread may run on (sched_getaffinity + CPU_COUNT, so
 /// `taskset` is honoured); falls back to sysconf(_SC_NPROCESSORS_ONLN).
 int CEchoShims_available_cpus(void);

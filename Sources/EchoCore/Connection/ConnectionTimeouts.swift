@@ -119,6 +119,12 @@ public final class ConnectionTimeouts: Sendable {
         fcntl(fd, F_GETFL) & O_NONBLOCK == 0
     }
 
+    /// Bytes in `fd`'s send queue the peer has not yet taken (SIOCOUTQ); Int.max when unknown.
+    static func unsentBytes(_ fd: Int32) -> Int {
+        let n = CEchoShims_unsent_bytes(fd)
+        return n < 0 ? Int.max : Int(n)
+    }
+
     /// How often an event worker sweeps, in milliseconds, for the timeouts in force: a quarter
     /// of the shorter one, from 100 ms to 1 s; nil when both are off.
     /// Called on every turn of a worker's loop: two atomic loads, no allocation.

@@ -89,6 +89,7 @@ public enum BlockingEcho {
     /// - Returns: false if the peer went away.
     static func writeAll(fd: Int32, _ buffer: UnsafeMutableRawPointer, count: Int) -> Bool {
         var offset = 0
+        var unsentAtLastTimeout = Int.max
         while offset < count {
             switch SocketIO.send(fd, from: buffer + offset, count: count - offset) {
             case .transferred(let w) where w > 0:
@@ -97,9 +98,18 @@ public enum BlockingEcho {
             case .interrupted:
                 continue
             case .wouldBlock:
-                // On a blocking socket this is SO_SNDTIMEO, the send timeout: no byte went out
-                // for that long.
+                // On a blocking socket this is SO_SNDTIMEO: no byte went into the send buffer for
+                // that long. That is not yet a stall: the kernel wakes a blocked sender only once
+                // a third of its (autotuned, often MiB) buffer is free, so a slow reader that
+                // takes a little now and then looks the same. The send queue tells them apart: a
+                // stall is a timeout over which the queue did not shrink (so a stalled peer is
+                // closed after one to two SendTimeoutSec=).
                 if ConnectionTimeouts.isBlocking(fd) {
+                    let queued = ConnectionTimeouts.unsentBytes(fd)
+                    if queued < unsentAtLastTimeout {
+                        unsentAtLastTimeout = queued
+                        continue
+                    }
                     ConnectionTimeouts.shared.countSend()
                     return false
                 }
