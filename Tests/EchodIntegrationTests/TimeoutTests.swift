@@ -118,11 +118,7 @@ extension EchodIntegration {
         /// little every 400 ms, far less often than it writes) holds echod's sends back for
         /// longer than the timeout in all, yet each of its reads lets them move, so it is served
         /// to the last byte.
-        @Test(
-            .disabled(
-                if: sanitizer != nil,
-                "under a sanitizer the blocking models' sends see the slow reader's progress too late (the kernel wakes a blocked sender only once a third of its send buffer is free) and the 2 s timeout fires"),
-            arguments: servingModels)
+        @Test(arguments: servingModels)
         func slowReaderIsServedAcrossTheSendTimeout(model: String) throws {
             try withEchod(config: Self.config(model: model, "SendTimeoutSec=2\n")) { server in
                 let client = try Client(port: server.port, receiveBuffer: 4096)
