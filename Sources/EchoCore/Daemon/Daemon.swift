@@ -54,8 +54,8 @@ public final class Daemon {
     private var maxConnections = 0
     /// The STATUS= figures as a Prometheus text file in `$RUNTIME_DIRECTORY` (see `MetricsFile`).
     private var metrics = MetricsPublisher(file: nil, model: "")
-    /// What the daemon reads of its environment (`RUNTIME_DIRECTORY`, set by systemd).
-    private let environment: [String: String]
+    /// Where the metrics file goes: `$RUNTIME_DIRECTORY/echod.prom`, when systemd set it.
+    private let metricsFile: MetricsFile?
 
     /// Descriptors kept back from `MaxConnections=auto` for listeners, logs, the signalfd and
     /// the like (the model adds its own, see `ServingModel.descriptorReserve`).
@@ -90,7 +90,8 @@ public final class Daemon {
         self.notifier = notifier
         self.logLevel = logLevel
         self.logger = logger
-        environment = getenv("RUNTIME_DIRECTORY").map { ["RUNTIME_DIRECTORY": String(cString: $0)] } ?? [:]
+        metricsFile = MetricsFile.inRuntimeDirectory(
+            environment: getenv("RUNTIME_DIRECTORY").map { ["RUNTIME_DIRECTORY": String(cString: $0)] } ?? [:])
     }
 
     /// Runs until SIGTERM or SIGINT and a graceful stop.
@@ -121,7 +122,7 @@ public final class Daemon {
         logger.info("serving", metadata: serving.merging(model.servingMetadata) { a, _ in a })
         var status = StatusReporter(summary: model.summary)
         metrics = MetricsPublisher(
-            file: MetricsFile.inRuntimeDirectory(environment: environment), model: configuration.model.rawValue)
+            file: metricsFile, model: configuration.model.rawValue)
         notifier.notify("READY=1\nSTATUS=\(publishStatus(&status, model))")
 
         controlLoop(signals: signals, status: &status)
