@@ -503,6 +503,14 @@ private let noFileReason = "expected a number from 1 to 4294967295 or 'max'"
             # default
             SendTimeoutSec=5min
             # default
+            MaxConnectionsPerSource=infinity
+            # default
+            MaxConnectionRatePerSource=infinity
+            # default
+            MaxConnectionBurstPerSource=auto
+            # default
+            SourcePrefixIPv6=64
+            # default
             LogLevel=info
 
             [Limits]

@@ -169,6 +169,18 @@ struct ConfigurationKey: Sendable {
         .single(
             "Server", "SendTimeoutSec", \.sendTimeout, parse: ConnectionTimeouts.parse, format: ConnectionTimeouts.format),
         .single(
+            "Server", "MaxConnectionsPerSource", \.maxConnectionsPerSource,
+            parse: SourceLimitSettings.parseCount, format: SourceLimitSettings.formatCount),
+        .single(
+            "Server", "MaxConnectionRatePerSource", \.maxConnectionRatePerSource,
+            parse: SourceLimitSettings.parseRate, format: SourceLimitSettings.formatRate),
+        .single(
+            "Server", "MaxConnectionBurstPerSource", \.maxConnectionBurstPerSource,
+            parse: SourceLimitSettings.parseBurst, format: SourceLimitSettings.formatBurst),
+        .single(
+            "Server", "SourcePrefixIPv6", \.sourcePrefixIPv6,
+            parse: SourceLimitSettings.parsePrefix, format: { String($0) }),
+        .single(
             "Server", "LogLevel", \.logLevel,
             parse: { (text) throws(ConfigurationValueError) in
                 try ConfigurationValueParser.choice(text, of: Logger.Level.self)

@@ -52,6 +52,9 @@ public final class Daemon {
         didSet { logger.debug("state changed", metadata: ["state": "\(state)"]) }
     }
     private var maxConnections = 0
+    /// Per-source state of the whole service (`SourceTable`), mapped before the model is built
+    /// so that every thread, fork child and worker process shares it.
+    private var sources: SourceTable?
     /// The STATUS= figures as a Prometheus text file in `$RUNTIME_DIRECTORY` (see `MetricsFile`).
     private var metrics = MetricsPublisher(file: nil, model: "")
     /// Where the metrics file goes: `$RUNTIME_DIRECTORY/echod.prom`, when systemd set it.
@@ -109,6 +112,7 @@ public final class Daemon {
             listeners = try ListenerSet.open(passed: passed, configuration: configuration, logger: logger)
             maxConnections = connectionLimit(configuration)
             ConnectionTimeouts.shared.update(from: configuration)
+            sources = try makeSourceTable()
             model = try makeModel(listeners: listeners.descriptors)
         } catch {
             notifier.notify(error.notification)
@@ -138,8 +142,9 @@ public final class Daemon {
     /// The `STATUS=` line for the model's figures now; the metrics file gets the same figures.
     private func publishStatus(_ status: inout StatusReporter, _ model: ServingModel) -> String {
         let snapshot = model.snapshot()
-        metrics.publish(snapshot, logger: logger)
-        return status.line(snapshot)
+        let refusals = sources?.refusals ?? .init()
+        metrics.publish(snapshot, refusals: refusals, logger: logger)
+        return status.line(snapshot, refusals: refusals)
     }
 
     /// `MaxConnections=` resolved for the configured model.
@@ -151,13 +156,25 @@ public final class Daemon {
     private func makeModel(listeners: [Int32]) throws(StartupError) -> ServingModel {
         let context = ModelContext(
             listeners: listeners, maxConnections: maxConnections,
-            heartbeatMilliseconds: Watchdog.heartbeatMilliseconds(interval: watchdogInterval), logger: logger)
+            heartbeatMilliseconds: Watchdog.heartbeatMilliseconds(interval: watchdogInterval), logger: logger,
+            sources: sources)
         do {
             let model = try configuration.model.servingModel.init(configuration: configuration, context: context)
             try model.start()
             return model
         } catch {
             throw StartupError("cannot start the \(configuration.model.rawValue) model: \(error)", errno: error.errno)
+        }
+    }
+
+    /// The per-source table, sized from the connection limit at start, with the configured limits.
+    private func makeSourceTable() throws(StartupError) -> SourceTable {
+        do {
+            let table = try SourceTable(capacity: SourceTable.capacity(forMaxConnections: maxConnections))
+            table.apply(SourceTable.Limits(configuration))
+            return table
+        } catch {
+            throw StartupError("cannot map the per-source table: \(error)", errno: error.errno)
         }
     }
 
@@ -181,6 +198,7 @@ public final class Daemon {
         var nextStatus = monotonicNanoseconds() + statusInterval
         var watchdog = Watchdog(interval: watchdogInterval, start: monotonicNanoseconds())
         var timeoutLog = ConnectionTimeouts.LogState()
+        var refusalLog = SourceTable.LogState()
         var pollSet: [pollfd] = []
         guard let model = state.model else { return }
         // The thread and fork models accept here; the event model asks nothing of this loop.
@@ -192,6 +210,7 @@ public final class Daemon {
             if now >= nextStatus {
                 notifier.notify("STATUS=\(stopping ? "Stopping: " : "")\(publishStatus(&status, model))")
                 timeoutLog.logIfChanged(logger)
+                if let sources { refusalLog.logIfChanged(sources, logger) }
                 nextStatus = now + statusInterval
             }
             if let due = watchdog.nextCheck, now >= due {
@@ -287,6 +306,7 @@ public final class Daemon {
         }
         logLevel.level = new.logLevel
         ConnectionTimeouts.shared.update(from: new)
+        sources?.apply(SourceTable.Limits(new))
         let limit = connectionLimit(plan.applied)
         if limit != maxConnections {
             maxConnections = limit

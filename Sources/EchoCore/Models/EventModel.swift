@@ -22,7 +22,7 @@ public final class EventModel: ServingModel {
         pool = try WorkerPool(
             listeners: context.listeners, workerCount: workers,
             maxConnections: context.maxConnections, heartbeatMilliseconds: context.heartbeatMilliseconds,
-            logger: context.logger)
+            logger: context.logger, sources: context.sources)
     }
 
     /// Each worker's epoll instance and eventfd.

@@ -24,12 +24,20 @@ public struct ModelContext {
     /// progress at a fraction of `WatchdogSec=`).
     public var heartbeatMilliseconds: Int
     public var logger: Logger
+    /// The service's per-source table (`MaxConnectionsPerSource=`, `MaxConnectionRatePerSource=`):
+    /// every accepted connection is admitted through it and released when it ends. Nil: no
+    /// per-source accounting (unit tests of a model).
+    public var sources: SourceTable?
 
-    public init(listeners: [Int32], maxConnections: Int, heartbeatMilliseconds: Int = 1000, logger: Logger) {
+    public init(
+        listeners: [Int32], maxConnections: Int, heartbeatMilliseconds: Int = 1000, logger: Logger,
+        sources: SourceTable? = nil
+    ) {
         self.listeners = listeners
         self.maxConnections = maxConnections
         self.heartbeatMilliseconds = heartbeatMilliseconds
         self.logger = logger
+        self.sources = sources
     }
 }
 
