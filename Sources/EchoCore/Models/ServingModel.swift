@@ -23,12 +23,19 @@ public struct ModelContext {
     /// Longest an idle worker goes without advancing its progress counter (the watchdog checks
     /// progress at a fraction of `WatchdogSec=`).
     public var heartbeatMilliseconds: Int
+    /// Whether the event model's workers spread connections round robin (several processes share
+    /// the listeners; see `Worker`). False in a single process, which behaves as it always has.
+    public var rotateListeners: Bool
     public var logger: Logger
 
-    public init(listeners: [Int32], maxConnections: Int, heartbeatMilliseconds: Int = 1000, logger: Logger) {
+    public init(
+        listeners: [Int32], maxConnections: Int, heartbeatMilliseconds: Int = 1000, rotateListeners: Bool = false,
+        logger: Logger
+    ) {
         self.listeners = listeners
         self.maxConnections = maxConnections
         self.heartbeatMilliseconds = heartbeatMilliseconds
+        self.rotateListeners = rotateListeners
         self.logger = logger
     }
 }
