@@ -10,6 +10,7 @@
 #include <sched.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <linux/sockios.h>
 #include <pthread.h>
@@ -112,6 +113,18 @@ void CEchoShims_atomic_add_u64(uint64_t *p, uint64_t v) {
 
 uint64_t CEchoShims_atomic_load_u64(const uint64_t *p) {
     return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+void CEchoShims_atomic_store_u64_release(uint64_t *p, uint64_t v) {
+    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+
+uint64_t CEchoShims_atomic_load_u64_acquire(const uint64_t *p) {
+    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+
+int CEchoShims_set_parent_death_signal(int signo) {
+    return prctl(PR_SET_PDEATHSIG, (unsigned long)signo, 0UL, 0UL, 0UL);
 }
 
 int CEchoShims_unsent_bytes(int fd) {

@@ -50,6 +50,7 @@ struct EchodCommand: ParsableCommand {
 
         if checkConfig {
             print(configuration.rendered(), terminator: "")
+            print(ProcessPlan.forThisHost(configuration).rendered(configuration), terminator: "")
             return
         }
         levelSetting.level = configuration.logLevel

@@ -493,6 +493,8 @@ private let noFileReason = "expected a number from 1 to 4294967295 or 'max'"
             # default
             Workers=0
             # default
+            Processes=1
+            # default
             MaxConnections=auto
             # default
             Backlog=4096

@@ -58,6 +58,13 @@ int CEchoShims_close_from(unsigned int first);
 /// Synchronization.Atomic cannot be placed.
 void CEchoShims_atomic_add_u64(uint64_t *p, uint64_t v);
 uint64_t CEchoShims_atomic_load_u64(const uint64_t *p);
+/// prctl(PR_SET_PDEATHSIG) (prctl is variadic): `signo` is sent to the caller when the thread
+/// that forked it ends, so that a worker process does not outlive its supervisor.
+int CEchoShims_set_parent_death_signal(int signo);
+/// Release store / acquire load on shared memory: what is written before the store (e.g. a
+/// configuration text) is seen by a process whose load sees the stored value.
+void CEchoShims_atomic_store_u64_release(uint64_t *p, uint64_t v);
+uint64_t CEchoShims_atomic_load_u64_acquire(const uint64_t *p);
 
 /// Bytes a process-shared mutex needs (sizeof(pthread_mutex_t)), for placing one in a mapping.
 unsigned long CEchoShims_shared_mutex_size(void);

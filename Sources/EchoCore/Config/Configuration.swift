@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 
+import CEchoShims
 import Glibc
 import Logging
 
@@ -18,7 +19,10 @@ public struct Configuration: Sendable, Equatable {
     public var listen: [SocketAddress]
     /// `[Server] Workers=`: worker threads, 0 to 1024; 0 (the default) means one per CPU.
     public var workers: Int
-    /// `[Server] MaxConnections=`: connections open at once. Default `.auto`.
+    /// `[Server] Processes=`: worker processes, each serving every listener with the model
+    /// (see `processCount`). Default `.count(1)`: echod is one process, as without the key.
+    public var processes: ProcessCount
+    /// `[Server] MaxConnections=`: connections open at once, per process. Default `.auto`.
     public var maxConnections: ConnectionLimit
     /// `[Server] Backlog=`: the `listen(2)` backlog for sockets echod binds, 1 to 1,000,000.
     /// Default 4096; the kernel caps it at `net.core.somaxconn`.
@@ -84,6 +88,7 @@ public struct Configuration: Sendable, Equatable {
         model = .event
         listen = Configuration.defaultListen
         workers = 0
+        processes = .count(1)
         maxConnections = .auto
         backlog = 4096
         stopTimeout = .seconds(10)
@@ -105,6 +110,22 @@ public struct Configuration: Sendable, Equatable {
         origins = [:]
         sources = []
     }
+
+    /// How many processes serve: `Processes=` resolved (`auto`: one per CPU echod may run on,
+    /// at most `ProcessCount.maximum`), and always 1 with `Model=fork` (its parent holds no
+    /// connection; each connection has its process already).
+    ///
+    /// - Parameter availableCPUs: CPUs this process may run on.
+    public func processCount(availableCPUs: Int) -> Int {
+        guard model != .fork else { return 1 }
+        switch processes {
+        case .auto: return min(ProcessCount.maximum, max(1, availableCPUs))
+        case .count(let n): return n
+        }
+    }
+
+    /// `processCount(availableCPUs:)` for the CPUs this process may run on now.
+    public var processCount: Int { processCount(availableCPUs: Int(CEchoShims_available_cpus())) }
 
     /// `SendTimeoutSec=`'s default: generous (TCP retransmits for far less before it gives
     /// up on a dead peer) and still a bound on what a client that never reads can pin.

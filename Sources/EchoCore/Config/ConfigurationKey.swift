@@ -38,6 +38,10 @@ struct ConfigurationKey: Sendable {
     /// The model this key is for, if only one: setting it while another model is selected is a warning.
     var model: ConcurrencyModel? = nil
 
+    /// A model this key does not apply to (`Processes=` with `Model=fork`): setting it while that
+    /// model is selected is a warning.
+    var ignoredBy: ConcurrencyModel? = nil
+
     /// What a reload does with a change of this key.
     var onReload: ReloadEffect = .live
 
@@ -131,6 +135,19 @@ struct ConfigurationKey: Sendable {
             format: { $0.description }
         ),
         .integer("Server", "Workers", \.workers, in: 0...1024, onReload: .restart),
+        {
+            // Restart only: the processes are forked at start, before any thread exists.
+            var key = ConfigurationKey.single(
+                "Server", "Processes", \.processes, onReload: .restart,
+                parse: { (text) throws(ConfigurationValueError) -> ProcessCount in
+                    if text == "auto" { return .auto }
+                    return .count(
+                        try ConfigurationValueParser.integer(text, in: 1...ProcessCount.maximum, or: " or 'auto'"))
+                },
+                format: { $0.description })
+            key.ignoredBy = .fork
+            return key
+        }(),
         .single(
             "Server", "MaxConnections", \.maxConnections,
             parse: { (text) throws(ConfigurationValueError) in

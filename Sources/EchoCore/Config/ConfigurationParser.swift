@@ -304,6 +304,11 @@ enum ConfigurationParser {
                     + "ignored with Model=\(config.model.rawValue)",
                 at: origin)
         }
+        for key in ConfigurationKey.all {
+            guard let model = key.ignoredBy, model == config.model, let origin = config.origins[key.id] else { continue }
+            log.warning(
+                "\(key.name)= in [\(key.section)] does not apply to Model=\(model.rawValue); ignored", at: origin)
+        }
 
         var firstIndex: [SocketAddress: Int] = [:]
         for (index, address) in config.listen.enumerated() {

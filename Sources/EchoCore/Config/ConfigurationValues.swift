@@ -22,6 +22,26 @@ public enum ConnectionLimit: Sendable, Equatable {
     case limit(Int)
 }
 
+/// How many worker processes serve connections: `Processes=` in `[Server]`.
+public enum ProcessCount: Sendable, Equatable {
+    /// One per CPU echod may run on (`sched_getaffinity(2)`, so `taskset` and `CPUAffinity=`
+    /// are honoured), at most `ProcessCount.maximum`.
+    case auto
+    /// An explicit count, 1 to `ProcessCount.maximum`.
+    case count(Int)
+
+    /// The most worker processes echod runs.
+    public static let maximum = 1024
+
+    /// `auto` or the number, as written in the configuration file.
+    public var description: String {
+        switch self {
+        case .auto: return "auto"
+        case .count(let n): return String(n)
+        }
+    }
+}
+
 /// A resource limit to apply at start: `NoFile=` in `[Limits]`.
 public enum ResourceLimitValue: Sendable, Equatable, CustomStringConvertible {
     /// Raise the soft limit to the hard limit.

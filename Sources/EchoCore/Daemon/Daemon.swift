@@ -6,7 +6,8 @@
 // What the lifecycle uses lives in rooms of its own: ListenerSet (Listeners.swift),
 // ConfiguredLimits, ReloadPlan (Reload.swift), StatusReporter (Status.swift), MetricsPublisher
 // (MetricsFile.swift), Watchdog, WatchdogTestTrigger, StartupError/ExitStatus; the models behind
-// `ServingModel`.
+// `ServingModel`. With `Processes=` above 1, `Supervisor` takes over after the listeners are
+// open: it forks the workers, each of which runs `serve` here as a `Role.worker`.
 import Glibc
 import Logging
 
@@ -42,23 +43,40 @@ public final class Daemon {
         }
     }
 
-    private var configuration: Configuration
-    private let source: ConfigurationSource
-    private let notifier: ServiceNotifier
-    private var logger: Logger
-    private let logLevel: LogLevelSetting
-    private let passed: [PassedDescriptor]
+    /// What this process is: the only one, or a worker of a supervisor (`Processes=`).
+    enum Role {
+        /// echod is one process (`Processes=1`): it serves, and talks to systemd.
+        case standalone
+        /// A worker process: it serves, and reports to the supervisor through its slot.
+        case worker(WorkerChannel)
+    }
+
+    var role: Role = .standalone
+
+    /// Whether this is a worker process of a supervisor.
+    var isWorker: Bool {
+        if case .worker = role { return true }
+        return false
+    }
+    var configuration: Configuration
+    let source: ConfigurationSource
+    var notifier: ServiceNotifier
+    var logger: Logger
+    let logLevel: LogLevelSetting
+    let passed: [PassedDescriptor]
     private var state: State = .starting {
         didSet { logger.debug("state changed", metadata: ["state": "\(state)"]) }
     }
-    private var maxConnections = 0
+    var maxConnections = 0
     /// Per-source state of the whole service (`SourceTable`), mapped before the model is built
-    /// so that every thread, fork child and worker process shares it.
-    private var sources: SourceTable?
+    /// (and before a supervisor forks its workers) so that every thread, fork child and worker
+    /// process shares it.
+    var sources: SourceTable?
     /// The STATUS= figures as a Prometheus text file in `$RUNTIME_DIRECTORY` (see `MetricsFile`).
     private var metrics = MetricsPublisher(file: nil, model: "")
-    /// Where the metrics file goes: `$RUNTIME_DIRECTORY/echod.prom`, when systemd set it.
-    private let metricsFile: MetricsFile?
+    /// Where the metrics file goes: `$RUNTIME_DIRECTORY/echod.prom`, when systemd set it (never
+    /// in a worker process: the supervisor writes the sums).
+    var metricsFile: MetricsFile?
 
     /// Descriptors kept back from `MaxConnections=auto` for listeners, logs, the signalfd and
     /// the like (the model adds its own, see `ServingModel.descriptorReserve`).
@@ -72,7 +90,7 @@ public final class Daemon {
 
     /// systemd's `WatchdogSec=` in nanoseconds, if set: pings go out at half of it, and only
     /// while every worker is making progress.
-    private var watchdogInterval: Int64? {
+    var watchdogInterval: Int64? {
         notifier.watchdogInterval.map { nanoseconds($0) }
     }
 
@@ -106,13 +124,39 @@ public final class Daemon {
         let testSignals = WatchdogTestTrigger.arm(configuration, logger: logger)
         let signals = try makeSignalFD(daemonSignals + testSignals)
         let listeners: ListenerSet
-        let model: ServingModel
+        let processes = configuration.processCount
         do throws(StartupError) {
             try ConfiguredLimits.apply(configuration, logger: logger)
             listeners = try ListenerSet.open(passed: passed, configuration: configuration, logger: logger)
             maxConnections = connectionLimit(configuration)
+            // Also maps the timeout counters' shared page, before any worker is forked.
             ConnectionTimeouts.shared.update(from: configuration)
             sources = try makeSourceTable()
+        } catch {
+            notifier.notify(error.notification)
+            throw error
+        }
+        if processes > 1 {
+            // Still the only thread: the supervisor forks the workers and never starts a thread.
+            let supervisor: Supervisor
+            do throws(StartupError) {
+                supervisor = try Supervisor(daemon: self, processes: processes)
+            } catch {
+                notifier.notify(error.notification)
+                throw error
+            }
+            try supervisor.run(signals: signals, listeners: listeners)
+            return
+        }
+        try serve(signals: signals, listeners: listeners)
+    }
+
+    /// Builds and starts the model on `listeners`, says READY=1, and runs the control loop until
+    /// the model has stopped: the whole life of a single-process echod, and of a worker process.
+    /// - Throws: `StartupError` if the model cannot start (already told to the notifier).
+    func serve(signals: borrowing SignalFD, listeners: ListenerSet) throws(StartupError) {
+        let model: ServingModel
+        do throws(StartupError) {
             model = try makeModel(listeners: listeners.descriptors)
         } catch {
             notifier.notify(error.notification)
@@ -132,6 +176,7 @@ public final class Daemon {
         controlLoop(signals: signals, status: &status)
         listeners.close()
         let final = model.snapshot()
+        if case .worker(let channel) = role { channel.table.publish(channel.slot, final) }
         state = .stopped(final)
         metrics.remove()
         logger.info(
@@ -142,13 +187,14 @@ public final class Daemon {
     /// The `STATUS=` line for the model's figures now; the metrics file gets the same figures.
     private func publishStatus(_ status: inout StatusReporter, _ model: ServingModel) -> String {
         let snapshot = model.snapshot()
+        if case .worker(let channel) = role { channel.table.publish(channel.slot, snapshot) }
         let refusals = sources?.refusals ?? .init()
         metrics.publish(snapshot, refusals: refusals, logger: logger)
         return status.line(snapshot, refusals: refusals)
     }
 
     /// `MaxConnections=` resolved for the configured model.
-    private func connectionLimit(_ config: Configuration) -> Int {
+    func connectionLimit(_ config: Configuration) -> Int {
         let soft = (try? ResourceLimits.get(ResourceLimits.noFile).soft) ?? 1024
         return config.model.servingModel.connectionLimit(config, openFileLimit: soft, daemonReserve: Self.descriptorReserve)
     }
@@ -156,8 +202,8 @@ public final class Daemon {
     private func makeModel(listeners: [Int32]) throws(StartupError) -> ServingModel {
         let context = ModelContext(
             listeners: listeners, maxConnections: maxConnections,
-            heartbeatMilliseconds: Watchdog.heartbeatMilliseconds(interval: watchdogInterval), logger: logger,
-            sources: sources)
+            heartbeatMilliseconds: Watchdog.heartbeatMilliseconds(interval: watchdogInterval),
+            rotateListeners: isWorker, logger: logger, sources: sources)
         do {
             let model = try configuration.model.servingModel.init(configuration: configuration, context: context)
             try model.start()
@@ -170,7 +216,9 @@ public final class Daemon {
     /// The per-source table, sized from the connection limit at start, with the configured limits.
     private func makeSourceTable() throws(StartupError) -> SourceTable {
         do {
-            let table = try SourceTable(capacity: SourceTable.capacity(forMaxConnections: maxConnections))
+            // One table for the service: every worker process's connections count in it.
+            let table = try SourceTable(
+                capacity: SourceTable.capacity(forMaxConnections: maxConnections * max(1, configuration.processCount)))
             table.apply(SourceTable.Limits(configuration))
             return table
         } catch {
@@ -209,8 +257,11 @@ public final class Daemon {
             var now = monotonicNanoseconds()
             if now >= nextStatus {
                 notifier.notify("STATUS=\(stopping ? "Stopping: " : "")\(publishStatus(&status, model))")
-                timeoutLog.logIfChanged(logger)
-                if let sources { refusalLog.logIfChanged(sources, logger) }
+                // A worker's timeouts and refusals are counted in shared memory and logged by the supervisor.
+                if case .standalone = role {
+                    timeoutLog.logIfChanged(logger)
+                    if let sources { refusalLog.logIfChanged(sources, logger) }
+                }
                 nextStatus = now + statusInterval
             }
             if let due = watchdog.nextCheck, now >= due {
@@ -281,14 +332,31 @@ public final class Daemon {
         // MONOTONIC_USEC lets systemd 253+ (Type=notify-reload) tie this to the request; 252
         // ignores it.
         notifier.notify("RELOADING=1\nMONOTONIC_USEC=\(monotonicNanoseconds() / 1000)\nSTATUS=Reloading configuration")
-        logger.info("reloading configuration", metadata: ["config.path": "\(source.path)"])
-        let new: Configuration
-        do {
-            new = try source.loadReportingDiagnostics()
-        } catch {
-            logger.error("reload failed; keeping the running configuration")
-            notifier.notify("READY=1\nSTATUS=Reload failed, running on previous configuration: \(error.diagnostics.first.map { "\($0)" } ?? "")")
-            return
+        var new: Configuration
+        var generation: UInt64 = 0
+        if case .worker(let channel) = role {
+            // The supervisor has parsed and validated the files once; every worker applies the
+            // very text it published (see Supervisor.reload).
+            let published = channel.table.configuration()
+            generation = published.generation
+            do {
+                new = try ConfigurationLoader.apply(text: published.text, file: "<supervisor>", to: Configuration()).0
+            } catch {
+                // Cannot happen for text the supervisor rendered; without the acknowledgement the
+                // supervisor replaces this worker, which then starts with the new configuration.
+                logger.error("reload: cannot read the supervisor's configuration", metadata: ["error": "\(error)"])
+                return
+            }
+            new.listen = configuration.listen
+        } else {
+            logger.info("reloading configuration", metadata: ["config.path": "\(source.path)"])
+            do {
+                new = try source.loadReportingDiagnostics()
+            } catch {
+                logger.error("reload failed; keeping the running configuration")
+                notifier.notify("READY=1\nSTATUS=Reload failed, running on previous configuration: \(error.diagnostics.first.map { "\($0)" } ?? "")")
+                return
+            }
         }
         var plan = ReloadPlan(running: configuration, loaded: new, socketsPassed: !passed.isEmpty)
         if !plan.restartKeys.isEmpty {
@@ -314,6 +382,7 @@ public final class Daemon {
         }
         configuration = plan.applied
         logger.info("configuration reloaded", metadata: ["max_connections": "\(maxConnections)"])
+        if case .worker(let channel) = role { channel.table.store(channel.slot, .generation, generation) }
         notifier.notify("READY=1\nSTATUS=\(publishStatus(&status, model))")
     }
 }

@@ -5,6 +5,12 @@
 // one idle worker rather than all of them, and that worker accepts until EAGAIN. A connection
 // stays with the worker that accepted it for its whole life: no locks on the echo path.
 //
+// An EPOLLEXCLUSIVE wake-up goes to the first idle waiter in the listener's wait queue, which
+// is registration order: at a low connection rate the first worker takes every connection. With
+// several processes (`rotateListeners`), a worker that has drained the accept queue registers
+// the listener again, which puts it at the end of the queue, so the next connection goes to the
+// next idle worker: round robin, at two epoll_ctl calls per batch of accepts.
+//
 // Echo path (level-triggered): EPOLLIN -> recv into the worker's buffer -> send. If send takes
 // less than was read, the rest is copied into a pooled buffer, the connection's interest becomes
 // EPOLLOUT only, and it is not read again until the rest has gone out. Nothing is allocated per
@@ -32,6 +38,8 @@ final class Worker: @unchecked Sendable {
     /// Wakes this worker for stop, limit and reload changes.
     let wakeup: EventFD
     private let listeners: [Int32]
+    /// Re-register a listener after draining its accept queue (see the header).
+    private let rotateListeners: Bool
     /// Wake-up descriptors of all workers, for resuming those paused at the connection limit.
     private var peers: [Int32] = []
     private var logger: Logger
@@ -70,14 +78,16 @@ final class Worker: @unchecked Sendable {
     private static let listenerTag: UInt64 = 1 << 63
     private static let wakeupTag: UInt64 = 1 << 62
 
-    init(index: Int, listeners: [Int32], control: PoolControl, logger: Logger, sources: SourceTable? = nil)
-        throws(SystemError)
-    {
+    init(
+        index: Int, listeners: [Int32], control: PoolControl, rotateListeners: Bool = false, logger: Logger,
+        sources: SourceTable? = nil
+    ) throws(SystemError) {
         self.index = index
         self.sources = sources
         peerAddress = .allocate(capacity: 1)
         peerAddress.initialize(to: sockaddr_storage())
         self.listeners = listeners
+        self.rotateListeners = rotateListeners
         self.control = control
         self.counters = WorkerCounters()
         self.epoll = try Epoll()
@@ -129,7 +139,7 @@ final class Worker: @unchecked Sendable {
                 let event = events[i]
                 let token = event.data.u64
                 if token & Self.listenerTag != 0 {
-                    acceptConnections(from: listeners[Int(token & 0xFFFF)])
+                    acceptConnections(from: Int(token & 0xFFFF))
                 } else if token & Self.wakeupTag != 0 {
                     wakeup.drain()
                     handleControlChange()
@@ -211,9 +221,10 @@ final class Worker: @unchecked Sendable {
         listenersRegistered = want
     }
 
-    private func acceptConnections(from listener: Int32) {
+    private func acceptConnections(from index: Int) {
         // A stale event for a listener unregistered earlier in this batch.
         guard listenersRegistered else { return }
+        let listener = listeners[index]
         while true {
             guard control.reserveConnection() else {
                 pauseAtLimit()
@@ -230,6 +241,7 @@ final class Worker: @unchecked Sendable {
             switch result {
             case .wouldBlock:
                 releaseSlot()
+                if rotateListeners { requeue(index) }
                 return
             case .processed(let fd):
                 var ticket = SourceTicket.untracked
@@ -257,6 +269,19 @@ final class Worker: @unchecked Sendable {
                 }
                 accepted &+= 1
             }
+        }
+    }
+
+    /// Registers listener `index` again, which moves this worker to the end of the listener's
+    /// wait queue (see the header). A connection that arrives in between is not lost: it stays
+    /// in the accept queue, and the new registration reports the listener readable at once.
+    private func requeue(_ index: Int) {
+        let fd = listeners[index]
+        do {
+            try epoll.delete(fd)
+            try epoll.add(fd, events: [.input, .exclusive], token: Self.listenerTag | UInt64(index))
+        } catch {
+            warnRateLimited("cannot register a listener again", error)
         }
     }
 

@@ -27,20 +27,24 @@ public final class WorkerPool: @unchecked Sendable {
     ///     the pool runs.
     ///   - workerCount: number of worker threads (at least 1).
     ///   - maxConnections: the limit on open connections across all workers.
+    ///   - rotateListeners: whether a worker re-registers a listener after draining it, to spread
+    ///     connections round robin over the workers of several processes (see `Worker`).
     ///   - logger: base logger; workers add `worker.index`.
     ///   - sources: the per-source table every accepted connection is admitted through, if any.
     /// - Throws: `SystemError` if an epoll instance or eventfd cannot be made.
     ///   - heartbeatMilliseconds: longest an idle worker waits before its heartbeat advances.
     public init(
-        listeners: [Int32], workerCount: Int, maxConnections: Int, heartbeatMilliseconds: Int = 1000, logger: Logger,
-        sources: SourceTable? = nil
+        listeners: [Int32], workerCount: Int, maxConnections: Int, heartbeatMilliseconds: Int = 1000,
+        rotateListeners: Bool = false, logger: Logger, sources: SourceTable? = nil
     ) throws(SystemError) {
         precondition(workerCount >= 1)
         precondition(listeners.count <= 0xFFFF)
         control = PoolControl(maxConnections: maxConnections, heartbeatMilliseconds: heartbeatMilliseconds)
         var workers: [Worker] = []
         for i in 0..<workerCount {
-            workers.append(try Worker(index: i, listeners: listeners, control: control, logger: logger, sources: sources))
+            workers.append(try Worker(
+                index: i, listeners: listeners, control: control, rotateListeners: rotateListeners, logger: logger,
+                sources: sources))
         }
         let wakeups = workers.map { $0.wakeup.descriptor.rawValue }
         for w in workers { w.setPeers(wakeups) }

@@ -11,9 +11,18 @@ public final class EventModel: ServingModel {
     private let workers: Int
     private var stopping = false
 
-    /// `Workers=`, with 0 meaning one per CPU this process may run on.
+    /// `Workers=`, with 0 meaning one per CPU this process may run on, shared out among the
+    /// `Processes=` (CPUs / processes, at least 1): one thread per CPU in each of one process per
+    /// CPU would be CPUs² threads.
     static func workerCount(_ configuration: Configuration) -> Int {
-        configuration.workers > 0 ? configuration.workers : Int(CEchoShims_available_cpus())
+        workerCount(configuration, availableCPUs: Int(CEchoShims_available_cpus()))
+    }
+
+    /// `workerCount` for a given number of CPUs (for tests and `--check-config`).
+    public static func workerCount(_ configuration: Configuration, availableCPUs: Int) -> Int {
+        if configuration.workers > 0 { return configuration.workers }
+        let processes = configuration.processCount(availableCPUs: availableCPUs)
+        return max(1, availableCPUs / processes)
     }
 
     /// - Throws: `SystemError` if an epoll instance or eventfd cannot be made.
@@ -22,7 +31,7 @@ public final class EventModel: ServingModel {
         pool = try WorkerPool(
             listeners: context.listeners, workerCount: workers,
             maxConnections: context.maxConnections, heartbeatMilliseconds: context.heartbeatMilliseconds,
-            logger: context.logger, sources: context.sources)
+            rotateListeners: context.rotateListeners, logger: context.logger, sources: context.sources)
     }
 
     /// Each worker's epoll instance and eventfd.

@@ -23,6 +23,9 @@ public struct ModelContext {
     /// Longest an idle worker goes without advancing its progress counter (the watchdog checks
     /// progress at a fraction of `WatchdogSec=`).
     public var heartbeatMilliseconds: Int
+    /// Whether the event model's workers spread connections round robin (several processes share
+    /// the listeners; see `Worker`). False in a single process, which behaves as it always has.
+    public var rotateListeners: Bool
     public var logger: Logger
     /// The service's per-source table (`MaxConnectionsPerSource=`, `MaxConnectionRatePerSource=`):
     /// every accepted connection is admitted through it and released when it ends. Nil: no
@@ -30,12 +33,13 @@ public struct ModelContext {
     public var sources: SourceTable?
 
     public init(
-        listeners: [Int32], maxConnections: Int, heartbeatMilliseconds: Int = 1000, logger: Logger,
-        sources: SourceTable? = nil
+        listeners: [Int32], maxConnections: Int, heartbeatMilliseconds: Int = 1000, rotateListeners: Bool = false,
+        logger: Logger, sources: SourceTable? = nil
     ) {
         self.listeners = listeners
         self.maxConnections = maxConnections
         self.heartbeatMilliseconds = heartbeatMilliseconds
+        self.rotateListeners = rotateListeners
         self.logger = logger
         self.sources = sources
     }
