@@ -144,3 +144,24 @@ extension EchodIntegration {
         }
     }
 }
+
+extension EchodIntegration.PerSource {
+    /// Issue 13 item 9 with issue 12: the per-source limit holds per service, not per worker
+    /// process. With Processes=3 the kernel spreads one source's connections over the three
+    /// workers; a per-process table would let 3 × 4 through. The test checks that the
+    /// connections did land on several processes, so the limit was shared across them.
+    @Test(arguments: processModels)
+    func theLimitHoldsForTheServiceAcrossWorkerProcesses(model: String) throws {
+        let config = Echod.config(model: model, workers: 1, extra: "[Server]\nProcesses=3\nMaxConnectionsPerSource=4\n")
+        try withEchod(config: config) { server in
+            var open: [Client] = []
+            var served = 0
+            for _ in 0..<12 where try Self.served(server, from: Self.abuser, keep: &open) { served += 1 }
+            #expect(served == 4, "\(served) of 12 connections from one source served with MaxConnectionsPerSource=4 over 3 processes (\(model))")
+            let held = try waitForHeld(server, total: 4)
+            #expect(held.values.filter { $0 > 0 }.count >= 2, "all on one process, the sharing is not shown: \(held)")
+            var neighbours: [Client] = []
+            #expect(try Self.served(server, from: Self.neighbour, keep: &neighbours))
+        }
+    }
+}
