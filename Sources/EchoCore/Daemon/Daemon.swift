@@ -109,7 +109,8 @@ public final class Daemon {
             listeners = try ListenerSet.open(passed: passed, configuration: configuration, logger: logger)
             maxConnections = connectionLimit(configuration)
             ConnectionTimeouts.shared.update(from: configuration)
-            model = try makeModel(listeners: listeners.descriptors)
+            DatagramShared.shared.update(from: configuration)
+            model = try makeModel(listeners: listeners)
         } catch {
             notifier.notify(error.notification)
             throw error
@@ -117,7 +118,7 @@ public final class Daemon {
         state = .serving(model)
         let serving: Logger.Metadata = [
             "model": "\(configuration.model.rawValue)", "max_connections": "\(maxConnections)",
-            "listeners": "\(listeners.descriptors.count)",
+            "listeners": "\(listeners.descriptors.count)", "udp_sockets": "\(listeners.datagramDescriptors.count)",
         ]
         logger.info("serving", metadata: serving.merging(model.servingMetadata) { a, _ in a })
         var status = StatusReporter(summary: model.summary)
@@ -148,9 +149,13 @@ public final class Daemon {
         return config.model.servingModel.connectionLimit(config, openFileLimit: soft, daemonReserve: Self.descriptorReserve)
     }
 
-    private func makeModel(listeners: [Int32]) throws(StartupError) -> ServingModel {
+    private func makeModel(listeners: ListenerSet) throws(StartupError) -> ServingModel {
+        let datagramSockets = listeners.datagramDescriptors
+        let policy = datagramSockets.isEmpty ? nil : DatagramPolicy(ownPorts: listeners.localPorts)
+        DatagramShared.shared.isServing = policy != nil
         let context = ModelContext(
-            listeners: listeners, maxConnections: maxConnections,
+            listeners: listeners.descriptors, datagramSockets: datagramSockets, datagramPolicy: policy,
+            maxConnections: maxConnections,
             heartbeatMilliseconds: Watchdog.heartbeatMilliseconds(interval: watchdogInterval), logger: logger)
         do {
             let model = try configuration.model.servingModel.init(configuration: configuration, context: context)
@@ -287,6 +292,7 @@ public final class Daemon {
         }
         logLevel.level = new.logLevel
         ConnectionTimeouts.shared.update(from: new)
+        DatagramShared.shared.update(from: new)
         let limit = connectionLimit(plan.applied)
         if limit != maxConnections {
             maxConnections = limit

@@ -30,15 +30,20 @@ public final class WorkerPool: @unchecked Sendable {
     ///   - logger: base logger; workers add `worker.index`.
     /// - Throws: `SystemError` if an epoll instance or eventfd cannot be made.
     ///   - heartbeatMilliseconds: longest an idle worker waits before its heartbeat advances.
+    ///   - datagramSockets, datagramPolicy: UDP sockets every worker serves with the UDP echo.
     public init(
-        listeners: [Int32], workerCount: Int, maxConnections: Int, heartbeatMilliseconds: Int = 1000, logger: Logger
+        listeners: [Int32], datagramSockets: [Int32] = [], datagramPolicy: DatagramPolicy? = nil,
+        workerCount: Int, maxConnections: Int, heartbeatMilliseconds: Int = 1000, logger: Logger
     ) throws(SystemError) {
         precondition(workerCount >= 1)
-        precondition(listeners.count <= 0xFFFF)
+        precondition(listeners.count <= 0xFFFF && datagramSockets.count <= 0xFFFF)
         control = PoolControl(maxConnections: maxConnections, heartbeatMilliseconds: heartbeatMilliseconds)
         var workers: [Worker] = []
         for i in 0..<workerCount {
-            workers.append(try Worker(index: i, listeners: listeners, control: control, logger: logger))
+            workers.append(
+                try Worker(
+                    index: i, listeners: listeners, datagramSockets: datagramSockets, datagramPolicy: datagramPolicy,
+                    control: control, logger: logger))
         }
         let wakeups = workers.map { $0.wakeup.descriptor.rawValue }
         for w in workers { w.setPeers(wakeups) }

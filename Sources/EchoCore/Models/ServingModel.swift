@@ -24,9 +24,18 @@ public struct ModelContext {
     /// progress at a fraction of `WatchdogSec=`).
     public var heartbeatMilliseconds: Int
     public var logger: Logger
+    /// UDP sockets (non-blocking, close-on-exec), owned by the daemon, served with the UDP echo.
+    public var datagramSockets: [Int32]
+    /// What the UDP echo refuses; nil when there is no UDP socket.
+    public var datagramPolicy: DatagramPolicy?
 
-    public init(listeners: [Int32], maxConnections: Int, heartbeatMilliseconds: Int = 1000, logger: Logger) {
+    public init(
+        listeners: [Int32], datagramSockets: [Int32] = [], datagramPolicy: DatagramPolicy? = nil, maxConnections: Int,
+        heartbeatMilliseconds: Int = 1000, logger: Logger
+    ) {
         self.listeners = listeners
+        self.datagramSockets = datagramPolicy == nil ? [] : datagramSockets
+        self.datagramPolicy = datagramPolicy
         self.maxConnections = maxConnections
         self.heartbeatMilliseconds = heartbeatMilliseconds
         self.logger = logger

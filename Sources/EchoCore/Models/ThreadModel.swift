@@ -5,6 +5,9 @@
 // a detached thread with a small stack for each connection. At `MaxThreads=` (or
 // `MaxConnections=`) it stops polling the listeners; new connections wait in the kernel backlog
 // until a thread ends and wakes the loop through an eventfd.
+//
+// UDP sockets (ListenDatagram=) are served by one more thread, `DatagramThread`, running the
+// same `DatagramEcho` as the event model's workers.
 import CEchoShims
 import Glibc
 import Logging
@@ -24,6 +27,7 @@ public final class ThreadModel: ControlLoopModel {
     private var accepted: UInt64 = 0
     private var backoff: AcceptBackoff
     private var escalation = StopEscalation()
+    private let datagrams: DatagramThread?
 
     /// What connection threads share with the control thread.
     final class SharedState: Sendable {
@@ -51,7 +55,15 @@ public final class ThreadModel: ControlLoopModel {
         logger = context.logger
         backoff = AcceptBackoff(logger: context.logger)
         state = try SharedState(limit: context.maxConnections)
+        if let policy = context.datagramPolicy, !context.datagramSockets.isEmpty {
+            datagrams = try DatagramThread(sockets: context.datagramSockets, policy: policy, logger: context.logger)
+        } else {
+            datagrams = nil
+        }
     }
+
+    /// The UDP thread's epoll instance and eventfd.
+    public static func descriptorReserve(_ configuration: Configuration) -> Int { 2 }
 
     /// `MaxThreads=`.
     public static func connectionCap(_ configuration: Configuration) -> Int? { configuration.maxThreads }
@@ -61,6 +73,7 @@ public final class ThreadModel: ControlLoopModel {
         if CEchoShims_install_interrupt_handler(Self.interruptSignal) != 0 {
             throw SystemError("sigaction(SIGUSR2)", errno: errno)
         }
+        try datagrams?.start()
     }
 
     /// Whether a new connection may be taken, back-off aside (the accept loop checks that one
@@ -175,6 +188,7 @@ public final class ThreadModel: ControlLoopModel {
         escalation.begin(deadline: deadline, now: monotonicNanoseconds())
         state.stopping.store(true, ordering: .relaxed)
         interruptAll()
+        datagrams?.stop()
     }
 
     public var isStopped: Bool { escalation.isStopping && state.open.load(ordering: .relaxed) == 0 }
