@@ -118,11 +118,11 @@ public final class DatagramShared: Sendable {
         }
     }
 
-    /// `, udp: N echoed, dropped: …` for `STATUS=`, or "" when no UDP socket is served.
+    /// `, udp: R received, E echoed (1.2 KiB), dropped: 0 reflector-port, …` for `STATUS=`, or "" when no UDP socket is served.
     public var statusSuffix: String {
         guard isServing else { return "" }
         let drops = DatagramDrop.allCases.map { "\(dropped($0)) \($0.name)" }.joined(separator: ", ")
-        return ", udp: \(echoed) echoed, \(formatBytes(Double(bytesEchoed))), dropped: \(drops)"
+        return ", udp: \(received) received, \(echoed) echoed (\(formatBytes(Double(bytesEchoed)))), dropped: \(drops)"
     }
 
     /// Takes up to `wanted` bytes from the output cap at `now` (CLOCK_MONOTONIC ns).
