@@ -127,6 +127,14 @@ int CEchoShims_set_parent_death_signal(int signo) {
     return prctl(PR_SET_PDEATHSIG, (unsigned long)signo, 0UL, 0UL, 0UL);
 }
 
+void CEchoShims_atomic_store_u64(uint64_t *p, uint64_t v) {
+    __atomic_store_n(p, v, __ATOMIC_RELAXED);
+}
+
+int CEchoShims_atomic_cas_u64(uint64_t *p, uint64_t *expected, uint64_t desired) {
+    return __atomic_compare_exchange_n(p, expected, desired, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+}
+
 int CEchoShims_unsent_bytes(int fd) {
     int queued = 0;
     if (ioctl(fd, SIOCOUTQ, &queued) != 0) return -1;

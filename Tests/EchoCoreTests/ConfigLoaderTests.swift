@@ -272,7 +272,9 @@ private typealias Location = EchoCore.SourceLocation
             !$0.hasPrefix("#") && $0.contains("=")
         }
         // Keys whose default is empty ("left as inherited") get no origin when set empty.
-        let setKeys = config.origins.keys.filter { !$0.contains("[") }
+        // So does ListenDatagram=, a list key whose default is empty: its bare "#ListenDatagram="
+        // line, uncommented, empties the list (an origin) and renders as "ListenDatagram=".
+        let setKeys = config.origins.keys.filter { !$0.contains("[") && $0 != "Server.ListenDatagram" }
         #expect(setKeys.count == renderedKeys.filter { !$0.hasSuffix("=") }.count)
         for line in renderedKeys {
             #expect(text.contains("\n#\(line)\n"), "etc/echod.conf lacks '#\(line)'")

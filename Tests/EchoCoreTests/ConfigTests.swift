@@ -86,6 +86,11 @@ private let noFileReason = "expected a number from 1 to 4294967295 or 'max'"
         .init("Server", "Listen=[::1]:7007") { $0.listen = [try! SocketAddress(parsing: "[::1]:7007")] },
         .init("Server", "Listen=0.0.0.0:7") { $0.listen = [try! SocketAddress(parsing: "0.0.0.0:7")] },
         .init("Server", "Listen=[::]:0") { $0.listen = [try! SocketAddress(parsing: "[::]:0")] },
+        .init("Server", "ListenDatagram=127.0.0.1:7") { $0.listenDatagram = [try! SocketAddress(parsing: "127.0.0.1:7")] },
+        .init("Server", "ListenDatagram=[::1]:0") { $0.listenDatagram = [try! SocketAddress(parsing: "[::1]:0")] },
+        .init("UDP", "MaxBytesPerSecond=1K") { $0.udpMaxBytesPerSecond = 1024 },
+        .init("UDP", "MaxBytesPerSecond=100M") { $0.udpMaxBytesPerSecond = 100 << 20 },
+        .init("UDP", "MaxBytesPerSecond=infinity") { $0.udpMaxBytesPerSecond = nil },
         .init("Server", "Workers=0") { $0.workers = 0 },
         .init("Server", "Workers=8") { $0.workers = 8 },
         .init("Server", "Workers=1024") { $0.workers = 1024 },
@@ -130,6 +135,9 @@ private let noFileReason = "expected a number from 1 to 4294967295 or 'max'"
         .init("Server", "Model", "Event", "expected one of: event, thread, fork"),
         .init("Server", "Model", "epoll", "expected one of: event, thread, fork"),
         .init("Server", "Listen", "localhost:7007", "'localhost' is not an IPv4 address"),
+        .init("Server", "ListenDatagram", "127.0.0.1", "expected HOST:PORT"),
+        .init("UDP", "MaxBytesPerSecond", "1000", "expected a size from 1K to 1T per second, e.g. '16M', or 'infinity'"),
+        .init("UDP", "MaxBytesPerSecond", "0", "expected a size from 1K to 1T per second, e.g. '16M', or 'infinity'"),
         .init("Server", "Listen", "127.0.0.1", "expected HOST:PORT"),
         .init("Server", "Listen", "127.0.0.1:70000", "port must be a number from 0 to 65535"),
         .init("Server", "Listen", "::1:7007", "IPv6 addresses must be written in brackets, e.g. [::1]:7007"),
@@ -491,6 +499,8 @@ private let noFileReason = "expected a number from 1 to 4294967295 or 'max'"
             # default
             Listen=127.0.0.1:7007
             # default
+            ListenDatagram=
+            # default
             Workers=0
             # default
             Processes=1
@@ -534,6 +544,10 @@ private let noFileReason = "expected a number from 1 to 4294967295 or 'max'"
             [Fork]
             # default
             MaxChildren=4096
+
+            [UDP]
+            # default
+            MaxBytesPerSecond=16M
 
             [Debug]
             # default

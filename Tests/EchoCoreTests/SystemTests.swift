@@ -82,8 +82,11 @@ import Testing
         #expect(Socket.kind(of: fd) == .listeningStream)
         let udp = socket(AF_INET, CEchoShims_SOCK_DGRAM, 0)
         defer { closeNoRetry(udp) }
-        #expect(Socket.kind(of: udp) == .notStream(type: CEchoShims_SOCK_DGRAM))
-        #expect(Socket.kind(of: udp).description == "a datagram socket")
+        #expect(Socket.kind(of: udp) == .datagram)
+        let unixDatagram = socket(AF_UNIX, CEchoShims_SOCK_DGRAM, 0)
+        defer { closeNoRetry(unixDatagram) }
+        #expect(Socket.kind(of: unixDatagram) == .notStream(type: CEchoShims_SOCK_DGRAM))
+        #expect(Socket.kind(of: unixDatagram).description == "a datagram socket that is not IPv4 or IPv6")
         let tcp = socket(AF_INET, CEchoShims_SOCK_STREAM, 0)
         defer { closeNoRetry(tcp) }
         #expect(Socket.kind(of: tcp) == .notListening)

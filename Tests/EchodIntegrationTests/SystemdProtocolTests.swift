@@ -136,14 +136,29 @@ extension EchodIntegration {
             }
         }
 
-        @Test func passedUDPSocketIsFatal() throws {
+        /// A passed UDP socket (ListenDatagram= in a socket unit, named like the stream ones) is
+        /// told apart by its type and served with the UDP echo.
+        @Test(arguments: servingModels)
+        func passedUDPSocketIsServed(model: String) throws {
             let udp = try Socket.make(family: AF_INET, type: CEchoShims_SOCK_DGRAM)
             try udp.bind(.v4, port: 0)
-            try withEchod(listener: udp, waitReady: false) { server in
+            let port = try udp.localPort()
+            try withEchod(config: Echod.config(model: model), listener: udp) { server in
+                let client = try UDPClient(.v4)
+                let payload = Pattern.bytes(seed: 16, count: 1400)
+                try client.send(payload, to: port)
+                #expect(try client.receive(timeout: .seconds(5)) == payload, "\(server.describeState())")
+            }
+        }
+
+        /// A passed datagram socket that is not IPv4 or IPv6 is refused at start.
+        @Test func passedUnixDatagramSocketIsFatal() throws {
+            let unix = try Socket.make(family: AF_UNIX, type: CEchoShims_SOCK_DGRAM)
+            try withEchod(listener: unix, waitReady: false) { server in
                 let status = server.child.waitExit(timeout: .seconds(10))
-                #expect(status != nil && status != .exited(0), "echod served a UDP socket as a listener: \(server.describeState())")
+                #expect(status != nil && status != .exited(0), "echod served a Unix datagram socket: \(server.describeState())")
                 if case .signaled = status { Issue.record("crashed instead of exiting: \(server.describeState())") }
-                #expect(!server.child.stderrText.isEmpty, "no message on stderr")
+                #expect(server.child.stderrText.contains("neither a listening stream socket nor a UDP socket"), "\(server.describeState())")
                 let datagrams = try server.notify.drain()
                 #expect(!datagrams.contains { notifyLines($0).contains("READY=1") }, "READY=1 sent: \(datagrams)")
             }

@@ -77,6 +77,10 @@ int CEchoShims_shared_mutex_init(void *m);
 void CEchoShims_shared_mutex_lock(void *m);
 /// Unlocks the mutex at `m`.
 void CEchoShims_shared_mutex_unlock(void *m);
+void CEchoShims_atomic_store_u64(uint64_t *p, uint64_t v);
+/// Compare-and-swap on shared memory: if *p == *expected, stores desired and returns 1; else
+/// writes the current value to *expected and returns 0.
+int CEchoShims_atomic_cas_u64(uint64_t *p, uint64_t *expected, uint64_t desired);
 
 /// recv(2), send(2), sendmsg(2) and epoll_wait(2) as raw system calls. glibc's wrappers are cancellation
 /// points: in a multi-threaded process each call also enables and disables asynchronous
@@ -99,6 +103,23 @@ static inline int CEchoShims_epoll_wait(int epfd, struct epoll_event *events, in
     /* arm64, riscv64 and newer ports have only epoll_pwait. */
     return (int)syscall(SYS_epoll_pwait, epfd, events, maxevents, timeout, (void *)0, 0);
 #endif
+}
+
+/// struct mmsghdr, which <sys/socket.h> declares only under _GNU_SOURCE (see the top of this
+/// file): the same layout, under our own name, for recvmmsg(2) and sendmmsg(2).
+struct CEchoShims_mmsghdr {
+    struct msghdr msg_hdr;
+    unsigned int msg_len;
+};
+
+/// recvmmsg(2) and sendmmsg(2) as raw system calls (GNU-only in glibc, and cancellation points
+/// there like recv(2)): a batch of datagrams per call on the UDP echo path. errno is set as by
+/// glibc's wrappers. recvmmsg gets no timeout (the sockets are non-blocking).
+static inline int CEchoShims_recvmmsg(int fd, struct CEchoShims_mmsghdr *messages, unsigned int count, int flags) {
+    return (int)syscall(SYS_recvmmsg, fd, messages, count, flags, (void *)0);
+}
+static inline int CEchoShims_sendmmsg(int fd, struct CEchoShims_mmsghdr *messages, unsigned int count, int flags) {
+    return (int)syscall(SYS_sendmmsg, fd, messages, count, flags);
 }
 
 // Macro constants whose import is unreliable or typed awkwardly.

@@ -17,6 +17,14 @@ public struct Configuration: Sendable, Equatable {
     /// `[Server] Listen=`: addresses echod binds itself when systemd passes no sockets.
     /// Default `[127.0.0.1:7007]`. Empty when the files end with a bare `Listen=`.
     public var listen: [SocketAddress]
+    /// `[Server] ListenDatagram=`: UDP addresses echod binds itself for the UDP echo when systemd
+    /// passes no sockets. Default empty: no UDP.
+    public var listenDatagram: [SocketAddress]
+    /// `[UDP] MaxBytesPerSecond=`: the most echod sends back over UDP per second, across every
+    /// socket, worker and source (a token bucket on bytes holding one second's worth, and at least
+    /// one largest datagram). Default `defaultUDPMaxBytesPerSecond` (16 MiB/s); nil
+    /// (`infinity`) for no cap.
+    public var udpMaxBytesPerSecond: UInt64?
     /// `[Server] Workers=`: worker threads, 0 to 1024; 0 (the default) means one per CPU.
     public var workers: Int
     /// `[Server] Processes=`: worker processes, each serving every listener with the model
@@ -87,6 +95,8 @@ public struct Configuration: Sendable, Equatable {
     public init() {
         model = .event
         listen = Configuration.defaultListen
+        listenDatagram = []
+        udpMaxBytesPerSecond = Configuration.defaultUDPMaxBytesPerSecond
         workers = 0
         processes = .count(1)
         maxConnections = .auto
@@ -130,6 +140,10 @@ public struct Configuration: Sendable, Equatable {
     /// `SendTimeoutSec=`'s default: generous (TCP retransmits for far less before it gives
     /// up on a dead peer) and still a bound on what a client that never reads can pin.
     public static let defaultSendTimeout: Duration = .seconds(300)
+
+    /// `MaxBytesPerSecond=`'s default: 16 MiB/s (134 Mbit/s), ample for checking a path and a
+    /// bound on what a spoofed source can make echod send to its victim.
+    public static let defaultUDPMaxBytesPerSecond: UInt64 = 16 << 20
 
     /// `127.0.0.1:7007`, built without parsing so that the default cannot fail.
     static let defaultListen: [SocketAddress] = {

@@ -134,6 +134,17 @@ struct ConfigurationKey: Sendable {
             },
             format: { $0.description }
         ),
+        .list(
+            "Server", "ListenDatagram", \.listenDatagram, onReload: .restartUnlessSocketsPassed,
+            parse: { (text) throws(ConfigurationValueError) in
+                do throws(SocketAddress.ParseError) {
+                    return try SocketAddress(parsing: text)
+                } catch {
+                    throw ConfigurationValueError(error.reason)
+                }
+            },
+            format: { $0.description }
+        ),
         .integer("Server", "Workers", \.workers, in: 0...1024, onReload: .restart),
         {
             // Restart only: the processes are forked at start, before any thread exists.
@@ -248,6 +259,17 @@ struct ConfigurationKey: Sendable {
         ),
         .integer("Thread", "MaxThreads", \.maxThreads, in: 1...1_000_000, model: .thread),
         .integer("Fork", "MaxChildren", \.maxChildren, in: 1...1_000_000, model: .fork),
+        .single(
+            "UDP", "MaxBytesPerSecond", \.udpMaxBytesPerSecond,
+            parse: { (text) throws(ConfigurationValueError) in
+                if text == "infinity" { return nil }
+                guard let n = ConfigurationValueParser.size(text), n >= 1024, n <= 1 << 40 else {
+                    throw ConfigurationValueError("expected a size from 1K to 1T per second, e.g. '16M', or 'infinity'")
+                }
+                return n
+            },
+            format: { $0.map { ConfigurationValueParser.formatSize($0) } ?? "infinity" }
+        ),
         .single(
             // Restart only: the trigger's signal is blocked and read from the signalfd only if
             // the key is on at start (`WatchdogTestTrigger.arm`, before any thread exists).

@@ -131,6 +131,8 @@ public final class Daemon {
             maxConnections = connectionLimit(configuration)
             // Also maps the timeout counters' shared page, before any worker is forked.
             ConnectionTimeouts.shared.update(from: configuration)
+            // The UDP counters and output cap: a shared page too.
+            DatagramShared.shared.update(from: configuration)
             sources = try makeSourceTable()
         } catch {
             notifier.notify(error.notification)
@@ -157,7 +159,7 @@ public final class Daemon {
     func serve(signals: borrowing SignalFD, listeners: ListenerSet) throws(StartupError) {
         let model: ServingModel
         do throws(StartupError) {
-            model = try makeModel(listeners: listeners.descriptors)
+            model = try makeModel(listeners: listeners)
         } catch {
             notifier.notify(error.notification)
             throw error
@@ -165,7 +167,7 @@ public final class Daemon {
         state = .serving(model)
         let serving: Logger.Metadata = [
             "model": "\(configuration.model.rawValue)", "max_connections": "\(maxConnections)",
-            "listeners": "\(listeners.descriptors.count)",
+            "listeners": "\(listeners.descriptors.count)", "udp_sockets": "\(listeners.datagramDescriptors.count)",
         ]
         logger.info("serving", metadata: serving.merging(model.servingMetadata) { a, _ in a })
         var status = StatusReporter(summary: model.summary)
@@ -199,9 +201,13 @@ public final class Daemon {
         return config.model.servingModel.connectionLimit(config, openFileLimit: soft, daemonReserve: Self.descriptorReserve)
     }
 
-    private func makeModel(listeners: [Int32]) throws(StartupError) -> ServingModel {
+    private func makeModel(listeners: ListenerSet) throws(StartupError) -> ServingModel {
+        let datagramSockets = listeners.datagramDescriptors
+        let policy = datagramSockets.isEmpty ? nil : DatagramPolicy(ownPorts: listeners.localPorts)
+        DatagramShared.shared.isServing = policy != nil
         let context = ModelContext(
-            listeners: listeners, maxConnections: maxConnections,
+            listeners: listeners.descriptors, datagramSockets: datagramSockets, datagramPolicy: policy,
+            maxConnections: maxConnections,
             heartbeatMilliseconds: Watchdog.heartbeatMilliseconds(interval: watchdogInterval),
             rotateListeners: isWorker, logger: logger, sources: sources)
         do {
@@ -375,6 +381,7 @@ public final class Daemon {
         logLevel.level = new.logLevel
         ConnectionTimeouts.shared.update(from: new)
         sources?.apply(SourceTable.Limits(new))
+        DatagramShared.shared.update(from: new)
         let limit = connectionLimit(plan.applied)
         if limit != maxConnections {
             maxConnections = limit

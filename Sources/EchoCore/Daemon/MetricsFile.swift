@@ -108,6 +108,24 @@ public struct MetricsFile: Sendable {
         return out
     }
 
+    /// The UDP echo's figures, or "" when no UDP socket is served.
+    public static func renderDatagrams(_ udp: DatagramShared) -> String {
+        guard udp.isServing else { return "" }
+        var out = ""
+        func metric(_ name: String, _ help: String, _ value: UInt64) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) counter\n\(name) \(value)\n"
+        }
+        metric("echod_udp_datagrams_received_total", "UDP datagrams received since start.", udp.received)
+        metric("echod_udp_datagrams_echoed_total", "UDP datagrams echoed since start.", udp.echoed)
+        metric("echod_udp_echoed_bytes_total", "Bytes echoed over UDP since start.", udp.bytesEchoed)
+        out += "# HELP echod_udp_datagrams_dropped_total UDP datagrams not echoed, by reason.\n"
+        out += "# TYPE echod_udp_datagrams_dropped_total counter\n"
+        for reason in DatagramDrop.allCases {
+            out += "echod_udp_datagrams_dropped_total{reason=\"\(reason.name)\"} \(udp.dropped(reason))\n"
+        }
+        return out
+    }
+
     /// A label value with `\`, `"` and newlines escaped, as the text format requires.
     static func escapeLabel(_ value: String) -> String {
         var out = ""
@@ -157,7 +175,8 @@ struct MetricsPublisher {
                 with: MetricsFile.render(
                     snapshot, model: model, version: BuildInfo.version, startTime: startTime,
                     idleTimeouts: ConnectionTimeouts.shared.idleClosed, sendTimeouts: ConnectionTimeouts.shared.sendClosed,
-                    refusals: refusals))
+                    refusals: refusals)
+                    + MetricsFile.renderDatagrams(DatagramShared.shared))
         } catch {
             warning.warn(logger, "cannot write the metrics file", metadata: ["error": "\(error)", "path": "\(file.path)"])
         }

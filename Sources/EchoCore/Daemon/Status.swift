@@ -20,7 +20,7 @@ struct StatusReporter {
         lastTime = now
         return "\(summary): \(s.open) open, \(s.accepted) accepted, "
             + "\(formatBytes(Double(s.bytesEchoed))) echoed, \(formatBytes(rate))/s"
-            + ConnectionTimeouts.shared.statusSuffix + refusals.statusSuffix
+            + ConnectionTimeouts.shared.statusSuffix + refusals.statusSuffix + DatagramShared.shared.statusSuffix
     }
 }
 

@@ -15,6 +15,9 @@
 // less than was read, the rest is copied into a pooled buffer, the connection's interest becomes
 // EPOLLOUT only, and it is not read again until the rest has gone out. Nothing is allocated per
 // message; an idle connection owns 32 bytes in the worker's table.
+//
+// UDP sockets (ListenDatagram=) are in every worker's epoll set too, with EPOLLEXCLUSIVE; a
+// worker woken for one runs its `DatagramEcho` (recvmmsg, filters, sendmmsg) on it.
 import CEchoShims
 import Glibc
 import Logging
@@ -40,6 +43,9 @@ final class Worker: @unchecked Sendable {
     private let listeners: [Int32]
     /// Re-register a listener after draining its accept queue (see the header).
     private let rotateListeners: Bool
+    /// UDP sockets, served by `datagram`.
+    private let datagramSockets: [Int32]
+    private let datagram: DatagramEcho?
     /// Wake-up descriptors of all workers, for resuming those paused at the connection limit.
     private var peers: [Int32] = []
     private var logger: Logger
@@ -77,10 +83,12 @@ final class Worker: @unchecked Sendable {
 
     private static let listenerTag: UInt64 = 1 << 63
     private static let wakeupTag: UInt64 = 1 << 62
+    /// With `listenerTag`: a UDP socket rather than a listener.
+    private static let datagramTag: UInt64 = 1 << 16
 
     init(
-        index: Int, listeners: [Int32], control: PoolControl, rotateListeners: Bool = false, logger: Logger,
-        sources: SourceTable? = nil
+        index: Int, listeners: [Int32], datagramSockets: [Int32] = [], datagramPolicy: DatagramPolicy? = nil,
+        control: PoolControl, rotateListeners: Bool = false, logger: Logger, sources: SourceTable? = nil
     ) throws(SystemError) {
         self.index = index
         self.sources = sources
@@ -88,6 +96,7 @@ final class Worker: @unchecked Sendable {
         peerAddress.initialize(to: sockaddr_storage())
         self.listeners = listeners
         self.rotateListeners = rotateListeners
+        self.datagramSockets = datagramPolicy == nil ? [] : datagramSockets
         self.control = control
         self.counters = WorkerCounters()
         self.epoll = try Epoll()
@@ -97,9 +106,17 @@ final class Worker: @unchecked Sendable {
         self.logger = logger
         self.backoff = AcceptBackoff(logger: logger)
         self.readBuffer = .allocate(byteCount: echoBufferSize, alignment: 16)
+        if let datagramPolicy, !datagramSockets.isEmpty {
+            datagram = try DatagramEcho(policy: datagramPolicy, logger: logger)
+        } else {
+            datagram = nil
+        }
         bufferPool.reserveCapacity(Self.bufferPoolLimit)
         drainAgain.reserveCapacity(64)
         try epoll.add(wakeup.descriptor.rawValue, events: .input, token: Self.wakeupTag)
+        for (i, fd) in self.datagramSockets.enumerated() {
+            try epoll.add(fd, events: [.input, .exclusive], token: Self.listenerTag | Self.datagramTag | UInt64(i))
+        }
         try reconcileListening()
     }
 
@@ -139,7 +156,11 @@ final class Worker: @unchecked Sendable {
                 let event = events[i]
                 let token = event.data.u64
                 if token & Self.listenerTag != 0 {
-                    acceptConnections(from: Int(token & 0xFFFF))
+                    if token & Self.datagramTag != 0 {
+                        datagram?.serve(datagramSockets[Int(token & 0xFFFF)])
+                    } else {
+                        acceptConnections(from: Int(token & 0xFFFF))
+                    }
                 } else if token & Self.wakeupTag != 0 {
                     wakeup.drain()
                     handleControlChange()
@@ -202,6 +223,7 @@ final class Worker: @unchecked Sendable {
         counters.accepted.store(accepted, ordering: .relaxed)
         counters.bytesEchoed.store(bytesEchoed, ordering: .relaxed)
         counters.open.store(table.count, ordering: .relaxed)
+        datagram?.publish()
     }
 
     // MARK: - Accepting
@@ -516,6 +538,8 @@ final class Worker: @unchecked Sendable {
         draining = true
         drainStarted = monotonicNanoseconds()
         try? reconcileListening()
+        // A stop ends the UDP echo at once: there is no exchange to finish.
+        for fd in datagramSockets { try? epoll.delete(fd) }
         for slot in table.usedSlots() {
             let c = table.entry(slot)
             guard c.pointee.phase == .echoing else { continue }

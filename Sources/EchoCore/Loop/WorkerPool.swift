@@ -33,18 +33,20 @@ public final class WorkerPool: @unchecked Sendable {
     ///   - sources: the per-source table every accepted connection is admitted through, if any.
     /// - Throws: `SystemError` if an epoll instance or eventfd cannot be made.
     ///   - heartbeatMilliseconds: longest an idle worker waits before its heartbeat advances.
+    ///   - datagramSockets, datagramPolicy: UDP sockets every worker serves with the UDP echo.
     public init(
-        listeners: [Int32], workerCount: Int, maxConnections: Int, heartbeatMilliseconds: Int = 1000,
+        listeners: [Int32], datagramSockets: [Int32] = [], datagramPolicy: DatagramPolicy? = nil,
+        workerCount: Int, maxConnections: Int, heartbeatMilliseconds: Int = 1000,
         rotateListeners: Bool = false, logger: Logger, sources: SourceTable? = nil
     ) throws(SystemError) {
         precondition(workerCount >= 1)
-        precondition(listeners.count <= 0xFFFF)
+        precondition(listeners.count <= 0xFFFF && datagramSockets.count <= 0xFFFF)
         control = PoolControl(maxConnections: maxConnections, heartbeatMilliseconds: heartbeatMilliseconds)
         var workers: [Worker] = []
         for i in 0..<workerCount {
             workers.append(try Worker(
-                index: i, listeners: listeners, control: control, rotateListeners: rotateListeners, logger: logger,
-                sources: sources))
+                index: i, listeners: listeners, datagramSockets: datagramSockets, datagramPolicy: datagramPolicy,
+                control: control, rotateListeners: rotateListeners, logger: logger, sources: sources))
         }
         let wakeups = workers.map { $0.wakeup.descriptor.rawValue }
         for w in workers { w.setPeers(wakeups) }

@@ -29,7 +29,8 @@ public final class EventModel: ServingModel {
     public init(configuration: Configuration, context: ModelContext) throws(SystemError) {
         workers = Self.workerCount(configuration)
         pool = try WorkerPool(
-            listeners: context.listeners, workerCount: workers,
+            listeners: context.listeners, datagramSockets: context.datagramSockets,
+            datagramPolicy: context.datagramPolicy, workerCount: workers,
             maxConnections: context.maxConnections, heartbeatMilliseconds: context.heartbeatMilliseconds,
             rotateListeners: context.rotateListeners, logger: context.logger, sources: context.sources)
     }

@@ -16,6 +16,11 @@
 // KillMode=mixed sends it to the parent only) stops accepting and forwards SIGTERM to each
 // child, which echoes what it had received, shuts its write side and exits when the peer
 // closes; children still alive at the deadline get SIGKILL.
+//
+// UDP sockets (ListenDatagram=) are served by the parent itself, in the control loop, with the
+// same `DatagramEcho` as the other models: a datagram needs no process of its own, and a thread
+// for it would make the parent multi-threaded, which is what fork(2) must not meet. The echo
+// buffers are MADV_DONTFORK, so children do not inherit them.
 import CEchoShims
 import Glibc
 import Logging
@@ -46,6 +51,8 @@ public final class ForkModel: ControlLoopModel {
     private var sweepDue = false
     private var lastSweep: Int64 = 0
     private var abnormalExit = RateLimitedWarning()
+    private let datagramSockets: [Int32]
+    private let datagrams: DatagramEcho?
 
     /// - Throws: `SystemError` if the shared counter page cannot be mapped.
     public init(configuration: Configuration, context: ModelContext) throws(SystemError) {
@@ -65,6 +72,18 @@ public final class ForkModel: ControlLoopModel {
             throw SystemError("mmap", errno: err)
         }
         childBuffer = buffer
+        datagramSockets = context.datagramSockets
+        if let policy = context.datagramPolicy, !context.datagramSockets.isEmpty {
+            do {
+                datagrams = try DatagramEcho(policy: policy, logger: context.logger)
+            } catch {
+                munmap(page, 4096)
+                munmap(buffer, Self.bufferSize)
+                throw error
+            }
+        } else {
+            datagrams = nil
+        }
     }
 
     deinit {
@@ -83,9 +102,16 @@ public final class ForkModel: ControlLoopModel {
 
     private var accepting: Bool { roomForMore && !backoff.isActive }
 
-    public var controlDescriptors: [Int32] { accepting ? listeners : [] }
+    public var controlDescriptors: [Int32] {
+        (accepting ? listeners : []) + (escalation.isStopping ? [] : datagramSockets)
+    }
 
     public func controlDescriptorReadable(_ fd: Int32) {
+        if let datagrams, datagramSockets.contains(fd) {
+            datagrams.serve(fd)
+            datagrams.publish()
+            return
+        }
         var spawned: [pid_t] = []
         backoff.acceptConnections(
             from: fd, sources: sources, while: { !escalation.isStopping && children.count + spawned.count < limit }

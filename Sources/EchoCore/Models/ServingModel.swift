@@ -31,12 +31,18 @@ public struct ModelContext {
     /// every accepted connection is admitted through it and released when it ends. Nil: no
     /// per-source accounting (unit tests of a model).
     public var sources: SourceTable?
+    /// UDP sockets (non-blocking, close-on-exec), owned by the daemon, served with the UDP echo.
+    public var datagramSockets: [Int32]
+    /// What the UDP echo refuses; nil when there is no UDP socket.
+    public var datagramPolicy: DatagramPolicy?
 
     public init(
-        listeners: [Int32], maxConnections: Int, heartbeatMilliseconds: Int = 1000, rotateListeners: Bool = false,
-        logger: Logger, sources: SourceTable? = nil
+        listeners: [Int32], datagramSockets: [Int32] = [], datagramPolicy: DatagramPolicy? = nil, maxConnections: Int,
+        heartbeatMilliseconds: Int = 1000, rotateListeners: Bool = false, logger: Logger, sources: SourceTable? = nil
     ) {
         self.listeners = listeners
+        self.datagramSockets = datagramPolicy == nil ? [] : datagramSockets
+        self.datagramPolicy = datagramPolicy
         self.maxConnections = maxConnections
         self.heartbeatMilliseconds = heartbeatMilliseconds
         self.rotateListeners = rotateListeners

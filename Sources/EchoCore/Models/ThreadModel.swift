@@ -5,6 +5,9 @@
 // a detached thread with a small stack for each connection. At `MaxThreads=` (or
 // `MaxConnections=`) it stops polling the listeners; new connections wait in the kernel backlog
 // until a thread ends and wakes the loop through an eventfd.
+//
+// UDP sockets (ListenDatagram=) are served by one more thread, `DatagramThread`, running the
+// same `DatagramEcho` as the event model's workers.
 import CEchoShims
 import Glibc
 import Logging
@@ -25,6 +28,7 @@ public final class ThreadModel: ControlLoopModel {
     private var accepted: UInt64 = 0
     private var backoff: AcceptBackoff
     private var escalation = StopEscalation()
+    private let datagrams: DatagramThread?
 
     /// What connection threads share with the control thread.
     final class SharedState: Sendable {
@@ -53,7 +57,15 @@ public final class ThreadModel: ControlLoopModel {
         backoff = AcceptBackoff(logger: context.logger)
         state = try SharedState(limit: context.maxConnections)
         sources = context.sources
+        if let policy = context.datagramPolicy, !context.datagramSockets.isEmpty {
+            datagrams = try DatagramThread(sockets: context.datagramSockets, policy: policy, logger: context.logger)
+        } else {
+            datagrams = nil
+        }
     }
+
+    /// The UDP thread's epoll instance and eventfd.
+    public static func descriptorReserve(_ configuration: Configuration) -> Int { 2 }
 
     /// `MaxThreads=`.
     public static func connectionCap(_ configuration: Configuration) -> Int? { configuration.maxThreads }
@@ -63,6 +75,7 @@ public final class ThreadModel: ControlLoopModel {
         if CEchoShims_install_interrupt_handler(Self.interruptSignal) != 0 {
             throw SystemError("sigaction(SIGUSR2)", errno: errno)
         }
+        try datagrams?.start()
     }
 
     /// Whether a new connection may be taken, back-off aside (the accept loop checks that one
@@ -181,6 +194,7 @@ public final class ThreadModel: ControlLoopModel {
         escalation.begin(deadline: deadline, now: monotonicNanoseconds())
         state.stopping.store(true, ordering: .relaxed)
         interruptAll()
+        datagrams?.stop()
     }
 
     public var isStopped: Bool { escalation.isStopping && state.open.load(ordering: .relaxed) == 0 }

@@ -31,6 +31,26 @@ public enum Socket {
         return fd
     }
 
+    /// Creates and binds a UDP socket for the datagram echo.
+    ///
+    /// - Parameter address: where to receive (port 0: the kernel picks one).
+    /// - Returns: the bound socket, non-blocking and close-on-exec.
+    /// - Throws: `SystemError` naming the call that failed; the half-made socket is closed.
+    public static func bindDatagram(on address: SocketAddress) throws(SystemError) -> FileDescriptor {
+        let raw = try syscall("socket") {
+            Glibc.socket(address.family, CEchoShims_SOCK_DGRAM | CEchoShims_SOCK_NONBLOCK | CEchoShims_SOCK_CLOEXEC, 0)
+        }
+        let fd = FileDescriptor(owning: raw)  // closes on any throw below
+        if address.family == AF_INET6 {
+            // As for Listen=: [::]:7 must not also take 0.0.0.0:7.
+            try setOption(fd.rawValue, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 1, "setsockopt(IPV6_V6ONLY)")
+        }
+        _ = try address.withSockAddr { (sa, len) throws(SystemError) in
+            try syscall("bind(\(address))") { Glibc.bind(fd.rawValue, sa, len) }
+        }
+        return fd
+    }
+
     /// Sets an integer socket option. The corresponding C function is `setsockopt(2)`.
     public static func setOption(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32, _ call: String)
         throws(SystemError)
@@ -59,9 +79,12 @@ public enum Socket {
         return SocketAddress(storage)
     }
 
-    /// What a descriptor handed to us turned out to be, when it is not a listening stream socket.
+    /// What a descriptor handed to us turned out to be: a listening stream socket or an IPv4/IPv6
+    /// datagram socket (both served), or something echod cannot serve.
     public enum Kind: Equatable, Sendable, CustomStringConvertible {
         case listeningStream
+        /// An IPv4 or IPv6 UDP socket (`ListenDatagram=` in a socket unit).
+        case datagram
         case notASocket
         case notStream(type: Int32)
         case notListening
@@ -69,18 +92,28 @@ public enum Socket {
         public var description: String {
             switch self {
             case .listeningStream: return "a listening stream socket"
+            case .datagram: return "a UDP socket"
             case .notASocket: return "not a socket"
-            case .notStream(let t): return t == CEchoShims_SOCK_DGRAM ? "a datagram socket" : "a socket of type \(t)"
+            case .notStream(let t):
+                return t == CEchoShims_SOCK_DGRAM ? "a datagram socket that is not IPv4 or IPv6" : "a socket of type \(t)"
             case .notListening: return "a stream socket that is not listening"
             }
         }
     }
 
-    /// Checks that `fd` is a stream socket in the listening state (`SO_TYPE`, `SO_ACCEPTCONN`).
+    /// Tells a stream socket in the listening state (`SO_TYPE`, `SO_ACCEPTCONN`) and an IPv4 or
+    /// IPv6 datagram socket (`SO_TYPE`, `SO_DOMAIN`) from anything else. A socket unit's
+    /// `FileDescriptorName=` names all of its sockets alike, so the type is what tells them apart.
     public static func kind(of fd: Int32) -> Kind {
         var st = stat()
         guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFSOCK else { return .notASocket }
         guard let type = try? option(fd, SOL_SOCKET, SO_TYPE, "getsockopt(SO_TYPE)") else { return .notASocket }
+        if type == CEchoShims_SOCK_DGRAM,
+            let domain = try? option(fd, SOL_SOCKET, SO_DOMAIN, "getsockopt(SO_DOMAIN)"),
+            domain == AF_INET || domain == AF_INET6
+        {
+            return .datagram
+        }
         guard type == CEchoShims_SOCK_STREAM else { return .notStream(type: type) }
         guard let listening = try? option(fd, SOL_SOCKET, SO_ACCEPTCONN, "getsockopt(SO_ACCEPTCONN)"),
             listening != 0
