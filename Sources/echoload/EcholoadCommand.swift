@@ -158,8 +158,9 @@ struct CommonOptions: ParsableArguments {
             throw LoadFailure(message: "echoload: interrupted by \(i); the result above is partial", status: result.exitStatus)
         }
         if !result.isClean {
+            // The first fault first (the one line people act on), then every reason.
             var why = result.uncleanReasons.joined(separator: "; ")
-            if let first = result.tally.firstFault { why += "; first fault: \(first)" }
+            if let first = result.tally.firstFault { why = "\(first) (\(why))" }
             throw LoadFailure(message: "echoload: run not clean: \(why)", status: result.exitStatus)
         }
     }
