@@ -9,18 +9,18 @@ import Glibc
 import Testing
 
 @Suite struct ScalePlans {
-    let ports = 32768...60999  // 28,232 ports: 25,409 per source address
+    let ports = 32768...60999  // 28,232 ports: 12,705 per source address
     func target(_ s: String) throws -> SocketAddress { try SocketAddress(parsing: s) }
 
-    @Test("one million to a loopback target: 53 processes under a 20,000 ceiling, 40 sources from 127.0.0.2")
+    @Test("one million to a loopback target: 53 processes under a 20,000 ceiling, 79 sources from 127.0.0.2")
     func oneMillionOnLoopback() throws {
         let plan = try #require(try ScalePlan.choose(
             connections: 1_000_000, target: try target("127.0.0.1:7"), chooseProcesses: true, chooseSources: true,
             hardLimit: 20_000, ports: ports))
         #expect(plan.processes == 53)  // 19,000 each (1,000 kept back)
-        #expect(plan.sources.count == 40)
-        #expect(plan.sources.first?.host == "127.0.0.2" && plan.sources.last?.host == "127.0.0.41")
-        #expect(plan.summary.contains("53 processes") && plan.summary.contains("127.0.0.2-127.0.0.41"), "\(plan.summary)")
+        #expect(plan.sources.count == 79)
+        #expect(plan.sources.first?.host == "127.0.0.2" && plan.sources.last?.host == "127.0.0.80")
+        #expect(plan.summary.contains("53 processes") && plan.summary.contains("127.0.0.2-127.0.0.80"), "\(plan.summary)")
     }
 
     @Test("the target's own address is not used as a source; --processes and --source each override")
@@ -29,13 +29,13 @@ import Testing
             connections: 60_000, target: try target("127.0.0.3:7"), chooseProcesses: false, chooseSources: true,
             hardLimit: 20_000, ports: ports))
         #expect(plan.processes == 1)
-        #expect(plan.sources.map(\.host) == ["127.0.0.2", "127.0.0.4", "127.0.0.5"])
+        #expect(plan.sources.map(\.host) == ["127.0.0.2", "127.0.0.4", "127.0.0.5", "127.0.0.6", "127.0.0.7"])
         let processesOnly = try #require(try ScalePlan.choose(
             connections: 60_000, target: try target("127.0.0.1:7"), chooseProcesses: true, chooseSources: false,
             hardLimit: 20_000, ports: ports))
         #expect(processesOnly.processes == 4 && processesOnly.sources.isEmpty)
         // Small runs need nothing.
-        #expect(try ScalePlan.choose(connections: 19_000, target: try target("127.0.0.1:7"), chooseProcesses: true,
+        #expect(try ScalePlan.choose(connections: 12_000, target: try target("127.0.0.1:7"), chooseProcesses: true,
                                      chooseSources: true, hardLimit: 20_000, ports: ports) == nil)
     }
 
@@ -51,10 +51,10 @@ import Testing
             _ = try ScalePlan.choose(connections: 100_000, target: address, chooseProcesses: true,
                                      chooseSources: true, hardLimit: 20_000, ports: ports)
         } catch {
-            #expect(error.description.contains("4 local source addresses") && error.description.contains("--source"), "\(error)")
+            #expect(error.description.contains("8 local source addresses") && error.description.contains("--source"), "\(error)")
         }
         // Below one address's share, no source is needed anywhere.
-        #expect(try ScalePlan.choose(connections: 25_000, target: try target(text), chooseProcesses: false,
+        #expect(try ScalePlan.choose(connections: 12_000, target: try target(text), chooseProcesses: false,
                                      chooseSources: true, hardLimit: 20_000, ports: ports) == nil)
     }
 }
@@ -64,7 +64,8 @@ import Testing
           .timeLimit(.minutes(3)))
     func holdChoosesItsOwnProcessesAndSources() throws {
         let ports = try EcholoadRuns.Scale.ephemeralPortCount()
-        let connections = ports - ports / 10 + 1000  // one source address more than the kernel's choice gives
+        // Past two source addresses' shares (45 % of the range each) and one process's descriptors.
+        let connections = 2 * (ports / 2 - ports / 20) + 1000
         let perProcess = 15_000
         let servers = (connections + perProcess - 1) / perProcess
         let listener = try Socket.listen(on: try SocketAddress(parsing: "127.0.0.1:0"), backlog: 4096)
@@ -75,9 +76,9 @@ import Testing
         try expectConsistent(run, mode: .hold, connections: connections, size: 16)
         let j = try run.json()
         #expect((int(j, "processes") ?? 0) >= 2, "\(run)")
-        #expect(int(j, "options.sources") == 2, "\(run)")
+        #expect(int(j, "options.sources") == 3, "\(run)")
         let plan = value(j, "plan")?.stringValue ?? ""
-        #expect(plan.contains("processes") && plan.contains("127.0.0.2-127.0.0.3"), "\(plan)")
+        #expect(plan.contains("processes") && plan.contains("127.0.0.2-127.0.0.4"), "\(plan)")
         #expect(run.stderr.contains("echoload: chose \(connections) connections: "), "\(run.stderr.prefix(500))")
         // Item 6: the connect rate over time adds up to what was established.
         let perSecond = value(j, "connections.established_per_second")?.arrayValue?.compactMap(\.intValue) ?? []
