@@ -302,7 +302,8 @@ def timeline_text(per_second):
     parts = []
     for i in range(0, n, span):
         chunk = per_second[i:i + span]
-        parts.append(f"{i}-{i + len(chunk) - 1}s {sum(chunk) / len(chunk) / 1000:.1f}k/s")
+        label = f"{i}s" if len(chunk) == 1 else f"{i}-{i + len(chunk) - 1}s"
+        parts.append(f"{label} {sum(chunk) / len(chunk) / 1000:.1f}k/s")
     return ", ".join(parts)
 
 
