@@ -88,15 +88,24 @@ import Testing
 
     /// A server that takes 10 at a time and leaves the rest in its backlog answers late probes with
     /// the slots early ones free once they close: none may close before every probe is resolved.
-    @Test("hold: held counts only connections open together, not ones served as others closed")
-    func heldMeansOpenTogether() throws {
+    @Test("hold: held counts only connections open together, not ones served as others closed",
+          arguments: [ClientModel.event, .thread])
+    func heldMeansOpenTogether(model: ClientModel) throws {
         let echod = try Echod(server: "MaxConnections=10\n")
         let run = try echoload(["hold", echod.address, "-c", "15", "--duration", "200ms", "--drain-timeout", "2s",
-                                "--json", "--quiet"])
+                                "--json", "--quiet", "--model", model.rawValue])
         let j = try run.json()
         #expect(int(j, "connections.held") == 10, "\(run)")
         #expect(int(j, "errors.timeouts") == 5, "\(run)")
         #expect(run.status == 1)
+    }
+
+    @Test("a large hold to a target off loopback says what it needs, one line, before connecting")
+    func offLoopbackIsExplained() throws {
+        let run = try echoload(["hold", "192.0.2.1:7", "-c", "100000"])
+        #expect(run.status == 64, "\(run)")
+        #expect(run.stderr.split(separator: "\n").count == 1 && run.stderr.contains("local source addresses")
+                && run.stderr.contains("--source"), "\(run)")
     }
 
     @Test("max stops where echod's MaxConnections= stops taking connections")
