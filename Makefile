@@ -33,7 +33,7 @@ BASH_COMPLETION_DIR ?= $(PREFIX)/share/bash-completion/completions
 ZSH_COMPLETION_DIR ?= $(PREFIX)/share/zsh/vendor-completions
 FISH_COMPLETION_DIR ?= $(PREFIX)/share/fish/vendor_completions.d
 
-.PHONY: all setup build release demo test test-unit test-sanitize mutants bench bench-smoke bench-tcpkali bench-config soak clean release-static install uninstall deb e2e \
+.PHONY: all setup build release demo test test-unit test-sanitize mutants bench bench-scale bench-smoke bench-tcpkali bench-config soak clean release-static install uninstall deb e2e \
 	install-echod install-echoload lintian deb-previous spdx-check callgrind
 
 all: build
@@ -225,6 +225,14 @@ $(BENCH_OUT)/streamer: bench/streamer.c
 bench: release-static $(BENCH_OUT)/baseline $(BENCH_OUT)/streamer
 	python3 bench/run.py --echod $(BUILT)/echod --echoload $(BUILT)/echoload \
 	  --baseline $(BENCH_OUT)/baseline --streamer $(BENCH_OUT)/streamer --tcpkali $(TCPKALI) --out $(BENCH_OUT)
+
+## bench-scale: one million concurrent connections against the C baseline fleet and echod
+## (Model=event with Processes=), the thread and fork models; needs ~8 GB free; not in make test.
+## BENCH_SCALE_ARGS: e.g. --connections 100000 --only c-fleet.
+BENCH_SCALE_ARGS ?=
+bench-scale: release-static $(BENCH_OUT)/baseline
+	python3 bench/scale.py --echod $(BUILT)/echod --echoload $(BUILT)/echoload \
+	  --baseline $(BENCH_OUT)/baseline --out $(BENCH_OUT) $(BENCH_SCALE_ARGS)
 
 ## bench-config: CPU and wall time of `echod --check-config` on 1 MiB files of pathological shapes
 ## (issue 13: the loader is linear in the file's size); prints a table, asserts nothing.

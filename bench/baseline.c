@@ -21,6 +21,8 @@
  *
  * Usage: baseline [PORT [LOOPS [reuseport|exclusive]]]
  *   PORT 0 or none: ephemeral (prints "port N" on stdout); LOOPS default 1, 0 = one per CPU.
+ *   "reuseport" given explicitly sets SO_REUSEPORT even on a single loop's listener, so that
+ *   several baseline processes can listen on one port as a fleet (bench/scale.py).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -179,7 +181,9 @@ int main(int argc, char **argv) {
     pthread_sigmask(SIG_BLOCK, &stop, NULL);
 
     static struct loop loops[MAXLOOPS];
-    int reuseport = nloops > 1 && !exclusive;
+    /* "reuseport" named explicitly sets SO_REUSEPORT even with one loop, so that a fleet of
+     * processes (make bench-scale) can share one port. */
+    int reuseport = (nloops > 1 || argc > 3) && !exclusive;
     int first = make_listener(port, reuseport);
     struct sockaddr_in addr;
     socklen_t alen = sizeof(addr);

@@ -24,7 +24,8 @@ nothing here asserts a speed (bench-smoke only checks that every point was measu
 echoed and no fault found).
 
 Outputs (in --out, default bench/out/): results.json (every sample, and the summaries),
-report.md (the tables), chart.svg (the pinned models side by side).
+report.md (the tables, and make bench-scale's section from scale.md when present), chart.svg (the
+pinned models side by side).
 
     bench/run.py --echod BUILT/echod --echoload BUILT/echoload --baseline bench/out/baseline \
         --streamer bench/out/streamer [--tcpkali .build-tcpkali/tcpkali] [--smoke] [--runs N]
@@ -532,6 +533,12 @@ def main():
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     report = render_report(results)
+    # The scale section (make bench-scale, bench/scale.py) when it has been run into the same
+    # directory: one report for both.
+    scale = os.path.join(args.out, "scale.md")
+    if os.path.exists(scale):
+        with open(scale) as f:
+            report += "\n" + f.read()
     with open(os.path.join(args.out, "report.md"), "w") as f:
         f.write(report)
     with open(os.path.join(args.out, "chart.svg"), "w") as f:

@@ -69,6 +69,8 @@ struct EventConnection {
     var sent: UInt64 = 0
     var received: UInt64 = 0
     var goal: UInt64 = 0
+    /// rate: the warm-up backlog this connection dropped at the window's start.
+    var skip = RateSkip()
 }
 
 final class EventWorker: @unchecked Sendable {
@@ -88,9 +90,14 @@ final class EventWorker: @unchecked Sendable {
     private let conns: UnsafeMutablePointer<EventConnection>
     private let readBuffer: UnsafeMutableRawPointer
     private static let readBufferSize = 256 * 1024
+    /// Most bytes, and most send calls, of one connection per loop turn (at least one send).
+    private static let writeBudget = 1 << 20
+    private static let writeCalls = 256
     private static let timerToken = UInt64.max
     private static let startToken = UInt64.max - 1
     private static let stopToken = UInt64.max - 2
+    private static let releaseToken = UInt64.max - 3
+    private static let rampToken = UInt64.max - 4
     private var histogram: Histogram<UInt64>
 
     private var phase = Phase.connecting
@@ -108,6 +115,14 @@ final class EventWorker: @unchecked Sendable {
     private var drainDeadline: Int64 = 0
     private var openCount = 0
     private var probing = false
+    /// hold: probes sent and not yet answered (nor given up).
+    private var awaitingProbes = 0
+    /// hold: this worker's probes are resolved and counted in `control`.
+    private var probesReported = false
+    /// hold: the release came; held connections may close.
+    private var released = false
+    /// max: the ramp stop was acted on.
+    private var rampHandled = false
     private var stopHandled = false
     /// This worker's connects are counted in `control` (once).
     private var reportedResolved = false
@@ -116,6 +131,8 @@ final class EventWorker: @unchecked Sendable {
     private var nextMessage: Int64 = 0
     /// Every message intended in the window is handed out (or given up as too late).
     private var rateDone = false
+    /// The warm-up backlog was looked at (once, when the window opened).
+    private var skippedWarmup = false
     private var rateSchedule = RateSchedule(start: 0, spacing: 0, connections: 1)
     // Totals not yet published to `live`.
     private var pending = ProgressSnapshot()
@@ -142,6 +159,8 @@ final class EventWorker: @unchecked Sendable {
         try epoll.add(timer.rawValue, events: .input, token: Self.timerToken)
         try epoll.add(control.startFD, events: .input, token: Self.startToken)
         try epoll.add(control.stopFD, events: .input, token: Self.stopToken)
+        try epoll.add(control.releaseFD, events: .input, token: Self.releaseToken)
+        try epoll.add(control.rampFD, events: .input, token: Self.rampToken)
         tally.requested = count
     }
 
@@ -182,9 +201,16 @@ final class EventWorker: @unchecked Sendable {
                     _ = Glibc.read(timer.rawValue, &expirations, 8)
                     continue
                 }
-                if token == Self.startToken || token == Self.stopToken {
+                if token >= Self.rampToken && token <= Self.startToken {
                     // Written once, never drained (every worker watches it): seen, so stop watching.
-                    _ = try? epoll.delete(token == Self.startToken ? control.startFD : control.stopFD)
+                    let fd: Int32
+                    switch token {
+                    case Self.startToken: fd = control.startFD
+                    case Self.stopToken: fd = control.stopFD
+                    case Self.releaseToken: fd = control.releaseFD
+                    default: fd = control.rampFD
+                    }
+                    _ = try? epoll.delete(fd)
                     continue
                 }
                 service(Int(token), flags)
@@ -194,6 +220,7 @@ final class EventWorker: @unchecked Sendable {
         // that never got to count its connects does so now, so the others are not left waiting.
         for i in 0..<count where conns[i].state == .open || conns[i].state == .connecting { close(i) }
         if !reportedResolved { control.resolved(count, now: monotonicNanoseconds()) }
+        if options.mode == .hold && !probesReported { control.probed(count, now: monotonicNanoseconds()) }
         publish()
         if options.mode == .pingpong || options.mode == .rate { tally.latency = histogram }
         tally.connectNanos = max(0, lastResolved - started)
@@ -209,6 +236,7 @@ final class EventWorker: @unchecked Sendable {
         if !stopHandled, control.stoppedAt != 0 { stop(control.stoppedAt, now) }
         switch phase {
         case .connecting:
+            if options.ramp != nil && !rampHandled && control.rampGate.current != 0 { stopRamp(now) }
             startConnects(now)
             expireConnects(now)
             if resolved == count {
@@ -231,6 +259,10 @@ final class EventWorker: @unchecked Sendable {
                 if now >= window.end && rateDone { endTraffic(now) }
             }
         case .draining:
+            if options.mode == .hold && !released {
+                holdProbes(now)
+                return
+            }
             if openCount == 0 {
                 phase = .done
             } else if now >= drainDeadline {
@@ -261,7 +293,7 @@ final class EventWorker: @unchecked Sendable {
         case .running:
             if !(options.mode == .hold && probing) { next = min(next, window.end) }
         case .draining:
-            next = min(next, drainDeadline)
+            if !(probesReported && !released) { next = min(next, drainDeadline) }
         case .done:
             return 0
         }
@@ -315,7 +347,32 @@ final class EventWorker: @unchecked Sendable {
         }
     }
 
+    /// max: the ramp stops (here, or in another worker or process): no more connects; those in
+    /// flight are abandoned (closed, neither established nor failed), and the run moves on to
+    /// its start, hold and probes with what is open.
+    private func stopRamp(_ now: Int64) {
+        rampHandled = true
+        for i in nextToStart..<count { conns[i].state = .closed }
+        for i in 0..<nextToStart where conns[i].state == .connecting { close(i) }
+        nextToStart = count
+        resolved = count
+    }
+
+    /// max: why a failed connect means the server stopped taking connections (or the client
+    /// could not open more).
+    static func rampReason(_ e: Int32) -> String {
+        switch e {
+        case ECONNREFUSED: return "the server refused a connection (ECONNREFUSED)"
+        case ETIMEDOUT: return "a connect timed out (ETIMEDOUT): the server stopped accepting"
+        case ECONNRESET: return "the server reset a connection being opened (ECONNRESET)"
+        case EADDRNOTAVAIL: return "client: out of source ports (EADDRNOTAVAIL); add --source addresses"
+        case EMFILE, ENFILE: return "client: out of descriptors (\(errnoName(e)))"
+        default: return "a connect failed (\(errnoName(e)))"
+        }
+    }
+
     private func connectFailed(_ i: Int, errno e: Int32, _ now: Int64) {
+        if options.ramp != nil && !rampHandled { control.stopRamp(at: now, reason: Self.rampReason(e)) }
         if conns[i].state == .connecting { inFlight -= 1 }
         if conns[i].fd >= 0 { closeNoRetry(conns[i].fd) }
         conns[i].fd = -1
@@ -344,6 +401,7 @@ final class EventWorker: @unchecked Sendable {
         }
         conns[i].state = .open
         tally.established += 1
+        tally.noteEstablished(at: now, epoch: started)
         pending.established += 1
         pending.open += 1
         openCount += 1
@@ -413,6 +471,7 @@ final class EventWorker: @unchecked Sendable {
     private func schedule(_ now: Int64) {
         let n = Int64(count)
         var handedOut = 0
+        if !skippedWarmup && now >= window.start { skipWarmupBacklog() }
         while true {
             let k = Int(nextMessage % n)
             let intended = rateSchedule.intended(connection: global(k), message: UInt64(nextMessage / n))
@@ -442,6 +501,34 @@ final class EventWorker: @unchecked Sendable {
         }
     }
 
+    /// The window opened: messages intended in the warm-up and not handed out yet are dropped
+    /// (the schedule moves on to the first message intended in the window), so that a client past
+    /// saturation measures what it does with the window's messages instead of the warm-up's
+    /// backlog. Each connection records where its stream skips (`RateSkip`).
+    private func skipWarmupBacklog() {
+        skippedWarmup = true
+        let n = Int64(count)
+        func intended(_ j: Int64) -> Int64 {
+            rateSchedule.intended(connection: global(Int(j % n)), message: UInt64(j / n))
+        }
+        guard intended(nextMessage) < window.start else { return }
+        // The j-th message of this worker is message j / n of its connection j % n; intended
+        // times grow with j. Start one round before the first message of connection 0 in the
+        // window, then step.
+        let m0 = Int64(rateSchedule.firstMessage(connection: global(0), atOrAfter: window.start))
+        var target = max(nextMessage, (m0 - 1) * n)
+        while intended(target) < window.start { target += 1 }
+        // Messages connection k had handed out before j: j / n, plus one if k < j % n.
+        func handed(_ k: Int64, _ j: Int64) -> Int64 { j / n + (k < j % n ? 1 : 0) }
+        for k in 0..<n {
+            let i = Int(k)
+            let skipped = handed(k, target) - handed(k, nextMessage)
+            guard skipped > 0, conns[i].state == .open else { continue }
+            conns[i].skip = RateSkip(from: conns[i].goal, count: UInt64(skipped))
+        }
+        nextMessage = target
+    }
+
     /// End of the measured period: no new messages; pingpong/rate connections that owe nothing
     /// close, stream connections shut down their write side and wait for the rest of the echo.
     private func endTraffic(_ now: Int64) {
@@ -469,18 +556,58 @@ final class EventWorker: @unchecked Sendable {
         drainDeadline = now + options.drainTimeout
         for i in 0..<count where conns[i].state == .open {
             conns[i].goal = 16
+            awaitingProbes += 1
             write(i, now)
         }
-        if openCount == 0 { phase = .done }
+        holdProbes(now)
     }
 
-    /// Writes towards `goal` until the kernel pushes back.
+    /// hold, between the probes and the release: answered connections stay open; once every
+    /// probe is answered or the drain timeout ran out, this worker's share is reported, and at
+    /// the release (every probe of the run resolved) the held connections finish.
+    private func holdProbes(_ now: Int64) {
+        if !probesReported && (awaitingProbes == 0 || now >= drainDeadline) {
+            for i in 0..<count where conns[i].state == .open && conns[i].received < conns[i].goal {
+                if options.ramp != nil {
+                    tally.unanswered += 1  // max: the server holds no more; not an echo fault
+                } else {
+                    fault { $0.recordEchoTimeout(connection: global(i), received: conns[i].received, sent: conns[i].sent) }
+                }
+                close(i)
+            }
+            probesReported = true
+            control.probed(count, now: now)
+        }
+        if probesReported && !released && control.releaseGate.current != 0 {
+            released = true
+            drainDeadline = now + options.drainTimeout
+            for i in 0..<count where conns[i].state == .open { finish(i) }
+            if openCount == 0 { phase = .done }
+        }
+    }
+
+    /// Writes towards `goal` until the kernel pushes back, or this turn's budget is spent: small
+    /// messages fill the socket buffers (megabytes both ways) only after many thousand sends, and
+    /// a loop that long would keep reads, timers and the window's clock (`now`) waiting. Past the
+    /// budget the connection stays armed for output, and level-triggered epoll brings it back.
     private func write(_ i: Int, _ now: Int64) {
         let fd = conns[i].fd
+        var budget = Self.writeBudget
+        var calls = Self.writeCalls
         while conns[i].sent < conns[i].goal {
-            let want = Int(min(conns[i].goal - conns[i].sent, UInt64(Pattern.maxChunk)))
+            if budget <= 0 || calls <= 0 {
+                setOutput(i, true)
+                return
+            }
+            var want = Int(min(conns[i].goal - conns[i].sent, UInt64(Pattern.maxChunk)))
+            // One message of --size per call (the rest of a partly sent one first): stream writes
+            // are messages of --size, and rate messages queued behind backpressure are not merged.
+            want = min(want, Int(size - conns[i].sent % size))
+            if want > tally.largestWrite { tally.largestWrite = want }
             switch Pattern.send(fd, key: conns[i].key, position: conns[i].sent, count: want) {
             case .transferred(let n):
+                budget -= n
+                calls -= 1
                 conns[i].sent += UInt64(n)
                 tally.totalBytesSent += UInt64(n)
                 pending.bytesSent += n
@@ -545,6 +672,7 @@ final class EventWorker: @unchecked Sendable {
                 // Finishing connections have already read on (to EOF or EAGAIN) in finish().
                 if conns[i].state != .open || conns[i].finishing || n < Self.readBufferSize { return }
             case .endOfStream:
+                if serverClosedDuringRamp(i, now, "the server closed an open connection") { return }
                 fault { $0.recordPeerClose(connection: global(i), received: conns[i].received, sent: conns[i].sent) }
                 close(i)
                 return
@@ -583,9 +711,10 @@ final class EventWorker: @unchecked Sendable {
         switch options.mode {
         case .hold:
             if probing && after == conns[i].goal {
+                // Answered: stays open (no FIN) until the release, see holdProbes.
                 tally.held += 1
                 pending.held += 1
-                finish(i)
+                awaitingProbes -= 1
             }
         case .stream:
             if inWindow { tally.bytesReceived += UInt64(n) }
@@ -603,7 +732,7 @@ final class EventWorker: @unchecked Sendable {
         case .rate:
             pending.messages += tally.countRateEchoes(
                 connection: global(i), from: before, to: after, size: options.size, schedule: rateSchedule,
-                window: window, now: now, into: &histogram)
+                skip: conns[i].skip, window: window, now: now, into: &histogram)
             if phase == .draining && after == conns[i].goal { finish(i) }
         }
     }
@@ -644,8 +773,20 @@ final class EventWorker: @unchecked Sendable {
     }
 
     private func ioFailed(_ i: Int, _ e: Int32) {
+        if serverClosedDuringRamp(i, monotonicNanoseconds(), "the server reset an open connection (\(errnoName(e)))") { return }
         fault { $0.recordIOError(connection: global(i), errno: e) }
         close(i)
+    }
+
+    /// max: before the probes, an idle connection the server closes or resets is its way of
+    /// refusing more: the ramp stops, and the connection counts as closed by the server, not as
+    /// a fault. - Returns: whether it was that (and the connection is closed).
+    private func serverClosedDuringRamp(_ i: Int, _ now: Int64, _ reason: String) -> Bool {
+        guard options.ramp != nil, !probing, conns[i].sent == 0 else { return false }
+        if !rampHandled { control.stopRamp(at: now, reason: reason) }
+        tally.closedByServer += 1
+        close(i)
+        return true
     }
 
     /// Records one fault into the tally and the progress counters.
@@ -660,6 +801,15 @@ final class EventWorker: @unchecked Sendable {
         case .open:
             openCount -= 1
             pending.open -= 1
+            if probing && !released {
+                if conns[i].received < conns[i].goal {
+                    awaitingProbes -= 1
+                } else {
+                    // Answered, but closed before the release: not open with the others.
+                    tally.held -= 1
+                    pending.held -= 1
+                }
+            }
         case .connecting:
             inFlight -= 1
         default: break

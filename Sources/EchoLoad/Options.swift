@@ -65,6 +65,15 @@ public struct LoadOptions: Sendable, Equatable {
     /// `rate`: the run fails (not clean) when the offered rate falls below this fraction of
     /// `rate` (nil: never; a shortfall is reported all the same).
     public var failUnderRate: Double?
+    /// hold: choose the processes from the descriptor ceiling (`--processes` not given).
+    public var autoProcesses = false
+    /// hold: choose source addresses from the ephemeral port range (`--source` not given).
+    public var autoSources = false
+    /// What `ScalePlan` chose, for the report (nil: nothing was chosen).
+    public var plan: String?
+    /// `max`: a hold whose connect ramp stops at the server's first refusal (any failed connect,
+    /// or an open connection closed by the server) or at a client-side guard; nil for `hold`.
+    public var ramp: RampLimits?
 
     public init(mode: LoadMode, target: SocketAddress, connections: Int) {
         self.mode = mode
@@ -119,6 +128,7 @@ public struct LoadOptions: Sendable, Equatable {
         if model == .fork && connections > Self.forkConnectionLimit {
             throw .usage("--model fork starts one process per connection; at most \(Self.forkConnectionLimit) (use --model event --processes P for more)")
         }
+        if ramp != nil && model != .event { throw .usage("max uses the event client model (with --processes past one process's descriptors)") }
         if model == .fork && processes > 1 { throw .usage("--model fork already uses one process per connection; drop --processes") }
         for s in sources where s.family != target.family {
             throw .usage("--source \(s.host) is not of the target's address family")
@@ -133,6 +143,46 @@ public struct LoadOptions: Sendable, Equatable {
 
     /// Most connections `--model fork` accepts (each is a whole process).
     public static let forkConnectionLimit = 1000
+}
+
+/// The client-side guards of `max`'s connect ramp (the count guard is `connections`, `--limit`).
+public struct RampLimits: Sendable, Equatable {
+    /// Stop connecting once /proc/meminfo's MemAvailable falls below this many bytes.
+    public var memoryFloor: Int64
+    /// Stop connecting this many nanoseconds after the start.
+    public var timeLimit: Int64
+
+    public init(memoryFloor: Int64, timeLimit: Int64) {
+        self.memoryFloor = memoryFloor
+        self.timeLimit = timeLimit
+    }
+}
+
+/// Checks `RampLimits` (a few times a second, by the process that started the run).
+struct RampGuard {
+    let limits: RampLimits
+    let started: Int64
+
+    /// - Returns: the time and reason the ramp must stop, or nil to go on.
+    func check(now: Int64) -> (at: Int64, reason: String)? {
+        if now - started >= limits.timeLimit {
+            return (now, "client guard: the time limit (--time-limit \(limits.timeLimit / 1_000_000_000)s) ran out")
+        }
+        if let available = Self.memAvailable(), available < limits.memoryFloor {
+            return (now, "client guard: MemAvailable \(available >> 20) MiB fell under --memory-floor \(limits.memoryFloor >> 20) MiB")
+        }
+        return nil
+    }
+
+    /// /proc/meminfo's MemAvailable in bytes.
+    static func memAvailable() -> Int64? {
+        guard let text = readSmallFile("/proc/meminfo") else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("MemAvailable:") {
+            let kib = line.split(separator: " ").dropFirst().first.flatMap { Int64($0) }
+            return kib.map { $0 * 1024 }
+        }
+        return nil
+    }
 }
 
 /// Errors that end a run before it produces a result. Each has one line to show.

@@ -49,6 +49,7 @@ public enum ProcessDriver {
         var input: Int32
         var armed = false
         var ready = false
+        var probed = false
         var buffer: [UInt8] = []
         var progress = ProgressSnapshot()
         var tally: Tally?
@@ -100,6 +101,10 @@ public enum ProcessDriver {
         var chunk = [UInt8](repeating: 0, count: 65536)
         var connectSent = false
         var startSent = false
+        var releaseSent = false
+        var rampSent = false
+        var rampStop: (at: Int64, reason: String)? = nil
+        let rampGuard = options.ramp.map { RampGuard(limits: $0, started: monotonicNanoseconds()) }
         var interruptedBy: Int32 = 0
         while children.contains(where: { $0.fd >= 0 }) {
             // The barriers: a child that is gone (its stdout closed) no longer holds them up.
@@ -113,6 +118,17 @@ public enum ProcessDriver {
                 startSent = true
                 let at = monotonicNanoseconds() + leadTime(children: live.count)
                 for c in children { c.send(ChildProtocol.message("start", at: at)) }
+            }
+            if startSent && !releaseSent && live.allSatisfy({ $0.probed }) {
+                releaseSent = true
+                let at = monotonicNanoseconds()
+                for c in children { c.send(ChildProtocol.message("release", at: at)) }
+            }
+            if !rampSent && !startSent, let r = rampStop ?? rampGuard?.check(now: monotonicNanoseconds()) {
+                rampSent = true
+                rampStop = r
+                let line = JSONValue.object([("type", .string("ramp")), ("at", .int(r.at)), ("reason", .string(r.reason))]).text + "\n"
+                for c in children { c.send(line) }
             }
             for (i, c) in children.enumerated() {
                 pollfds[i] = pollfd(fd: c.fd, events: Int16(POLLIN), revents: 0)
@@ -139,7 +155,7 @@ public enum ProcessDriver {
                     while let nl = c.buffer.firstIndex(of: UInt8(ascii: "\n")) {
                         let line = String(decoding: c.buffer[..<nl], as: UTF8.self)
                         c.buffer.removeSubrange(...nl)
-                        handle(line, c)
+                        if let r = handle(line, c), rampStop == nil { rampStop = r }
                     }
                 } else if got == 0 || (errno != EINTR && errno != EAGAIN) {
                     closeNoRetry(c.fd)
@@ -175,20 +191,26 @@ public enum ProcessDriver {
         if tally.interruptedBy == 0 { tally.interruptedBy = interruptedBy }
         var result = LoadResult(options: options, workers: workers, tally: tally, parts: parts)
         result.notes = notes
+        result.rampStoppedBy = rampStop?.reason
         return result
     }
 
-    private static func handle(_ line: String, _ c: ChildState) {
-        guard let json = try? JSONValue(parsing: line) else { return }
+    /// Takes one line from child `c`. - Returns: a ramp stop the child reported (max), if any.
+    private static func handle(_ line: String, _ c: ChildState) -> (at: Int64, reason: String)? {
+        guard let json = try? JSONValue(parsing: line) else { return nil }
         switch json["type"]?.stringValue {
         case "armed": c.armed = true
         case "ready": c.ready = true
+        case "probed": c.probed = true
+        case "ramp":
+            if let at = json["at"]?.intValue { return (at, json["reason"]?.stringValue ?? "a process stopped its ramp") }
         case "progress": c.progress = ProgressSnapshot(wire: json)
         case "result":
             if let t = json["tally"] { c.tally = Tally(wire: t) }
             c.closeInput()  // done with this child
         default: break
         }
+        return nil
     }
 
     /// The path of the running executable.

@@ -26,6 +26,8 @@ public struct LoadResult: Sendable {
     public var parts: [PartSummary]
     /// Problems outside the counters (a child process that died, ...).
     public var notes: [String] = []
+    /// max: what stopped the connect ramp (nil: every connection of --limit was opened).
+    public var rampStoppedBy: String?
 
     public init(options: LoadOptions, workers: Int, tally: Tally, parts: [PartSummary]) {
         self.options = options
@@ -36,6 +38,16 @@ public struct LoadResult: Sendable {
 
     /// Held connections, for `hold`.
     public var held: Int { tally.held }
+
+    /// The mode's name: `max` is a hold whose ramp stops at the server's refusal.
+    public var modeName: String { options.ramp != nil ? "max" : options.mode.rawValue }
+
+    /// max: what stopped the ramp, in words (every connection of --limit opened, if nothing did).
+    public var rampStopReason: String? {
+        guard options.ramp != nil else { return nil }
+        if let r = rampStoppedBy { return r }
+        return interruption != nil ? "interrupted" : "--limit \(options.connections) reached: every connection opened"
+    }
 
     /// What interrupted the run (`SIGINT`, `SIGTERM`), or nil if it ran its course.
     public var interruption: String? {
@@ -58,21 +70,71 @@ public struct LoadResult: Sendable {
         return offered < f * r
     }
 
-    /// A clean run: it ran its course, everything connected, nothing wrong with any echo, every
-    /// part exited 0, (when something was measured) traffic actually flowed, and (with
-    /// `--fail-under-rate`) the offered rate was met.
-    public var isClean: Bool {
+    /// A clean run: no reason against it (`uncleanReasons` is empty).
+    public var isClean: Bool { uncleanReasons.isEmpty }
+
+    /// Every reason the run is not clean, one phrase each, for people and `--json`: it was
+    /// interrupted, connections were not established (by errno) or not held, echoes were wrong,
+    /// a process ended without its result, nothing was measured, or the offered rate fell under
+    /// `--fail-under-rate`. Empty for a clean run; a run is never unclean without saying why.
+    public var uncleanReasons: [String] {
         let t = tally
-        guard interruption == nil, !rateMissed else { return false }
-        guard t.established == options.connections, t.connectFailed == 0, t.faults == 0, notes.isEmpty else {
-            return false
+        var why: [String] = []
+        if let i = interruption { why.append("interrupted by \(i)") }
+        if options.ramp == nil && t.established < options.connections {
+            var r = "\(options.connections - t.established) of \(options.connections) connections not established"
+            if !t.connectFailures.isEmpty { r += " (" + Self.byKind(t.connectFailures) + ")" }
+            why.append(r)
         }
-        guard parts.allSatisfy({ $0.exitStatus == 0 }) else { return false }
+        if t.faults > 0 { why.append("\(t.faults) echo fault\(t.faults == 1 ? "" : "s")") }
+        for n in notes { why.append(n) }
+        let failedParts = parts.filter { $0.exitStatus != 0 }
+        if !failedParts.isEmpty {
+            why.append("\(failedParts.count) process\(failedParts.count == 1 ? "" : "es") exited non-zero ("
+                + failedParts.map { "part \($0.index): \($0.exitStatus)" }.joined(separator: ", ") + ")")
+        }
         switch options.mode {
-        case .hold: return t.held == options.connections
-        case .pingpong, .rate: return options.duration == 0 || t.messages > 0
-        case .stream: return options.duration == 0 || t.bytesReceived > 0
+        case .hold:
+            if options.ramp != nil {
+                if t.held == 0 && interruption == nil { why.append("no connection was held") }
+            } else if t.held < options.connections && t.established > t.held {
+                why.append("\(t.established - t.held) of \(t.established) established connections not held (no answer to the probe)")
+            }
+        case .pingpong, .rate:
+            if options.duration > 0 && t.messages == 0 && interruption == nil { why.append("no message was echoed in the measured period") }
+        case .stream:
+            if options.duration > 0 && t.bytesReceived == 0 && interruption == nil { why.append("no byte was echoed in the measured period") }
         }
+        if rateMissed, let f = options.failUnderRate, let r = options.rate, let offered = offeredPerSecond {
+            why.append("offered rate \(formatFixed(offered, 1)) msg/s is \(formatFixed(offered / r * 100, 1))% of the target, under --fail-under-rate \(formatFixed(f * 100, 1))%")
+        }
+        return why
+    }
+
+    /// The connect rate over time in one line: each second's count for short ramps, else about
+    /// ten equal spans with their mean rate (`0-7s 25.1k/s, 8-15s 21.0k/s, ...`), so a slowing
+    /// ramp shows.
+    static func compactTimeline(_ perSecond: [Int]) -> String {
+        func k(_ v: Double) -> String { v >= 1000 ? formatFixed(v / 1000, 1) + "k" : formatFixed(v, 0) }
+        if perSecond.count <= 12 {
+            return "per second: " + perSecond.map { k(Double($0)) }.joined(separator: " ")
+        }
+        let span = (perSecond.count + 9) / 10
+        var parts: [String] = []
+        var i = 0
+        while i < perSecond.count {
+            let j = min(perSecond.count, i + span)
+            let mean = Double(perSecond[i..<j].reduce(0, +)) / Double(j - i)
+            parts.append("\(i)-\(j - 1)s \(k(mean))/s")
+            i = j
+        }
+        return parts.joined(separator: ", ")
+    }
+
+    /// `ETIMEDOUT 3, ECONNREFUSED 1`: counts by kind, largest first.
+    static func byKind(_ counts: [String: Int]) -> String {
+        counts.sorted { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }.map { "\($0.key) \($0.value)" }
+            .joined(separator: ", ")
     }
 
     /// Exit status for the run: 0 clean, 1 faults found (or fell short), 128 + N when signal N
@@ -137,46 +199,66 @@ public struct LoadResult: Sendable {
             ("issued_messages", rateOnly ? JSONValue.int(Int64(t.issued)) : .null),
             ("offered_messages_per_second", offeredPerSecond.map { r3($0) } ?? .null),
             ("rate_met", rateOnly && o.failUnderRate != nil ? JSONValue.bool(!rateMissed) : .null),
+            ("largest_write_bytes", .int(Int64(t.largestWrite))),
         ])
-        return .object([
+        let optionsJSON: JSONValue = .object([
+            ("connections", .int(Int64(o.connections))),
+            ("size", .int(Int64(o.size))),
+            ("rate", o.rate.map { .double($0) } ?? .null),
+            ("duration_seconds", .double(Double(o.duration) / 1e9)),
+            ("warmup_seconds", .double(Double(o.warmup) / 1e9)),
+            ("sources", .int(Int64(o.sources.count))),
+        ])
+        let held: JSONValue = o.mode == .hold ? .int(Int64(t.held)) : .null
+        let holdSeconds: JSONValue = o.mode == .hold ? r3(Double(t.holdNanos) / 1e9) : .null
+        let perSecond: JSONValue = .array(t.connectTimeline.map { .int(Int64($0)) })
+        let connectionsJSON: JSONValue = .object([
+            ("requested", .int(Int64(o.connections))),
+            ("established", .int(Int64(t.established))),
+            ("failed", .int(Int64(t.connectFailed))),
+            ("failures", counts(t.connectFailures)),
+            ("connect_seconds", r3(Double(t.connectNanos) / 1e9)),
+            ("established_per_second", perSecond),
+            ("held", held),
+            ("hold_seconds", holdSeconds),
+        ])
+        let partsJSON: [JSONValue] = parts.map { p in
+            .object([
+                ("index", .int(Int64(p.index))), ("pid", .int(Int64(p.pid))),
+                ("connections", .int(Int64(p.connections))), ("established", .int(Int64(p.established))),
+                ("held", .int(Int64(p.held))), ("messages", .int(Int64(p.messages))),
+                ("faults", .int(Int64(p.faults))), ("exit_status", .int(Int64(p.exitStatus))),
+            ])
+        }
+        let reasons: [JSONValue] = uncleanReasons.map { .string($0) }
+        var members: [(String, JSONValue)] = [
             ("schema_version", .int(1)),
-            ("mode", .string(o.mode.rawValue)),
+            ("mode", .string(modeName)),
             ("target", .string(o.target.description)),
             ("model", .string(o.model.rawValue)),
             ("processes", .int(Int64(parts.count))),
             ("workers", .int(Int64(workers))),
-            ("options", .object([
-                ("connections", .int(Int64(o.connections))),
-                ("size", .int(Int64(o.size))),
-                ("rate", o.rate.map { .double($0) } ?? .null),
-                ("duration_seconds", .double(Double(o.duration) / 1e9)),
-                ("warmup_seconds", .double(Double(o.warmup) / 1e9)),
-                ("sources", .int(Int64(o.sources.count))),
-            ])),
-            ("connections", .object([
-                ("requested", .int(Int64(o.connections))),
-                ("established", .int(Int64(t.established))),
-                ("failed", .int(Int64(t.connectFailed))),
-                ("failures", counts(t.connectFailures)),
-                ("connect_seconds", r3(Double(t.connectNanos) / 1e9)),
-                ("held", o.mode == .hold ? .int(Int64(t.held)) : .null),
-                ("hold_seconds", o.mode == .hold ? r3(Double(t.holdNanos) / 1e9) : .null),
+            ("options", optionsJSON),
+            ("connections", connectionsJSON),
+        ]
+        members += [
+            ("plan", o.plan.map { .string($0) } ?? .null),
+            ("max", o.ramp == nil ? .null : .object([
+                ("held", .int(Int64(t.held))),
+                ("stopped_by", .string(rampStopReason ?? "")),
+                ("unanswered", .int(Int64(t.unanswered))),
+                ("closed_by_server", .int(Int64(t.closedByServer))),
             ])),
             ("traffic", traffic),
             ("latency_us", latency),
             ("errors", errors),
-            ("parts", .array(parts.map { p in
-                .object([
-                    ("index", .int(Int64(p.index))), ("pid", .int(Int64(p.pid))),
-                    ("connections", .int(Int64(p.connections))), ("established", .int(Int64(p.established))),
-                    ("held", .int(Int64(p.held))), ("messages", .int(Int64(p.messages))),
-                    ("faults", .int(Int64(p.faults))), ("exit_status", .int(Int64(p.exitStatus))),
-                ])
-            })),
+            ("parts", .array(partsJSON)),
             ("notes", .array(notes.map { .string($0) })),
             ("interrupted", interruption.map { .string($0) } ?? .null),
             ("clean", .bool(isClean)),
-        ])
+            ("unclean_reasons", .array(reasons)),
+        ]
+        return .object(members)
     }
 
     // MARK: - Table
@@ -187,7 +269,7 @@ public struct LoadResult: Sendable {
         let o = options
         func f(_ d: Double, _ digits: Int = 1) -> String { formatFixed(d, digits) }
         var lines: [String] = []
-        lines.append("echoload \(o.mode.rawValue) \(o.target)  model=\(o.model.rawValue)"
+        lines.append("echoload \(modeName) \(o.target)  model=\(o.model.rawValue)"
             + (o.model == .event ? " workers=\(workers)" : "") + " processes=\(parts.count)")
         var conn = "connections  requested \(o.connections)  established \(t.established)  failed \(t.connectFailed)"
         if !t.connectFailures.isEmpty {
@@ -195,7 +277,17 @@ public struct LoadResult: Sendable {
         }
         conn += "  in \(f(Double(t.connectNanos) / 1e9, 3)) s"
         lines.append(conn)
+        if let plan = o.plan { lines.append("plan         \(plan)") }
+        if t.connectNanos >= 1_000_000_000 && t.connectTimeline.count >= 2 {
+            lines.append("connect rate \(Self.compactTimeline(t.connectTimeline))")
+        }
         switch o.mode {
+        case .hold where o.ramp != nil:
+            lines.append("max          held \(t.held) (all open at once after a \(f(Double(t.holdNanos) / 1e9, 3)) s hold, each answering a probe while every other stayed open)")
+            lines.append("stopped by   \(rampStopReason ?? "")")
+            if t.unanswered > 0 || t.closedByServer > 0 {
+                lines.append("not held     \(t.unanswered) open but unanswered, \(t.closedByServer) closed by the server during the ramp")
+            }
         case .hold:
             lines.append("hold         \(f(Double(t.holdNanos) / 1e9, 3)) s with all open at once (from the run's start); held \(t.held) of \(o.connections) (each answered a probe afterwards)")
         case .pingpong, .rate:
@@ -205,6 +297,7 @@ public struct LoadResult: Sendable {
             lines.append(line)
             if let r = o.rate, let offered = offeredPerSecond {
                 var l = "offered      \(f(offered, 1)) msg/s handed to the sockets = \(f(offered / r * 100, 1))% of the target"
+                if t.issued < t.scheduled { l += "; target missed: \(t.issued) of \(t.scheduled) scheduled messages issued" }
                 if let fu = o.failUnderRate { l += rateMissed ? "; BELOW --fail-under-rate \(f(fu * 100, 1))%" : " (≥ \(f(fu * 100, 1))%)" }
                 lines.append(l)
             }
@@ -227,7 +320,12 @@ public struct LoadResult: Sendable {
             lines.append(e)
             if let first = t.firstFault { lines.append("first fault  \(first)") }
         }
-        if parts.count > 1 {
+        if parts.count > 12 {
+            let bad = parts.filter { $0.exitStatus != 0 }
+            lines.append("  \(parts.count) processes: \(parts.map(\.established).min() ?? 0)-\(parts.map(\.established).max() ?? 0) connected each"
+                + (o.mode == .hold ? ", \(parts.map(\.held).min() ?? 0)-\(parts.map(\.held).max() ?? 0) held each" : "")
+                + ", \(bad.count) exited non-zero (--json lists every part)")
+        } else if parts.count > 1 {
             for p in parts {
                 lines.append("  part \(p.index) pid \(p.pid): \(p.established)/\(p.connections) connected"
                     + (o.mode == .hold ? ", \(p.held) held" : ", \(p.messages) messages")
@@ -238,7 +336,9 @@ public struct LoadResult: Sendable {
         if let i = interruption {
             lines.append("interrupted  by \(i): a partial result, counted up to the interruption")
         }
-        lines.append("result       " + (interruption != nil ? "interrupted" : isClean ? "clean" : "FAILED"))
+        let reasons = uncleanReasons
+        lines.append("result       " + (interruption != nil ? "interrupted" : isClean ? "clean" : "FAILED")
+            + (reasons.isEmpty ? "" : ": " + reasons.joined(separator: "; ")))
         return lines.joined(separator: "\n")
     }
 }

@@ -12,6 +12,10 @@
 //   absolute CLOCK_MONOTONIC time (the same clock in every process of the host).
 // - stop: SIGINT/SIGTERM (or the parent's `stop`): the window ends early, the result is
 //   partial and marked interrupted.
+// - hold's probes: a connection whose probe came back stays open (no FIN, nothing closed) until
+//   every probe of the run is resolved (`probed`, then `release`, through the parent for a
+//   split run), so that no server can answer late probes with slots freed by early ones: each
+//   held connection was open and answering at the release, all at one instant.
 //
 // Threads wait at `Gate`s; event workers, which must not block, watch two eventfds (`startFD`,
 // `stopFD`), written once each and never drained, so they stay readable for every epoll
@@ -35,6 +39,17 @@ final class RunControl: Sendable {
     let startFD: Int32
     /// Readable once `stopGate` is open.
     let stopFD: Int32
+    /// hold: opens once every probe of the run is resolved (answered or given up).
+    let releaseGate = Gate()
+    /// Readable once `releaseGate` is open.
+    let releaseFD: Int32
+    /// max: opens with the time the connect ramp was told to stop.
+    let rampGate = Gate()
+    /// Readable once `rampGate` is open.
+    let rampFD: Int32
+    /// max: why the ramp stopped (the first reason given), for the report.
+    let rampReason = Locked<String?>(nil)
+    private let probedCount = Atomic<Int>(0)
     /// The signal that stopped the run (0: none, or told to stop by the parent without one).
     let stopSignal = Atomic<Int32>(0)
     /// Whether the parent starts the run (a child of a split run) or this process does.
@@ -46,21 +61,65 @@ final class RunControl: Sendable {
     init(options: LoadOptions, startsAlone: Bool) throws(LoadError) {
         self.options = options
         self.startsAlone = startsAlone
-        let a = eventfd(0, Int32(EFD_NONBLOCK) | Int32(EFD_CLOEXEC))
-        let b = eventfd(0, Int32(EFD_NONBLOCK) | Int32(EFD_CLOEXEC))
-        guard a >= 0 && b >= 0 else {
-            let e = errno
-            if a >= 0 { closeNoRetry(a) }
-            throw .system("echoload: eventfd: \(SystemError("eventfd", errno: e))")
+        var fds: [Int32] = []
+        for _ in 0..<4 {
+            let fd = eventfd(0, Int32(EFD_NONBLOCK) | Int32(EFD_CLOEXEC))
+            guard fd >= 0 else {
+                let e = errno
+                fds.forEach(closeNoRetry)
+                throw .system("echoload: eventfd: \(SystemError("eventfd", errno: e))")
+            }
+            fds.append(fd)
         }
-        startFD = a
-        stopFD = b
+        startFD = fds[0]
+        stopFD = fds[1]
+        releaseFD = fds[2]
+        rampFD = fds[3]
         if startsAlone { connectGate.open(monotonicNanoseconds()) }
     }
 
     deinit {
         closeNoRetry(startFD)
         closeNoRetry(stopFD)
+        closeNoRetry(releaseFD)
+        closeNoRetry(rampFD)
+    }
+
+    /// hold: `n` more of this process's connections have their probe resolved (answered, given
+    /// up, or never connected); the last one releases them (alone) or tells the parent.
+    func probed(_ n: Int, now: Int64) {
+        guard n > 0 else { return }
+        if probedCount.add(n, ordering: .acquiringAndReleasing).newValue == options.connections {
+            if startsAlone {
+                release(at: now)
+            } else {
+                writeAll(1, ChildProtocol.message("probed", at: now))
+            }
+        }
+    }
+
+    /// Opens the release gate: held connections may close.
+    func release(at t: Int64) {
+        if releaseGate.open(t) { Self.signal(releaseFD) }
+    }
+
+    /// max: stops the connect ramp at `t` because of `reason` (the first reason wins). A child
+    /// tells its parent, which stops every process's ramp.
+    func stopRamp(at t: Int64, reason: String) {
+        let first = rampReason.withLock { r -> Bool in
+            guard r == nil else { return false }
+            r = reason
+            return true
+        }
+        if first && !startsAlone {
+            writeAll(1, JSONValue.object([("type", .string("ramp")), ("at", .int(t)), ("reason", .string(reason))]).text + "\n")
+        }
+        openRamp(at: t)
+    }
+
+    /// Opens the ramp gate (the parent's `ramp` message, or `stopRamp`).
+    func openRamp(at t: Int64) {
+        if rampGate.open(t) { Self.signal(rampFD) }
     }
 
     /// Counts `n` more of this process's connects as resolved; the last one makes the process ready.
@@ -87,6 +146,8 @@ final class RunControl: Sendable {
         if stopGate.open(s) { Self.signal(stopFD) }
         connectGate.open(s)
         start(at: s)
+        openRamp(at: s)
+        release(at: s)
     }
 
     /// The stop time, or 0 while the run is not stopped.

@@ -14,6 +14,8 @@ public enum LoadRunner {
     /// - Throws: `LoadError.usage` for impossible options, `.unreachable` when a first probe
     ///   connection to the target fails, `.system` when the client itself cannot run.
     public static func run(_ options: LoadOptions, progress: ProgressReporter) throws(LoadError) -> LoadResult {
+        var options = options
+        try applyScalePlan(&options, progress: progress)
         try options.validate()
         Signals.ignoreSIGPIPE()
         let perProcess = options.model == .fork ? 1 : (options.connections + options.processes - 1) / options.processes
@@ -30,7 +32,9 @@ public enum LoadRunner {
         let part = PartSummary(
             index: 0, pid: getpid(), connections: options.connections, established: tally.established,
             held: tally.held, messages: tally.messages, faults: tally.faults + tally.connectFailed, exitStatus: 0)
-        return LoadResult(options: options, workers: workers, tally: tally, parts: [part])
+        var result = LoadResult(options: options, workers: workers, tally: tally, parts: [part])
+        result.rampStoppedBy = control.rampReason.withLock { $0 }
+        return result
     }
 
     /// Runs one part of a split run. Its stdin (`input`) carries the spec (one JSON line), then the
@@ -83,6 +87,8 @@ public enum LoadRunner {
         let requested = options.connections
         progress.begin()
         let sampler: JoinableThread?
+        // max run alone: the client-side guards (a split run's parent checks them itself).
+        let rampGuard = control.startsAlone ? options.ramp.map { RampGuard(limits: $0, started: monotonicNanoseconds()) } : nil
         do {
             // Progress every second; SIGINT/SIGTERM stop the run (a second one ends the process).
             sampler = try JoinableThread(name: "echoload-prog") { [live, control] in
@@ -96,6 +102,11 @@ public enum LoadRunner {
                         }
                     }
                     progress.report(live.snapshot, requested: requested)
+                    if let g = rampGuard, control.rampGate.current == 0, control.startGate.current == 0,
+                        let r = g.check(now: monotonicNanoseconds())
+                    {
+                        control.stopRamp(at: r.at, reason: r.reason)
+                    }
                 }
             }
         } catch {
@@ -117,6 +128,21 @@ public enum LoadRunner {
         result.0.interruptedBy = control.stopSignal.load(ordering: .relaxed)
         if control.stoppedAt != 0 && result.0.interruptedBy == 0 { result.0.interruptedBy = -1 }
         return result
+    }
+
+    /// hold: processes and source addresses from the host's limits where the command line left
+    /// them to echoload (`ScalePlan`); says what it chose on stderr (unless quiet) and in the report.
+    static func applyScalePlan(_ options: inout LoadOptions, progress: ProgressReporter) throws(LoadError) {
+        guard options.mode == .hold, options.model != .fork, options.autoProcesses || options.autoSources else { return }
+        let host = ScalePlan.hostLimits()
+        guard let plan = try ScalePlan.choose(
+            connections: options.connections, target: options.target, chooseProcesses: options.autoProcesses,
+            chooseSources: options.autoSources, hardLimit: host.hardLimit, ports: host.ports)
+        else { return }
+        if options.autoProcesses { options.processes = plan.processes }
+        if options.autoSources && !plan.sources.isEmpty { options.sources = plan.sources }
+        options.plan = plan.summary
+        if progress.style != .none { writeAll(2, "echoload: chose \(plan.summary)\n") }
     }
 
     /// Raises the soft RLIMIT_NOFILE to the hard limit, and refuses a share that cannot fit.

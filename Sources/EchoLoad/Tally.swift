@@ -50,6 +50,16 @@ public struct Tally: Sendable {
     public var latency: Histogram<UInt64>? = nil
     /// The first fault seen, for the one-line explanation.
     public var firstFault: String? = nil
+    /// The most bytes handed to one send call (at most `--size` except for hold probes: messages
+    /// are written one at a time, the rest of a partly sent message in the next call).
+    public var largestWrite = 0
+    /// max: probes not answered within the drain timeout (the server holds no more: not a fault).
+    public var unanswered = 0
+    /// max: open connections the server closed or reset during the ramp (its way of refusing).
+    public var closedByServer = 0
+    /// Connections established in each second since the connect epoch (index 0: the first
+    /// second); the epoch is shared by every process, so the parts add up bucket by bucket.
+    public var connectTimeline: [Int] = []
 
     public init() {}
 
@@ -87,6 +97,24 @@ public struct Tally: Sendable {
             latency!.add(h)
         }
         if firstFault == nil { firstFault = other.firstFault }
+        largestWrite = max(largestWrite, other.largestWrite)
+        unanswered += other.unanswered
+        closedByServer += other.closedByServer
+        if connectTimeline.count < other.connectTimeline.count {
+            connectTimeline += [Int](repeating: 0, count: other.connectTimeline.count - connectTimeline.count)
+        }
+        for (i, n) in other.connectTimeline.enumerated() { connectTimeline[i] += n }
+    }
+
+    /// Counts one connection established at `now`, `epoch` being the connect epoch.
+    mutating func noteEstablished(at now: Int64, epoch: Int64) {
+        let second = Int(max(0, now - epoch) / 1_000_000_000)
+        // Bounded: a connect epoch more than a day old would mean a broken clock, not a long ramp.
+        guard second < 86_400 else { return }
+        if second >= connectTimeline.count {
+            connectTimeline += [Int](repeating: 0, count: second + 1 - connectTimeline.count)
+        }
+        connectTimeline[second] += 1
     }
 }
 
@@ -156,6 +184,23 @@ struct MeasuredWindow {
     @inline(__always) func contains(_ t: Int64) -> Bool { t >= start && t < end }
 }
 
+/// rate: where a connection's byte stream skips schedule messages. When the measured window opens
+/// with messages of the warm-up not yet handed out (the client is past saturation), they are
+/// dropped, never sent: the window measures what is intended in it, not the warm-up's backlog.
+/// The stream stays contiguous, so the message at stream offset `o` is `o / size` before
+/// `from` and `o / size + count` from there on.
+struct RateSkip {
+    /// Stream offset (a multiple of the message size) where the skip happens; `.max`: none.
+    var from: UInt64 = .max
+    /// Schedule messages skipped there.
+    var count: UInt64 = 0
+
+    /// The schedule message of the stream's `m`-th message of `size` bytes.
+    @inline(__always) func message(_ m: UInt64, size: UInt64) -> UInt64 {
+        m * size >= from ? m + count : m
+    }
+}
+
 /// The `rate` schedule, one for the whole run: message `m` of connection `g` (global index, of
 /// `connections` in the whole run, over every worker and process) is intended at
 /// `start + (m × connections + g) × spacing`, so that consecutive messages of the run are
@@ -204,18 +249,18 @@ extension Tally {
 
     /// rate: connection `k`'s (global index) echo grew from `before` to `after` bytes at `now`; every message
     /// completed by that counts, its latency from its intended send time, if it was intended in
-    /// `window`.
+    /// `window`. `skip` maps stream offsets to schedule messages past the warm-up's dropped backlog.
     /// - Returns: how many messages completed (measured or not), for the progress line.
     @inline(__always)
     mutating func countRateEchoes(
         connection k: Int, from before: UInt64, to after: UInt64, size: Int, schedule: RateSchedule,
-        window: MeasuredWindow, now: Int64, into histogram: inout Histogram<UInt64>
+        skip: RateSkip, window: MeasuredWindow, now: Int64, into histogram: inout Histogram<UInt64>
     ) -> Int {
         let s = UInt64(size)
         var m = before / s
         let done = after / s
         while m < done {
-            let intended = schedule.intended(connection: k, message: m)
+            let intended = schedule.intended(connection: k, message: skip.message(m, size: s))
             if window.contains(intended) { countMessage(size: size, latency: now - intended, into: &histogram) }
             m += 1
         }

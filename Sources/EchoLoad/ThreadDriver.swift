@@ -29,6 +29,7 @@ enum ThreadDriver {
             } catch {
                 // Out of threads: the connections not started count as failed with that errno.
                 for _ in i..<options.connections { shared.connectOutcome(failure: error.errno, now: monotonicNanoseconds()) }
+                if options.mode == .hold { control.probed(options.connections - i, now: monotonicNanoseconds()) }
                 shared.addFault(Tally(), note: "cannot start thread \(i): \(error)")
                 break
             }
@@ -81,7 +82,11 @@ final class ThreadShared: Sendable {
             tally.withLock { $0.connectFailures[errnoName(e), default: 0] += 1 }
             live.failed.add(1, ordering: .relaxed)
         } else {
-            tally.withLock { $0.established += 1 }
+            let epoch = control.connectGate.current
+            tally.withLock {
+                $0.established += 1
+                $0.noteEstablished(at: now, epoch: epoch)
+            }
             live.established.add(1, ordering: .relaxed)
             live.open.add(1, ordering: .relaxed)
         }
@@ -129,6 +134,14 @@ final class ConnectionProgress: Sendable {
     let writerDone = Atomic<Bool>(false)
     /// The reader gave up (fault counted): the writer's own failure that follows is not a second fault.
     let readerFailed = Atomic<Bool>(false)
+    /// rate: where the stream skips the warm-up's backlog (`RateSkip`); stored by the writer
+    /// before it sends the first byte past `skipFrom`, so the reader sees it before those bytes.
+    let skipFrom = Atomic<UInt64>(.max)
+    let skipCount = Atomic<UInt64>(0)
+
+    var skip: RateSkip {
+        RateSkip(from: skipFrom.load(ordering: .acquiring), count: skipCount.load(ordering: .acquiring))
+    }
 }
 
 /// One connection, run on its own thread.
@@ -141,6 +154,10 @@ struct ConnectionThread {
     var control: RunControl { shared.control }
 
     func run() {
+        // hold: every connection's probe is counted as resolved once, however the thread ends
+        // (a held one reports before it waits for the release).
+        var probeReported = false
+        defer { if options.mode == .hold && !probeReported { control.probed(1, now: monotonicNanoseconds()) } }
         let epoch = control.connectGate.wait()
         let due = control.connectTime(epoch: epoch, global: global)
         // Stopped before its turn to connect: never attempted (not a failure).
@@ -153,7 +170,15 @@ struct ConnectionThread {
         let ready = control.startGate.wait()
         var tally = Tally()
         switch options.mode {
-        case .hold: hold(fd, ready: ready, &tally)
+        case .hold:
+            let answered = hold(fd, ready: ready, &tally)
+            probeReported = true
+            control.probed(1, now: monotonicNanoseconds())
+            if answered {
+                // Open, with nothing closed, until every probe of the run is resolved.
+                _ = control.releaseGate.wait()
+                expectEOF(fd, sent: 16, &tally)
+            }
         case .pingpong: pingpong(fd, &tally)
         case .rate, .stream: writerAndReader(fd, &tally)
         }
@@ -188,6 +213,7 @@ struct ConnectionThread {
         var done = 0
         while done < count {
             let want = min(count - done, Pattern.maxChunk)
+            if want > tally.largestWrite { tally.largestWrite = want }
             switch Pattern.send(fd, key: key, position: from + UInt64(done), count: want) {
             case .transferred(let n):
                 done += n
@@ -254,7 +280,8 @@ struct ConnectionThread {
 
     // MARK: - Modes
 
-    private func hold(_ fd: Int32, ready: Int64, _ tally: inout Tally) {
+    /// Holds until the hold ends, then probes. - Returns: whether the probe was answered.
+    private func hold(_ fd: Int32, ready: Int64, _ tally: inout Tally) -> Bool {
         // Until the hold ends, or the run is stopped: then the probe shows what is held now.
         _ = control.stopGate.sleep(until: ready + options.duration)
         let span = max(0, monotonicNanoseconds() - ready)
@@ -267,8 +294,8 @@ struct ConnectionThread {
             tally.held += 1
             tally.holdNanos = span
             shared.live.held.add(1, ordering: .relaxed)
-            expectEOF(fd, sent: 16, &tally)
         }
+        return ok
     }
 
     /// The echo is complete: shut the write side and read to the server's EOF (bounded by the
@@ -360,8 +387,19 @@ struct ConnectionThread {
         if options.mode == .rate {
             let schedule = rateSchedule(ready: ready)
             var m: UInt64 = 0
+            var skippedWarmup = false
             while true {
-                let t = schedule.intended(connection: global, message: m)
+                var t = schedule.intended(connection: global, message: m)
+                // The window opened with the warm-up's messages not all sent (past saturation):
+                // drop the rest, go on with the first message intended in the window.
+                if !skippedWarmup && t < window.start && monotonicNanoseconds() >= window.start {
+                    skippedWarmup = true
+                    let first = schedule.firstMessage(connection: global, atOrAfter: window.start)
+                    progress.skipCount.store(first - m, ordering: .releasing)
+                    progress.skipFrom.store(position, ordering: .releasing)
+                    m = first
+                    t = schedule.intended(connection: global, message: m)
+                }
                 if t >= window.end { break }
                 if t > monotonicNanoseconds() && !control.stopGate.sleep(until: t) { break }
                 // Behind schedule: a message intended in the window still goes out after it ends,
@@ -436,7 +474,7 @@ struct ConnectionThread {
                     let completed = stripe.histogram.withLock {
                         tally.countRateEchoes(
                             connection: global, from: before, to: received, size: options.size, schedule: schedule,
-                            window: window, now: now, into: &$0)
+                            skip: progress.skip, window: window, now: now, into: &$0)
                     }
                     shared.live.messages.add(completed, ordering: .relaxed)
                 }

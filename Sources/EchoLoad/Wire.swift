@@ -6,12 +6,16 @@
 //   2. `{"type":"connect","at":E}` once every child is `armed`: connects may start, connection g
 //      (global index) at E + g/rate in `hold --rate`;
 //   3. `{"type":"start","at":T}` once every child is `ready`: the one start of the run;
-//   4. `{"type":"stop","at":S,"signal":N}` if the parent was interrupted.
+//   4. hold: `{"type":"release","at":R}` once every child is `probed`: held connections may close;
+//   5. max: `{"type":"ramp","at":t,"reason":...}` when a process stopped its ramp: stop connecting;
+//   6. `{"type":"stop","at":S,"signal":N}` if the parent was interrupted.
 //   EOF before the result: the parent is gone; the child stops and reports.
 // Times are absolute CLOCK_MONOTONIC nanoseconds: one clock for every process of the host.
 //
 // Child → parent, on its stdout (a pipe): `{"type":"armed"}` once it has read its options,
-// `{"type":"ready","at":t}` once all of its connects are resolved, `{"type":"progress",...}` about
+// `{"type":"ready","at":t}` once all of its connects are resolved, `{"type":"probed","at":t}`
+// once its hold probes are resolved, `{"type":"ramp","at":t,"reason":...}` when it stops the
+// max ramp, `{"type":"progress",...}` about
 // once a second, then one `{"type":"result",...}` carrying its whole `Tally`, histogram included
 // as (value, count) pairs plus the exact minimum and maximum: re-recorded, the pairs fill the
 // same buckets and the extremes restore the min/max trackers, so the parent's merge equals an
@@ -40,6 +44,7 @@ extension LoadOptions {
             ("connect_concurrency", .int(Int64(connectConcurrency))),
             ("total_connections", .int(Int64(totalConnections))),
             ("fail_under_rate", failUnderRate.map { .double($0) } ?? .null),
+            ("ramp", ramp.map { .array([.int($0.memoryFloor), .int($0.timeLimit)]) } ?? .null),
         ])
     }
 
@@ -68,6 +73,9 @@ extension LoadOptions {
         connectConcurrency = Int(try int("connect_concurrency"))
         totalConnections = Int(try int("total_connections"))
         failUnderRate = json["fail_under_rate"]?.doubleValue
+        if let r = json["ramp"]?.arrayValue, r.count == 2, let floor = r[0].intValue, let limit = r[1].intValue {
+            ramp = RampLimits(memoryFloor: floor, timeLimit: limit)
+        }
     }
 }
 
@@ -96,6 +104,9 @@ extension Tally {
             ("latency_max", .int(Int64(latency?.maxRecorded ?? 0))),
             ("first_fault", firstFault.map { .string($0) } ?? .null),
             ("issued", .int(Int64(issued))), ("hold_nanos", .int(holdNanos)), ("interrupted_by", .int(Int64(interruptedBy))),
+            ("largest_write", .int(Int64(largestWrite))),
+            ("unanswered", .int(Int64(unanswered))), ("closed_by_server", .int(Int64(closedByServer))),
+            ("connect_timeline", .array(connectTimeline.map { .int(Int64($0)) })),
         ])
     }
 
@@ -151,6 +162,10 @@ extension Tally {
         issued = u("issued")
         holdNanos = Int64(i("hold_nanos"))
         interruptedBy = Int32(truncatingIfNeeded: json["interrupted_by"]?.intValue ?? 0)
+        largestWrite = i("largest_write")
+        unanswered = i("unanswered")
+        closedByServer = i("closed_by_server")
+        connectTimeline = (json["connect_timeline"]?.arrayValue ?? []).map { Int($0.intValue ?? 0) }
     }
 }
 
@@ -172,6 +187,12 @@ enum ChildProtocol {
             case "connect": control.connectGate.open(at)
             case "start": control.start(at: at)
             case "stop": control.stop(at: at, signal: Int32(truncatingIfNeeded: json["signal"]?.intValue ?? 0))
+            case "release": control.release(at: at)
+            case "ramp":
+                if control.rampReason.withLock({ $0 == nil }) {
+                    control.rampReason.withLock { $0 = json["reason"]?.stringValue }
+                }
+                control.openRamp(at: at)
             default: break
             }
         }

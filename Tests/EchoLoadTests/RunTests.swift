@@ -283,7 +283,7 @@ func defaultConnections(_ mode: LoadMode) -> Int {
         }
 
         @Test func moreConnectionsThanOneProcessMayOpenIsExplained() throws {
-            expectOneLine(try echoload(["hold", "127.0.0.1:7", "-c", "30000"]), status: 64, containing: "--processes")
+            expectOneLine(try echoload(["pingpong", "127.0.0.1:7", "-c", "30000"]), status: 64, containing: "--processes")
         }
 
         @Test func helpListsTheSubcommandsAndDefaults() throws {

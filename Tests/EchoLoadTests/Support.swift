@@ -184,10 +184,11 @@ final class Echod {
         return child.wait(seconds: 30) == 0
     }
 
-    init(model: ServerModel = .event, workers: Int = 2) throws {
+    /// - Parameter server: more `[Server]` lines (`MaxConnections=10`, ...).
+    init(model: ServerModel = .event, workers: Int = 2, server: String = "") throws {
         dir = try TempDir()
         let config = try dir.write(
-            "echod.conf", "[Server]\nModel=\(model.rawValue)\nListen=127.0.0.1:0\nWorkers=\(workers)\nStopTimeoutSec=2\n")
+            "echod.conf", "[Server]\nModel=\(model.rawValue)\nListen=127.0.0.1:0\nWorkers=\(workers)\nStopTimeoutSec=2\n\(server)")
         child = try Child(Binaries.echod, ["--config", config], stdoutPath: dir.file("out"), stderrPath: dir.file("err"))
         address = try Self.waitForListenAddress(child)
     }
