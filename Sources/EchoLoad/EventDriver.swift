@@ -104,6 +104,9 @@ final class EventWorker: @unchecked Sendable {
     private var lastResolved: Int64 = 0
     // Running.
     private var ready: Int64 = 0
+    /// `--start-at`: pingpong and stream traffic waits for the start (rather than running from
+    /// each connect as warm-up), so that no byte goes out before the time asked for.
+    private var trafficBegun: Bool
     private var window = MeasuredWindow(start: 0, end: 0)
     private var drainDeadline: Int64 = 0
     private var openCount = 0
@@ -143,6 +146,7 @@ final class EventWorker: @unchecked Sendable {
         try epoll.add(control.startFD, events: .input, token: Self.startToken)
         try epoll.add(control.stopFD, events: .input, token: Self.stopToken)
         tally.requested = count
+        trafficBegun = options.startAt == nil
     }
 
     deinit {
@@ -221,6 +225,10 @@ final class EventWorker: @unchecked Sendable {
             let start = control.startGate.current
             if start != 0 { becomeReady(start, now) }
         case .running:
+            if !trafficBegun && now >= ready {
+                trafficBegun = true
+                for i in 0..<count where conns[i].state == .open { beginTraffic(i, now) }
+            }
             switch options.mode {
             case .hold:
                 if now >= window.end && !probing { startProbes(now) }
@@ -260,6 +268,7 @@ final class EventWorker: @unchecked Sendable {
             break  // the start eventfd wakes the loop
         case .running:
             if !(options.mode == .hold && probing) { next = min(next, window.end) }
+            if !trafficBegun { next = min(next, ready) }
         case .draining:
             next = min(next, drainDeadline)
         case .done:
@@ -355,6 +364,11 @@ final class EventWorker: @unchecked Sendable {
             ioFailed(i, error.errno)
             return
         }
+        if trafficBegun { beginTraffic(i, now) }
+    }
+
+    /// pingpong's first message, or stream's endless writes, on connection `i`.
+    private func beginTraffic(_ i: Int, _ now: Int64) {
         switch options.mode {
         case .hold, .rate: break
         case .pingpong: startMessage(i, now)

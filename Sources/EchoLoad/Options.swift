@@ -65,6 +65,10 @@ public struct LoadOptions: Sendable, Equatable {
     /// `rate`: the run fails (not clean) when the offered rate falls below this fraction of
     /// `rate` (nil: never; a shortfall is reported all the same).
     public var failUnderRate: Double?
+    /// `--start-at`: wall-clock time (nanoseconds since the epoch) at which traffic (or the
+    /// hold) begins, once every connection is open, so that runs on several hosts measure the
+    /// same interval; nil: as soon as every connection is open.
+    public var startAt: Int64?
 
     public init(mode: LoadMode, target: SocketAddress, connections: Int) {
         self.mode = mode

@@ -26,6 +26,15 @@ public struct LoadResult: Sendable {
     public var parts: [PartSummary]
     /// Problems outside the counters (a child process that died, ...).
     public var notes: [String] = []
+    /// Wall-clock time (nanoseconds since the epoch) the measured window (for `hold`: the hold)
+    /// began; nil if the run never started.
+    public var windowStartWall: Int64?
+    /// With `--start-at`: how much later than asked traffic began (connects took longer), 0 if on time.
+    public var startLateNanos: Int64 = 0
+    /// `echoload merge`: how many runs this result merges (1 for a run), and how far apart their
+    /// measured windows began (latest start minus earliest).
+    public var mergedRuns = 1
+    public var mergedStartSpreadNanos: Int64 = 0
 
     public init(options: LoadOptions, workers: Int, tally: Tally, parts: [PartSummary]) {
         self.options = options
@@ -138,7 +147,7 @@ public struct LoadResult: Sendable {
             ("offered_messages_per_second", offeredPerSecond.map { r3($0) } ?? .null),
             ("rate_met", rateOnly && o.failUnderRate != nil ? JSONValue.bool(!rateMissed) : .null),
         ])
-        return .object([
+        let members: [(String, JSONValue)] = [
             ("schema_version", .int(1)),
             ("mode", .string(o.mode.rawValue)),
             ("target", .string(o.target.description)),
@@ -176,7 +185,23 @@ public struct LoadResult: Sendable {
             ("notes", .array(notes.map { .string($0) })),
             ("interrupted", interruption.map { .string($0) } ?? .null),
             ("clean", .bool(isClean)),
-        ])
+        ]
+        let windowStart: JSONValue = windowStartWall.map { .string(WallClock.format($0)) } ?? .null
+        let windowStartNanos: JSONValue = windowStartWall.map { .int($0) } ?? .null
+        let startAtText: JSONValue = options.startAt.map { .string(WallClock.format($0)) } ?? .null
+        let provenance: [(String, JSONValue)] = [
+            ("window_start", windowStart),
+            ("window_start_unix_ns", windowStartNanos),
+            ("start_at", startAtText),
+            ("start_late_seconds", r3(Double(startLateNanos) / 1e9)),
+            ("merged", .object([
+                ("runs", .int(Int64(mergedRuns))),
+                ("window_start_spread_seconds", r3(Double(mergedStartSpreadNanos) / 1e9)),
+            ])),
+            // Everything counted, exactly (latency histogram included), for `echoload merge`.
+            ("exact", .object([("options", options.wireJSON), ("tally", tally.wireJSON)])),
+        ]
+        return .object(members + provenance)
     }
 
     // MARK: - Table
@@ -233,6 +258,12 @@ public struct LoadResult: Sendable {
                     + (o.mode == .hold ? ", \(p.held) held" : ", \(p.messages) messages")
                     + ", \(p.faults) faults, exit \(p.exitStatus)")
             }
+        }
+        if mergedRuns > 1 {
+            lines.append("merged       \(mergedRuns) runs; measured windows began within \(f(Double(mergedStartSpreadNanos) / 1e9, 3)) s of each other")
+        }
+        if startLateNanos > 0, let at = options.startAt {
+            lines.append("start        \(f(Double(startLateNanos) / 1e9, 3)) s after --start-at \(WallClock.format(at)) (connects took longer)")
         }
         for n in notes { lines.append("note         \(n)") }
         if let i = interruption {

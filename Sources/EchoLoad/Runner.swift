@@ -30,7 +30,9 @@ public enum LoadRunner {
         let part = PartSummary(
             index: 0, pid: getpid(), connections: options.connections, established: tally.established,
             held: tally.held, messages: tally.messages, faults: tally.faults + tally.connectFailed, exitStatus: 0)
-        return LoadResult(options: options, workers: workers, tally: tally, parts: [part])
+        var result = LoadResult(options: options, workers: workers, tally: tally, parts: [part])
+        result.setWindow(startedAt: control.startGate.current, startAtMonotonic: control.startAtMonotonic)
+        return result
     }
 
     /// Runs one part of a split run. Its stdin (`input`) carries the spec (one JSON line), then the

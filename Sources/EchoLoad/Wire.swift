@@ -40,6 +40,7 @@ extension LoadOptions {
             ("connect_concurrency", .int(Int64(connectConcurrency))),
             ("total_connections", .int(Int64(totalConnections))),
             ("fail_under_rate", failUnderRate.map { .double($0) } ?? .null),
+            ("start_at", startAt.map { .int($0) } ?? .null),
         ])
     }
 
@@ -68,6 +69,7 @@ extension LoadOptions {
         connectConcurrency = Int(try int("connect_concurrency"))
         totalConnections = Int(try int("total_connections"))
         failUnderRate = json["fail_under_rate"]?.doubleValue
+        startAt = json["start_at"]?.intValue
     }
 }
 

@@ -16,7 +16,7 @@ import Glibc
 struct EcholoadCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "echoload",
-        abstract: "Load client for RFC 862 echo servers: hold, pingpong, rate, stream.",
+        abstract: "Load client for RFC 862 echo servers: hold, pingpong, rate, stream; merge.",
         discussion: """
             Every echoed byte is checked against what was sent (a per-connection, position-dependent \
             pattern); any mismatch, short read, premature close or missing echo is counted and makes \
@@ -28,7 +28,7 @@ struct EcholoadCommand: ParsableCommand {
             130/143 interrupted.
             """,
         version: BuildInfo.versionText(program: "echoload"),
-        subcommands: [Hold.self, Pingpong.self, Rate.self, Stream.self, Child.self]
+        subcommands: [Hold.self, Pingpong.self, Rate.self, Stream.self, Merge.self, Child.self]
     )
 
     /// Parses, runs, and turns every failure into one line and an exit status.
@@ -120,6 +120,11 @@ struct CommonOptions: ParsableArguments {
     @Flag(name: .long, help: "No progress line on stderr.")
     var quiet = false
 
+    @Option(name: .customLong("start-at"), help: ArgumentHelp(
+        "Begin traffic (the hold) at this wall-clock time, once every connection is open, so that runs on several hosts measure the same interval (for echoload merge): RFC 3339 (2026-12-02T16:30:00Z) or @UNIX-SECONDS. Within the next 24 hours.",
+        valueName: "time"))
+    var startAt: String?
+
     /// Options common to every mode; the subcommand fills in the rest.
     func makeOptions(_ mode: LoadMode, connections: Int) throws -> LoadOptions {
         do {
@@ -131,6 +136,19 @@ struct CommonOptions: ParsableArguments {
             o.connectTimeout = connectTimeout.nanoseconds
             o.drainTimeout = drainTimeout.nanoseconds
             guard workers >= 0 && workers <= 1024 else { throw LoadError.usage("--workers must be between 0 and 1024") }
+            if let startAt {
+                guard let wall = WallClock.parse(startAt) else {
+                    throw LoadError.usage("--start-at \(startAt): not a time (RFC 3339 such as 2026-12-02T16:30:00Z, or @UNIX-SECONDS)")
+                }
+                let now = WallClock.now()
+                guard wall > now else {
+                    throw LoadError.usage("--start-at \(startAt) is in the past (it is now \(WallClock.format(now)))")
+                }
+                guard wall - now <= 24 * 3600 * 1_000_000_000 else {
+                    throw LoadError.usage("--start-at \(startAt) is more than 24 hours away")
+                }
+                o.startAt = wall
+            }
             return o
         } catch let e as LoadError {
             throw LoadFailure(message: e.description.hasPrefix("echoload:") ? e.description : "echoload: \(e)", status: 64)
@@ -317,6 +335,38 @@ struct Stream: ParsableCommand, WorkloadDefaults {
         var o = try common.makeOptions(.stream, connections: workload.connections)
         traffic.apply(to: &o, duration: workload.duration)
         try common.execute(o)
+    }
+}
+
+struct Merge: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Merge the --json results of runs made on several hosts into one report.",
+        discussion: """
+            Counts and latency histograms add exactly (each result carries them in its "exact" \
+            member); rates are taken over the union of the measured windows, aligned by their \
+            wall-clock start (start the runs together with --start-at; the report gives how far \
+            apart the windows began). The runs must be of one workload (mode and message size). \
+            Exit status: 0 if the merged result is clean, 1 if not, 64 for an unreadable or foreign file.
+            """)
+
+    @Argument(help: ArgumentHelp("Results written by echoload ... --json ('-': standard input).", valueName: "result.json"))
+    var files: [String]
+
+    @Flag(name: .long, help: "Print the merged result as JSON (docs/echoload.schema.json) instead of a table.")
+    var json = false
+
+    func run() throws {
+        guard !files.isEmpty else { throw LoadFailure(message: "echoload merge: give the results to merge", status: 64) }
+        let result: LoadResult
+        do {
+            result = try RunMerge.merge(try files.map { (f) throws(LoadError) in try RunMerge.read(f) })
+        } catch {
+            throw LoadFailure(message: error.description, status: 64)
+        }
+        writeAll(1, (json ? result.json.prettyText : result.table) + "\n")
+        if !result.isClean {
+            throw LoadFailure(message: "echoload merge: the merged result is not clean", status: 1)
+        }
     }
 }
 
