@@ -6,7 +6,7 @@ PREFIX ?= /usr
 DESTDIR ?=
 
 # Debian packages the build and the tests need.
-APT_PACKAGES := libsystemd-dev pkg-config systemd systemd-container python3 python3-jsonschema procps iproute2 gcc util-linux \
+APT_PACKAGES := libsystemd-dev zlib1g-dev pkg-config systemd systemd-container python3 python3-jsonschema procps iproute2 gcc util-linux \
 	debhelper dpkg-dev man-db lintian valgrind
 
 # Release binaries with the Swift runtime linked in (they run where no toolchain is: a .deb, a

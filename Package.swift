@@ -26,6 +26,11 @@ let package = Package(
         ),
         // libsystemd, imported only by EchoSystemd.
         .systemLibrary(
+            name: "CZlib",
+            pkgConfig: "zlib",
+            providers: [.apt(["zlib1g-dev"])]
+        ),
+        .systemLibrary(
             name: "CSystemd",
             pkgConfig: "libsystemd",
             providers: [.apt(["libsystemd-dev"])]
@@ -67,6 +72,7 @@ let package = Package(
             dependencies: [
                 "EchoCore",
                 "CEchoShims",
+                "CZlib",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),

@@ -111,6 +111,9 @@ final class EventWorker: @unchecked Sendable {
     private var lastResolved: Int64 = 0
     // Running.
     private var ready: Int64 = 0
+    /// `--start-at`: pingpong and stream traffic waits for the start (rather than running from
+    /// each connect as warm-up), so that no byte goes out before the time asked for.
+    private var trafficBegun: Bool
     private var window = MeasuredWindow(start: 0, end: 0)
     private var drainDeadline: Int64 = 0
     private var openCount = 0
@@ -162,6 +165,7 @@ final class EventWorker: @unchecked Sendable {
         try epoll.add(control.releaseFD, events: .input, token: Self.releaseToken)
         try epoll.add(control.rampFD, events: .input, token: Self.rampToken)
         tally.requested = count
+        trafficBegun = options.startAt == nil
     }
 
     deinit {
@@ -249,6 +253,10 @@ final class EventWorker: @unchecked Sendable {
             let start = control.startGate.current
             if start != 0 { becomeReady(start, now) }
         case .running:
+            if !trafficBegun && now >= ready {
+                trafficBegun = true
+                for i in 0..<count where conns[i].state == .open { beginTraffic(i, now) }
+            }
             switch options.mode {
             case .hold:
                 if now >= window.end && !probing { startProbes(now) }
@@ -292,6 +300,7 @@ final class EventWorker: @unchecked Sendable {
             break  // the start eventfd wakes the loop
         case .running:
             if !(options.mode == .hold && probing) { next = min(next, window.end) }
+            if !trafficBegun { next = min(next, ready) }
         case .draining:
             if !(probesReported && !released) { next = min(next, drainDeadline) }
         case .done:
@@ -413,6 +422,11 @@ final class EventWorker: @unchecked Sendable {
             ioFailed(i, error.errno)
             return
         }
+        if trafficBegun { beginTraffic(i, now) }
+    }
+
+    /// pingpong's first message, or stream's endless writes, on connection `i`.
+    private func beginTraffic(_ i: Int, _ now: Int64) {
         switch options.mode {
         case .hold, .rate: break
         case .pingpong: startMessage(i, now)

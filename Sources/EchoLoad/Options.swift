@@ -74,6 +74,10 @@ public struct LoadOptions: Sendable, Equatable {
     /// `max`: a hold whose connect ramp stops at the server's first refusal (any failed connect,
     /// or an open connection closed by the server) or at a client-side guard; nil for `hold`.
     public var ramp: RampLimits?
+    /// `--start-at`: wall-clock time (nanoseconds since the epoch) at which traffic (or the
+    /// hold) begins, once every connection is open, so that runs on several hosts measure the
+    /// same interval; nil: as soon as every connection is open.
+    public var startAt: Int64?
 
     public init(mode: LoadMode, target: SocketAddress, connections: Int) {
         self.mode = mode

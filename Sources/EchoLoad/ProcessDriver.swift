@@ -105,6 +105,8 @@ public enum ProcessDriver {
         var rampSent = false
         var rampStop: (at: Int64, reason: String)? = nil
         let rampGuard = options.ramp.map { RampGuard(limits: $0, started: monotonicNanoseconds()) }
+        var startedAt: Int64 = 0
+        let startAtMonotonic = options.startAt.map { WallClock.monotonic(fromWall: $0) }
         var interruptedBy: Int32 = 0
         while children.contains(where: { $0.fd >= 0 }) {
             // The barriers: a child that is gone (its stdout closed) no longer holds them up.
@@ -114,10 +116,20 @@ public enum ProcessDriver {
                 let at = monotonicNanoseconds() + leadTime(children: live.count)
                 for c in children { c.send(ChildProtocol.message("connect", at: at)) }
             }
+            var pollMilliseconds: Int32 = 200
             if connectSent && !startSent && live.allSatisfy({ $0.ready }) {
-                startSent = true
-                let at = monotonicNanoseconds() + leadTime(children: live.count)
-                for c in children { c.send(ChildProtocol.message("start", at: at)) }
+                // The start goes out with its lead time, or (with --start-at) that long before it.
+                let lead = leadTime(children: live.count)
+                let now = monotonicNanoseconds()
+                // With --start-at, the message goes out two lead times ahead, carrying that time.
+                let due = startAtMonotonic.map { max(now + lead, $0) } ?? now + lead
+                if due - 2 * lead <= now {
+                    startSent = true
+                    startedAt = due
+                    for c in children { c.send(ChildProtocol.message("start", at: due)) }
+                } else {
+                    pollMilliseconds = Int32(min(200, (due - 2 * lead - now) / 1_000_000 + 1))
+                }
             }
             if startSent && !releaseSent && live.allSatisfy({ $0.probed }) {
                 releaseSent = true
@@ -134,7 +146,7 @@ public enum ProcessDriver {
                 pollfds[i] = pollfd(fd: c.fd, events: Int16(POLLIN), revents: 0)
             }
             pollfds[children.count] = pollfd(fd: signals, events: Int16(POLLIN), revents: 0)
-            let n = poll(&pollfds, nfds_t(pollfds.count), 200)
+            let n = poll(&pollfds, nfds_t(pollfds.count), pollMilliseconds)
             if n < 0 && errno != EINTR { break }
             if signals >= 0 && pollfds[children.count].revents != 0 {
                 let s = StopSignals.next(signals)
@@ -192,6 +204,7 @@ public enum ProcessDriver {
         var result = LoadResult(options: options, workers: workers, tally: tally, parts: parts)
         result.notes = notes
         result.rampStoppedBy = rampStop?.reason
+        result.setWindow(startedAt: startedAt, startAtMonotonic: startAtMonotonic)
         return result
     }
 

@@ -28,6 +28,15 @@ public struct LoadResult: Sendable {
     public var notes: [String] = []
     /// max: what stopped the connect ramp (nil: every connection of --limit was opened).
     public var rampStoppedBy: String?
+    /// Wall-clock time (nanoseconds since the epoch) the measured window (for `hold`: the hold)
+    /// began; nil if the run never started.
+    public var windowStartWall: Int64?
+    /// With `--start-at`: how much later than asked traffic began (connects took longer), 0 if on time.
+    public var startLateNanos: Int64 = 0
+    /// `echoload merge`: how many runs this result merges (1 for a run), and how far apart their
+    /// measured windows began (latest start minus earliest).
+    public var mergedRuns = 1
+    public var mergedStartSpreadNanos: Int64 = 0
 
     public init(options: LoadOptions, workers: Int, tally: Tally, parts: [PartSummary]) {
         self.options = options
@@ -258,6 +267,21 @@ public struct LoadResult: Sendable {
             ("clean", .bool(isClean)),
             ("unclean_reasons", .array(reasons)),
         ]
+        let windowStart: JSONValue = windowStartWall.map { .string(WallClock.format($0)) } ?? .null
+        let windowStartNanos: JSONValue = windowStartWall.map { .int($0) } ?? .null
+        let startAtText: JSONValue = options.startAt.map { .string(WallClock.format($0)) } ?? .null
+        members += [
+            ("window_start", windowStart),
+            ("window_start_unix_ns", windowStartNanos),
+            ("start_at", startAtText),
+            ("start_late_seconds", r3(Double(startLateNanos) / 1e9)),
+            ("merged", .object([
+                ("runs", .int(Int64(mergedRuns))),
+                ("window_start_spread_seconds", r3(Double(mergedStartSpreadNanos) / 1e9)),
+            ])),
+            // Everything counted, exactly (latency histogram included), for `echoload merge`.
+            ("exact", .object([("options", options.wireJSON), ("tally", tally.wireJSON)])),
+        ]
         return .object(members)
     }
 
@@ -331,6 +355,12 @@ public struct LoadResult: Sendable {
                     + (o.mode == .hold ? ", \(p.held) held" : ", \(p.messages) messages")
                     + ", \(p.faults) faults, exit \(p.exitStatus)")
             }
+        }
+        if mergedRuns > 1 {
+            lines.append("merged       \(mergedRuns) runs; measured windows began within \(f(Double(mergedStartSpreadNanos) / 1e9, 3)) s of each other")
+        }
+        if startLateNanos > 0, let at = options.startAt {
+            lines.append("start        \(f(Double(startLateNanos) / 1e9, 3)) s after --start-at \(WallClock.format(at)) (connects took longer)")
         }
         for n in notes { lines.append("note         \(n)") }
         if let i = interruption {

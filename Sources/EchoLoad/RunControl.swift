@@ -55,6 +55,8 @@ final class RunControl: Sendable {
     /// Whether the parent starts the run (a child of a split run) or this process does.
     let startsAlone: Bool
     private let resolvedCount = Atomic<Int>(0)
+    /// `--start-at` on this host's CLOCK_MONOTONIC (nil: none).
+    let startAtMonotonic: Int64?
 
     /// - Parameter startsAlone: true for a process run alone: connects start now, traffic as
     ///   soon as every connect resolved.
@@ -75,6 +77,7 @@ final class RunControl: Sendable {
         stopFD = fds[1]
         releaseFD = fds[2]
         rampFD = fds[3]
+        startAtMonotonic = options.startAt.map { WallClock.monotonic(fromWall: $0) }
         if startsAlone { connectGate.open(monotonicNanoseconds()) }
     }
 
@@ -128,10 +131,23 @@ final class RunControl: Sendable {
         if resolvedCount.add(n, ordering: .acquiringAndReleasing).newValue == options.connections {
             readyGate.open(now)
             if startsAlone {
-                start(at: now)
+                startAlone(now: now)
             } else {
                 writeAll(1, ChildProtocol.message("ready", at: now))
             }
+        }
+    }
+
+    /// A process run alone starts once every connect resolved, or at `--start-at` if that is
+    /// later: the gate opens at that time (a thread sleeps until then), so no traffic flows before.
+    private func startAlone(now: Int64) {
+        guard let at = startAtMonotonic, at > now else { return start(at: now) }
+        do {
+            try JoinableThread.detach(name: "echoload-start") { [self] in
+                if stopGate.sleep(until: at) { start(at: at) }
+            }
+        } catch {
+            start(at: max(now, at))  // no thread: start with the time set, early traffic is warm-up
         }
     }
 

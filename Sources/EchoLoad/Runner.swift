@@ -34,6 +34,7 @@ public enum LoadRunner {
             held: tally.held, messages: tally.messages, faults: tally.faults + tally.connectFailed, exitStatus: 0)
         var result = LoadResult(options: options, workers: workers, tally: tally, parts: [part])
         result.rampStoppedBy = control.rampReason.withLock { $0 }
+        result.setWindow(startedAt: control.startGate.current, startAtMonotonic: control.startAtMonotonic)
         return result
     }
 

@@ -45,6 +45,7 @@ extension LoadOptions {
             ("total_connections", .int(Int64(totalConnections))),
             ("fail_under_rate", failUnderRate.map { .double($0) } ?? .null),
             ("ramp", ramp.map { .array([.int($0.memoryFloor), .int($0.timeLimit)]) } ?? .null),
+            ("start_at", startAt.map { .int($0) } ?? .null),
         ])
     }
 
@@ -76,6 +77,7 @@ extension LoadOptions {
         if let r = json["ramp"]?.arrayValue, r.count == 2, let floor = r[0].intValue, let limit = r[1].intValue {
             ramp = RampLimits(memoryFloor: floor, timeLimit: limit)
         }
+        startAt = json["start_at"]?.intValue
     }
 }
 

@@ -16,7 +16,7 @@ import Glibc
 struct EcholoadCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "echoload",
-        abstract: "Load client for RFC 862 echo servers: hold, max, pingpong, rate, stream.",
+        abstract: "Load client for RFC 862 echo servers: hold, max, pingpong, rate, stream; sweep, merge.",
         discussion: """
             Every echoed byte is checked against what was sent (a per-connection, position-dependent \
             pattern); any mismatch, short read, premature close or missing echo is counted and makes \
@@ -28,7 +28,7 @@ struct EcholoadCommand: ParsableCommand {
             130/143 interrupted.
             """,
         version: BuildInfo.versionText(program: "echoload"),
-        subcommands: [Hold.self, Max.self, Pingpong.self, Rate.self, Stream.self, Child.self]
+        subcommands: [Hold.self, Max.self, Pingpong.self, Rate.self, Stream.self, Sweep.self, Merge.self, Child.self]
     )
 
     /// Parses, runs, and turns every failure into one line and an exit status.
@@ -120,6 +120,11 @@ struct CommonOptions: ParsableArguments {
     @Flag(name: .long, help: "No progress line on stderr.")
     var quiet = false
 
+    @Option(name: .customLong("start-at"), help: ArgumentHelp(
+        "Begin traffic (the hold) at this wall-clock time, once every connection is open, so that runs on several hosts measure the same interval (for echoload merge): RFC 3339 (2026-12-02T16:30:00Z) or @UNIX-SECONDS. Within the next 24 hours.",
+        valueName: "time"))
+    var startAt: String?
+
     /// Options common to every mode; the subcommand fills in the rest.
     func makeOptions(_ mode: LoadMode, connections: Int) throws -> LoadOptions {
         do {
@@ -133,6 +138,19 @@ struct CommonOptions: ParsableArguments {
             o.connectTimeout = connectTimeout.nanoseconds
             o.drainTimeout = drainTimeout.nanoseconds
             guard workers >= 0 && workers <= 1024 else { throw LoadError.usage("--workers must be between 0 and 1024") }
+            if let startAt {
+                guard let wall = WallClock.parse(startAt) else {
+                    throw LoadError.usage("--start-at \(startAt): not a time (RFC 3339 such as 2026-12-02T16:30:00Z, or @UNIX-SECONDS)")
+                }
+                let now = WallClock.now()
+                guard wall > now else {
+                    throw LoadError.usage("--start-at \(startAt) is in the past (it is now \(WallClock.format(now)))")
+                }
+                guard wall - now <= 24 * 3600 * 1_000_000_000 else {
+                    throw LoadError.usage("--start-at \(startAt) is more than 24 hours away")
+                }
+                o.startAt = wall
+            }
             return o
         } catch let e as LoadError {
             throw LoadFailure(message: e.description.hasPrefix("echoload:") ? e.description : "echoload: \(e)", status: 64)
@@ -368,6 +386,132 @@ struct Stream: ParsableCommand, WorkloadDefaults {
         var o = try common.makeOptions(.stream, connections: workload.connections)
         traffic.apply(to: &o, duration: workload.duration)
         try common.execute(o)
+    }
+}
+
+struct Sweep: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Ping-pong over a grid of message sizes and connection counts, plus a stream point.",
+        discussion: """
+            Every point runs --repeat times, each after a warm-up, every byte verified; the table \
+            gives medians (messages/s, echoed MB/s, p50 and p99 round-trip latency). With \
+            --baseline, a second server is measured at every point too, alternately with the target \
+            (which goes first alternates), and each point gets the ratio of the medians. Exit status: \
+            0 when every run was clean, 1 otherwise.
+            """)
+
+    @OptionGroup var common: CommonOptions
+
+    @Option(name: .long, help: ArgumentHelp("Comma-separated message sizes in bytes (empty: no ping-pong points).", valueName: "list"))
+    var sizes = "64,512,4096,65536"
+
+    @Option(name: [.short, .long], help: ArgumentHelp("Comma-separated connection counts.", valueName: "list"))
+    var connections = "1,10,100"
+
+    @Option(name: .customLong("stream-connections"), help: ArgumentHelp("Connections of the stream point (0: no stream point).", valueName: "n"))
+    var streamConnections = 10
+
+    @Option(name: .customLong("stream-size"), help: ArgumentHelp("Bytes per write of the stream point.", valueName: "bytes"))
+    var streamSize = 65536
+
+    @Option(name: .long, help: ArgumentHelp("Measured period of each run.", valueName: "duration"))
+    var duration = DurationArgument(seconds: 3)
+
+    @Option(name: .long, help: ArgumentHelp("Traffic before each run's measured period.", valueName: "duration"))
+    var warmup = DurationArgument(seconds: 1)
+
+    @Option(name: .customLong("repeat"), help: ArgumentHelp("Runs per point and server; medians are reported.", valueName: "n"))
+    var repeats = 3
+
+    @Option(name: .long, help: ArgumentHelp("A second server (HOST:PORT) measured alternately at every point; figures also as ratios to it.", valueName: "target"))
+    var baseline: String?
+
+    @Option(name: .long, help: ArgumentHelp("Write an SVG chart of the medians to this file.", valueName: "file"))
+    var chart: String?
+
+    func run() throws {
+        let plan: SweepPlan
+        do {
+            func list(_ text: String, _ flag: String) throws(LoadError) -> [Int] {
+                if text.isEmpty { return [] }
+                var out: [Int] = []
+                for part in text.split(separator: ",", omittingEmptySubsequences: false) {
+                    guard let v = Int(part.filter { $0 != " " }), v >= 1 else { throw .usage("--\(flag) \(text): not a comma-separated list of positive numbers") }
+                    out.append(v)
+                }
+                return out
+            }
+            guard common.startAt == nil else { throw LoadError.usage("--start-at applies to one run, not to a sweep") }
+            let template = try common.makeOptions(.pingpong, connections: 1)
+            var p = SweepPlan(target: template.target, template: template)
+            p.sizes = try list(sizes, "sizes")
+            p.connections = try list(connections, "connections")
+            guard streamConnections >= 0 else { throw LoadError.usage("--stream-connections must not be negative") }
+            p.stream = streamConnections == 0 ? nil : (streamConnections, streamSize)
+            p.duration = duration.nanoseconds
+            p.warmup = warmup.nanoseconds
+            p.repeats = repeats
+            if let baseline { p.baseline = try LoadParsing.target(baseline) }
+            try p.validate()
+            plan = p
+        } catch let e as LoadError {
+            throw LoadFailure(message: e.description.hasPrefix("echoload") ? e.description : "echoload: \(e)", status: 64)
+        }
+        let rows: [SweepRow]
+        do {
+            rows = try EchoLoad.Sweep.run(plan) { line in if !common.quiet { writeAll(2, line + "\n") } }
+        } catch {
+            let text = error.description.hasPrefix("echoload") ? error.description : "echoload: \(error)"
+            switch error {
+            case .usage: throw LoadFailure(message: text, status: 64)
+            case .unreachable: throw LoadFailure(message: text, status: 2)
+            case .system: throw LoadFailure(message: text, status: 3)
+            }
+        }
+        if let chart {
+            let svg = EchoLoad.Sweep.chart(plan, rows)
+            let fd = open(chart, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            guard fd >= 0, writeAll(fd, svg) else {
+                throw LoadFailure(message: "echoload sweep: cannot write --chart \(chart): \(String(cString: strerror(errno)))", status: 3)
+            }
+            closeNoRetry(fd)
+        }
+        writeAll(1, (common.json ? EchoLoad.Sweep.json(plan, rows).prettyText : EchoLoad.Sweep.table(plan, rows)) + "\n")
+        guard rows.allSatisfy(\.clean) else {
+            throw LoadFailure(message: "echoload sweep: faults found (see the points marked NOT CLEAN)", status: 1)
+        }
+    }
+}
+
+struct Merge: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Merge the --json results of runs made on several hosts into one report.",
+        discussion: """
+            Counts and latency histograms add exactly (each result carries them in its "exact" \
+            member); rates are taken over the union of the measured windows, aligned by their \
+            wall-clock start (start the runs together with --start-at; the report gives how far \
+            apart the windows began). The runs must be of one workload (mode and message size). \
+            Exit status: 0 if the merged result is clean, 1 if not, 64 for an unreadable or foreign file.
+            """)
+
+    @Argument(help: ArgumentHelp("Results written by echoload ... --json ('-': standard input).", valueName: "result.json"))
+    var files: [String]
+
+    @Flag(name: .long, help: "Print the merged result as JSON (docs/echoload.schema.json) instead of a table.")
+    var json = false
+
+    func run() throws {
+        guard !files.isEmpty else { throw LoadFailure(message: "echoload merge: give the results to merge", status: 64) }
+        let result: LoadResult
+        do {
+            result = try RunMerge.merge(try files.map { (f) throws(LoadError) in try RunMerge.read(f) })
+        } catch {
+            throw LoadFailure(message: error.description, status: 64)
+        }
+        writeAll(1, (json ? result.json.prettyText : result.table) + "\n")
+        if !result.isClean {
+            throw LoadFailure(message: "echoload merge: the merged result is not clean", status: 1)
+        }
     }
 }
 

@@ -1,0 +1,3 @@
+// SPDX-License-Identifier: Apache-2.0
+// zlib, for the compressed HdrHistogram encoding of echoload's latency logs.
+#include <zlib.h>
