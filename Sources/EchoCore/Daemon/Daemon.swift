@@ -56,6 +56,9 @@ public final class Daemon {
     private var metrics = MetricsPublisher(file: nil, model: "")
     /// Where the metrics file goes: `$RUNTIME_DIRECTORY/echod.prom`, when systemd set it.
     private let metricsFile: MetricsFile?
+    /// At a restart: the channel the model sends its connections on (Restart.swift), and when
+    /// SIGTERM arrived (for the log).
+    private var handover: (channel: HandoverChannel, started: Int64)?
 
     /// Descriptors kept back from `MaxConnections=auto` for listeners, logs, the signalfd and
     /// the like (the model adds its own, see `ServingModel.descriptorReserve`).
@@ -106,10 +109,12 @@ public final class Daemon {
         let model: ServingModel
         do throws(StartupError) {
             try ConfiguredLimits.apply(configuration, logger: logger)
-            listeners = try ListenerSet.open(passed: passed, configuration: configuration, logger: logger)
+            // After [Limits]: the connections taken over need their descriptors.
+            let intake = RestartIntake.take(passed, notifier: notifier, logger: logger)
+            listeners = try ListenerSet.open(passed: intake.listeners, configuration: configuration, logger: logger)
             maxConnections = connectionLimit(configuration)
             ConnectionTimeouts.shared.update(from: configuration)
-            model = try makeModel(listeners: listeners.descriptors)
+            model = try makeModel(listeners: listeners.descriptors, inherited: intake.inherited)
         } catch {
             notifier.notify(error.notification)
             throw error
@@ -127,6 +132,7 @@ public final class Daemon {
 
         controlLoop(signals: signals, status: &status)
         listeners.close()
+        if let handover { finishHandover(handover.channel, started: handover.started, model: model) }
         let final = model.snapshot()
         state = .stopped(final)
         metrics.remove()
@@ -148,10 +154,11 @@ public final class Daemon {
         return config.model.servingModel.connectionLimit(config, openFileLimit: soft, daemonReserve: Self.descriptorReserve)
     }
 
-    private func makeModel(listeners: [Int32]) throws(StartupError) -> ServingModel {
+    private func makeModel(listeners: [Int32], inherited: [InheritedConnection]) throws(StartupError) -> ServingModel {
         let context = ModelContext(
             listeners: listeners, maxConnections: maxConnections,
-            heartbeatMilliseconds: Watchdog.heartbeatMilliseconds(interval: watchdogInterval), logger: logger)
+            heartbeatMilliseconds: Watchdog.heartbeatMilliseconds(interval: watchdogInterval), logger: logger,
+            inherited: inherited)
         do {
             let model = try configuration.model.servingModel.init(configuration: configuration, context: context)
             try model.start()
@@ -231,7 +238,7 @@ public final class Daemon {
                 case WatchdogTestTrigger.signal where configuration.watchdogTestTrigger:
                     WatchdogTestTrigger.fire(model, logger: logger)
                 case SIGTERM where !stopping, SIGINT where !stopping:
-                    beginStop(model, signal: signal)
+                    if signal != SIGTERM || !beginHandover(model) { beginStop(model, signal: signal) }
                     // The stop has its own STATUS= cadence and watchdog period from here.
                     nextStatus = monotonicNanoseconds() + statusInterval
                     watchdog = Watchdog(interval: watchdogInterval, start: monotonicNanoseconds())
@@ -252,6 +259,57 @@ public final class Daemon {
         let deadline = monotonicNanoseconds() + nanoseconds(configuration.stopTimeout)
         model.beginStop(deadline: deadline)
         state = .stopping(model)
+    }
+
+    /// At SIGTERM: asks the service manager whether this is a restart with room in the store
+    /// (`DescriptorStore.stopIntent`); if so, `.serving` to `.stopping` with the model sending
+    /// its connections on a new hand-over channel.
+    /// - Returns: false for a graceful stop (not a restart, no answer, a model that cannot).
+    private func beginHandover(_ model: ServingModel) -> Bool {
+        let started = monotonicNanoseconds()
+        guard let store = notifier as? DescriptorStore else { return false }
+        let intent = store.stopIntent()
+        guard intent == .restart else {
+            if case .stop(let reason) = intent {
+                logger.info("stop requested; stopping gracefully", metadata: ["reason": "\(reason)"])
+            }
+            return false
+        }
+        let channel: HandoverChannel
+        do {
+            channel = try HandoverChannel()
+        } catch {
+            logger.error("restart: cannot make the hand-over channel; stopping gracefully", metadata: ["error": "\(error)"])
+            return false
+        }
+        let deadline = monotonicNanoseconds() + nanoseconds(configuration.stopTimeout)
+        guard model.beginHandover(sender: channel.sender.rawValue, deadline: deadline) else {
+            logger.info(
+                "restart: this model cannot hand its connections over; stopping gracefully",
+                metadata: ["model": "\(configuration.model.rawValue)"])
+            return false
+        }
+        logger.info(
+            "restart requested; handing connections over to the next echod",
+            metadata: ["connections.open": "\(model.snapshot().open)"])
+        notifier.notify("STOPPING=1\nSTATUS=Restarting: handing connections over")
+        handover = (channel, started)
+        state = .stopping(model)
+        return true
+    }
+
+    /// The model has sent everything: the channel's receiving end goes into the store.
+    private func finishHandover(_ channel: HandoverChannel, started: Int64, model: ServingModel) {
+        let stored = (notifier as? DescriptorStore)?.store(channel.receiver.rawValue, name: Handover.storeName) ?? false
+        let metadata: Logger.Metadata = [
+            "connections.handed_over": "\(model.handedOver)",
+            "milliseconds": "\((monotonicNanoseconds() - started) / 1_000_000)",
+        ]
+        if stored {
+            logger.info("connections handed over", metadata: metadata)
+        } else {
+            logger.error("the file descriptor store did not take the hand-over; its connections are lost", metadata: metadata)
+        }
     }
 
     // MARK: - Reload

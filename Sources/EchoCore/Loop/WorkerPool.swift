@@ -76,9 +76,26 @@ public final class WorkerPool: @unchecked Sendable {
         }
     }
 
-    /// Asks every worker to stop accepting, echo what it has received, and close.
+    /// Gives the connections handed over by the previous echod to the workers, round robin,
+    /// before they start. They count against `MaxConnections=` (and may exceed it: nothing is
+    /// refused that was already open).
+    /// - Throws: `SystemError` if a connection cannot be watched (it is closed).
+    public func adopt(_ inherited: [InheritedConnection]) throws(SystemError) {
+        for (i, connection) in inherited.enumerated() {
+            control.openConnections.add(1, ordering: .relaxed)
+            try workers[i % workers.count].adopt(connection)
+        }
+    }
+
+    /// Connections the workers have sent on the hand-over channel.
+    public var handedOver: Int { workers.reduce(0) { $0 + $1.counters.handedOver.load(ordering: .relaxed) } }
+
+    /// Asks every worker to stop accepting, echo what it has received, and close; or, with a
+    /// `handoverSender`, to send its connections on the hand-over channel (and drain only what
+    /// the channel refuses).
     /// - Parameter deadline: CLOCK_MONOTONIC nanoseconds after which remaining connections are closed.
-    public func stop(deadline: Int64) {
+    public func stop(deadline: Int64, handoverSender: Int32 = -1) {
+        control.handoverSender.store(handoverSender, ordering: .relaxed)
         control.stopDeadline.store(deadline, ordering: .relaxed)
         control.stopping.store(true, ordering: .releasing)
         for w in workers { w.wakeup.wake() }

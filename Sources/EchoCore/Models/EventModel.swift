@@ -23,6 +23,7 @@ public final class EventModel: ServingModel {
             listeners: context.listeners, workerCount: workers,
             maxConnections: context.maxConnections, heartbeatMilliseconds: context.heartbeatMilliseconds,
             logger: context.logger)
+        try pool.adopt(context.inherited)
     }
 
     /// Each worker's epoll instance and eventfd.
@@ -36,6 +37,14 @@ public final class EventModel: ServingModel {
         stopping = true
         pool.stop(deadline: deadline)
     }
+
+    public func beginHandover(sender: Int32, deadline: Int64) -> Bool {
+        stopping = true
+        pool.stop(deadline: deadline, handoverSender: sender)
+        return true
+    }
+
+    public var handedOver: Int { pool.handedOver }
 
     public var isStopped: Bool {
         guard stopping, pool.allFinished else { return false }
