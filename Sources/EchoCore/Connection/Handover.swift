@@ -14,11 +14,11 @@
 //     end keeps its queue and reports nothing. (The kernel's max_dgram_qlen does not apply to a
 //     connected pair either; the bound is the sender's SO_SNDBUF: about 280 messages of 253
 //     descriptors with the default 208 KiB, see `HandoverChannel`.)
-//   * per contributor a segment: batch messages of at most 253 descriptors (SCM_MAX_FD), then
-//     one closing message carrying a memfd with the segment's state: each connection's bytes
-//     that were read but not yet echoed, in the order the descriptors were sent. A segment
-//     without its closing message is incomplete (its sender died); its connections are closed,
-//     never served with bytes missing.
+//   * per contributor a segment, sent as chunks: each chunk is ONE datagram carrying a memfd
+//     with the chunk's state (each connection's bytes that were read but not yet echoed, in
+//     order) and up to 252 connections (SCM_MAX_FD is 253). A datagram arrives whole or not at
+//     all, so a chunk cannot be half-delivered: when the channel is full the sender knows
+//     exactly which connections went (whole chunks) and drains the rest itself.
 //
 // Messages and the memfd are in host byte order (both ends run on the same host) and start with
 // a magic number and a format version; anything unexpected is logged and closed.
@@ -42,7 +42,9 @@ public enum Handover {
     /// "ECHODHND" as a little-endian integer: the first eight bytes of every message and memfd.
     static let magic: UInt64 = 0x444E_4844_4F48_4345
     /// Most descriptors in one message (the kernel's SCM_MAX_FD).
-    public static let batchSize = Int(CEchoShims_SCM_MAX_FD)
+    static let maxDescriptors = Int(CEchoShims_SCM_MAX_FD)
+    /// Most connections in one chunk: the memfd takes one descriptor.
+    public static let chunkSize = maxDescriptors - 1
     /// Most pending bytes one connection may carry: one read of the event model's buffer.
     public static let maxPendingBytes = echoBufferSize
     /// Size of a message: magic, version, kind, segment, first index, count.
@@ -52,12 +54,10 @@ public enum Handover {
     /// Size of one connection's record in the memfd: offset and length of its pending bytes.
     static let recordSize = 16
 
-    /// What a message is.
+    /// What a message is (one kind so far; the field leaves room for more).
     enum Kind: UInt32 {
-        /// Descriptors `first..<first+count` of a segment.
-        case batch = 1
-        /// The segment is complete: `count` connections; the memfd with their state attached.
-        case end = 2
+        /// Connections `first..<first+count` of a segment: descriptors [state memfd, connections...].
+        case chunk = 1
     }
 
     /// A message's fixed header.
@@ -154,58 +154,46 @@ public final class HandoverChannel: Sendable {
 }
 
 extension Handover {
-    /// Sends one segment: the descriptors in batches, then the closing message with the memfd
-    /// of pending bytes. Does not close anything of the caller's.
+    /// Sends one segment as chunks (one datagram each: its state memfd and up to `chunkSize`
+    /// connections). Does not close anything of the caller's.
     ///
     /// - Parameters:
     ///   - items: the connections, in order.
     ///   - sender: the channel's sending end.
     ///   - segment: this contributor's `segmentID`.
-    /// - Returns: how many of `items` (a prefix) were handed over, and the error that stopped
-    ///   the rest (the channel full, too many descriptors in flight). The caller keeps serving
-    ///   (or drains) the rest, and closes its own copies of those handed over.
+    /// - Returns: how many of `items` (a prefix, whole chunks) were handed over, and the error
+    ///   that stopped the rest (the channel full, too many descriptors in flight). The caller
+    ///   keeps serving (or drains) the rest, and closes its own copies of those handed over.
     public static func sendSegment(_ items: [HandoverItem], over sender: Int32, segment: UInt64) -> (
         sent: Int, error: SystemError?
     ) {
         var sent = 0
-        var failure: SystemError?
         var fds: [Int32] = []
-        fds.reserveCapacity(batchSize)
+        fds.reserveCapacity(maxDescriptors)
         while sent < items.count {
-            let end = min(items.count, sent + batchSize)
+            let end = min(items.count, sent + chunkSize)
+            let state: FileDescriptor
+            do {
+                state = try writeState(items[sent..<end], segment: segment)
+            } catch {
+                return (sent, error)
+            }
             fds.removeAll(keepingCapacity: true)
+            fds.append(state.rawValue)
             for i in sent..<end { fds.append(items[i].fd) }
-            let header = Message(kind: .batch, segment: segment, first: UInt32(sent), count: UInt32(fds.count)).encoded()
+            let header = Message(kind: .chunk, segment: segment, first: UInt32(sent), count: UInt32(end - sent)).encoded()
             let rc = header.withUnsafeBytes { h in
                 fds.withUnsafeBufferPointer { CEchoShims_send_fds(sender, h.baseAddress, h.count, $0.baseAddress, Int32($0.count)) }
             }
-            if rc < 0 {
-                failure = SystemError("sendmsg(hand-over batch)", errno: errno)
-                break
-            }
+            let err = errno
+            state.close()
+            if rc < 0 { return (sent, SystemError("sendmsg(hand-over)", errno: err)) }
             sent = end
         }
-        // The closing message, even for an empty or cut-short segment: it says how many arrived.
-        let state: FileDescriptor
-        do {
-            state = try writeState(items.prefix(sent), segment: segment)
-        } catch {
-            return (0, error)
-        }
-        let header = Message(kind: .end, segment: segment, first: 0, count: UInt32(sent)).encoded()
-        var memfd = state.rawValue
-        let rc = header.withUnsafeBytes { CEchoShims_send_fds(sender, $0.baseAddress, $0.count, &memfd, 1) }
-        let err = errno
-        state.close()
-        if rc < 0 {
-            // The batches already sent are orphans: the successor closes them as incomplete; the
-            // caller keeps its own copies and treats them as not handed over.
-            return (0, SystemError("sendmsg(hand-over end)", errno: err))
-        }
-        return (sent, failure)
+        return (sent, nil)
     }
 
-    /// The memfd of a segment: header, one record per connection, then the pending bytes.
+    /// The memfd of a chunk: header, one record per connection, then the pending bytes.
     static func writeState(_ items: ArraySlice<HandoverItem>, segment: UInt64) throws(SystemError) -> FileDescriptor {
         let count = items.count
         var size = stateHeaderSize + count * recordSize
@@ -241,7 +229,7 @@ extension Handover {
         return fd
     }
 
-    /// Reads and checks a segment's state file.
+    /// Reads and checks a chunk's state file.
     /// - Returns: each connection's pending bytes, in order.
     static func readState(_ fd: Int32, segment: UInt64, count: Int) -> Result<[[UInt8]], HandoverProblem> {
         var st = stat()
@@ -277,7 +265,8 @@ extension Handover {
                 let record = stateHeaderSize + i * recordSize
                 let offset = p.loadUnaligned(fromByteOffset: record, as: UInt64.self)
                 let length = p.loadUnaligned(fromByteOffset: record + 8, as: UInt64.self)
-                guard offset >= UInt64(least), length <= UInt64(maxPendingBytes), offset + length <= UInt64(size) else {
+                // No sum of two untrusted values: offset + length could overflow.
+                guard offset >= UInt64(least), length <= UInt64(maxPendingBytes), offset <= UInt64(size) - length else {
                     return .failure(.badState("record \(i) out of bounds"))
                 }
                 pending.append(Array(p[Int(offset)..<Int(offset + length)]))
@@ -359,10 +348,10 @@ public enum InheritedKind: Equatable, CustomStringConvertible {
 public struct HandoverReceipt {
     /// Connections to serve, checked.
     public var connections: [InheritedConnection] = []
-    /// Descriptors closed: not connections, or from an incomplete or malformed segment.
+    /// Descriptors closed: not connections, or from a malformed message.
     public var rejected = 0
-    /// Segments received complete.
-    public var segments = 0
+    /// Chunks received whole and well-formed.
+    public var chunks = 0
 }
 
 extension Handover {
@@ -371,14 +360,18 @@ extension Handover {
     /// serve. Whatever is not right is logged and closed, never served.
     public static func receive(from receiver: Int32, logger: Logger) -> HandoverReceipt {
         var receipt = HandoverReceipt()
-        // Per segment: descriptors by index, until its closing message.
-        var open: [UInt64: [Int: Int32]] = [:]
         var payload = [UInt8](repeating: 0, count: messageSize + 1)
-        var fds = [Int32](repeating: -1, count: batchSize)
+        var fds = [Int32](repeating: -1, count: maxDescriptors)
         func reject(_ fd: Int32, _ why: String) {
-            logger.warning("hand-over: closing a descriptor", metadata: ["fd": "\(fd)", "reason": "\(why)"])
+            logger.debug("hand-over: closing a descriptor", metadata: ["fd": "\(fd)", "reason": "\(why)"])
             closeNoRetry(fd)
             receipt.rejected += 1
+        }
+        func rejectChunk(_ fds: ArraySlice<Int32>, _ why: String) {
+            logger.error(
+                "hand-over: a message is not usable; closing its descriptors",
+                metadata: ["descriptors": "\(fds.count)", "reason": "\(why)"])
+            for fd in fds { reject(fd, why) }
         }
         while true {
             var nfds: Int32 = 0
@@ -395,62 +388,38 @@ extension Handover {
                 }
                 break
             }
-            let received = Array(fds[0..<Int(nfds)])
+            let received = fds[0..<Int(nfds)]
             let decoded = payload.withUnsafeBytes { Message.decode(UnsafeRawBufferPointer(rebasing: $0[0..<min(n, payload.count)])) }
-            guard case .success(let message) = decoded, flags & Int32(MSG_CTRUNC) == 0 else {
-                let why = flags & Int32(MSG_CTRUNC) != 0 ? "descriptors truncated" : "\(decoded)"
-                for fd in received { reject(fd, why) }
+            guard flags & Int32(MSG_CTRUNC) == 0 else {
+                rejectChunk(received, "descriptors truncated")
                 continue
             }
-            switch message.kind {
-            case .batch:
-                guard received.count == Int(message.count) else {
-                    for fd in received { reject(fd, "a batch of \(received.count) descriptors announced as \(message.count)") }
-                    continue
-                }
-                var slots = open[message.segment] ?? [:]
-                for (i, fd) in received.enumerated() {
-                    let index = Int(message.first) + i
-                    if let earlier = slots[index] { reject(earlier, "sent twice at one index") }
-                    slots[index] = fd
-                }
-                open[message.segment] = slots
-            case .end:
-                let slots = open.removeValue(forKey: message.segment) ?? [:]
-                let count = Int(message.count)
-                guard received.count == 1 else {
-                    for fd in received { reject(fd, "a closing message without its state file") }
-                    for fd in slots.values { reject(fd, "its segment has no state file") }
-                    continue
-                }
-                let state = FileDescriptor(owning: received[0])
-                let pending = readState(state.rawValue, segment: message.segment, count: count)
-                state.close()
-                guard case .success(let bytes) = pending, slots.count == count,
-                    slots.keys.allSatisfy({ $0 >= 0 && $0 < count })
-                else {
-                    let why = if case .failure(let p) = pending { "\(p)" } else { "\(slots.count) descriptors of \(count) arrived" }
-                    logger.error("hand-over: a segment is not usable; closing its connections",
-                        metadata: ["segment": "\(message.segment)", "reason": "\(why)"])
-                    for fd in slots.values { reject(fd, why) }
-                    continue
-                }
-                receipt.segments += 1
-                for index in 0..<count {
-                    let fd = slots[index]!
-                    let kind = InheritedKind.of(fd)
-                    guard kind == .connected else {
-                        reject(fd, "\(kind)")
-                        continue
-                    }
-                    receipt.connections.append(InheritedConnection(owning: fd, pending: bytes[index]))
-                }
+            guard case .success(let message) = decoded else {
+                rejectChunk(received, "\(decoded)")
+                continue
             }
-        }
-        for (segment, slots) in open {
-            logger.error("hand-over: a segment never completed (its sender died?); closing its connections",
-                metadata: ["segment": "\(segment)", "connections": "\(slots.count)"])
-            for fd in slots.values { reject(fd, "incomplete segment") }
+            let count = Int(message.count)
+            guard received.count == count + 1 else {
+                rejectChunk(received, "\(received.count) descriptors for \(count) connections and their state")
+                continue
+            }
+            let state = received.first!
+            let pending = readState(state, segment: message.segment, count: count)
+            closeNoRetry(state)
+            guard case .success(let bytes) = pending else {
+                if case .failure(let problem) = pending { rejectChunk(received.dropFirst(), "\(problem)") }
+                continue
+            }
+            receipt.chunks += 1
+            for (i, fd) in received.dropFirst().enumerated() {
+                let kind = InheritedKind.of(fd)
+                guard kind == .connected else {
+                    logger.warning("hand-over: closing a descriptor that is not a connection", metadata: ["reason": "\(kind)"])
+                    reject(fd, "\(kind)")
+                    continue
+                }
+                receipt.connections.append(InheritedConnection(owning: fd, pending: bytes[i]))
+            }
         }
         return receipt
     }

@@ -51,7 +51,7 @@ struct RestartIntake {
             logger.info(
                 "took over connections from the previous echod",
                 metadata: [
-                    "connections": "\(receipt.connections.count)", "segments": "\(receipt.segments)",
+                    "connections": "\(receipt.connections.count)", "chunks": "\(receipt.chunks)",
                     "rejected": "\(receipt.rejected)",
                     "bytes.pending": "\(receipt.connections.reduce(0) { $0 + $1.pending.count })",
                 ])
