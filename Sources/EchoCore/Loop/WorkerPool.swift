@@ -79,12 +79,22 @@ public final class WorkerPool: @unchecked Sendable {
     /// Gives the connections handed over by the previous echod to the workers, round robin,
     /// before they start. They count against `MaxConnections=` (and may exceed it: nothing is
     /// refused that was already open).
-    /// - Throws: `SystemError` if a connection cannot be watched (it is closed).
-    public func adopt(_ inherited: [InheritedConnection]) throws(SystemError) {
+    /// A connection that cannot be watched (epoll's limits) is closed and logged; the others
+    /// are served.
+    public func adopt(_ inherited: [InheritedConnection], logger: Logger) {
+        var failed = 0
         for (i, connection) in inherited.enumerated() {
             control.openConnections.add(1, ordering: .relaxed)
-            try workers[i % workers.count].adopt(connection)
+            do {
+                try workers[i % workers.count].adopt(connection)
+            } catch {
+                failed += 1
+                if failed == 1 {
+                    logger.error("cannot serve a connection taken over; closing it", metadata: ["error": "\(error)"])
+                }
+            }
         }
+        if failed > 1 { logger.error("connections taken over and closed", metadata: ["connections": "\(failed)"]) }
     }
 
     /// Connections the workers have sent on the hand-over channel.

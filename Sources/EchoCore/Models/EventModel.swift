@@ -23,7 +23,7 @@ public final class EventModel: ServingModel {
             listeners: context.listeners, workerCount: workers,
             maxConnections: context.maxConnections, heartbeatMilliseconds: context.heartbeatMilliseconds,
             logger: context.logger)
-        try pool.adopt(context.inherited)
+        pool.adopt(context.inherited, logger: context.logger)
     }
 
     /// Each worker's epoll instance and eventfd.
