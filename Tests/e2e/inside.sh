@@ -546,6 +546,175 @@ scenario_upgrade() {
     end
 }
 
+
+# --- restart without dropping a connection (issue 15) ---------------------------------------------
+
+# load_clean FILE [ESTABLISHED]: echoload's --json report in FILE is clean: every connection
+# established (ESTABLISHED of them, when given), no error of any kind, every byte verified.
+load_clean() {
+    python3 - "$1" "${2:-0}" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+c, e = j["connections"], j["errors"]
+want = int(sys.argv[2])
+ok = j["clean"] and e["total"] == 0 and e["premature_closes"] == 0 and not e["io"] and (want == 0 or c["established"] == want)
+lat = j.get("latency_us") or {}
+print(f"  {j['mode']}: {c['established']} established, {j['traffic']['messages'] if 'messages' in j['traffic'] else ''} messages,"
+      f" errors {e['total']} (premature closes {e['premature_closes']}), max latency {lat.get('max', '-')} us")
+sys.exit(0 if ok else 1)
+PY
+}
+
+store_count() { prop echod.service NFileDescriptorStore; }
+
+# restart_keeping MODEL: systemctl restart with the drop-in's Model= set to MODEL; a new MainPID,
+# the old one handed its connections over and the new one took them, nothing left in the store.
+restart_keeping() {
+    local pid
+    pid=$(prop echod.service MainPID)
+    set_dropin "[Server]\nModel=$1\n"
+    local t0 t1
+    t0=$(date +%s%N)
+    systemctl restart echod.service || fail "systemctl restart echod returned $?"
+    t1=$(date +%s%N)
+    echo "  restart to Model=$1: systemctl restart took $(((t1 - t0) / 1000000)) ms"
+    [ "$(prop echod.service MainPID)" != "$pid" ] || fail "MainPID unchanged after restart"
+    wait_for 5 "StatusText of the $1 model" sh -c "systemctl show -P StatusText echod | grep -q '^$1 model'"
+    expect_journal "connections handed over" -u echod.service
+    expect_journal "took over connections from the previous echod" -u echod.service
+    [ "$(store_count)" = 0 ] || fail "NFileDescriptorStore=$(store_count) after the restart, expected 0"
+}
+
+scenario_restart() {
+    begin "restart keeps every connection and byte: pingpong and stream across event -> event -> thread -> event"
+    stop_service
+    systemctl reset-failed echod.service 2>/dev/null
+    set_dropin '[Server]\nModel=event\n'
+    echo_check 2
+    local pp st pp_pid st_pid
+    pp=$(mktemp)
+    st=$(mktemp)
+    echoload pingpong "$TARGET" --connections 300 --size 512 --duration 14s --warmup 0 --json --quiet >"$pp" 2>&1 &
+    pp_pid=$!
+    echoload stream "$TARGET" --connections 40 --size 65536 --duration 14s --warmup 0 --json --quiet >"$st" 2>&1 &
+    st_pid=$!
+    wait_for 10 "340 connections established" held_connections 340
+    sleep 1
+    restart_keeping event
+    sleep 1
+    restart_keeping thread
+    sleep 1
+    restart_keeping event
+    wait "$pp_pid"
+    wait "$st_pid"
+    load_clean "$pp" 300 || fail "pingpong across the restarts: $(tail -c 400 "$pp" | tr '\n' ' ')"
+    load_clean "$st" 40 || fail "stream across the restarts: $(tail -c 400 "$st" | tr '\n' ' ')"
+    journalctl -q --no-pager -o short-monotonic -u echod.service --since="$since" \
+        | grep -E 'restart requested|connections handed over|took over|serving' | sed 's/^/  | /'
+    rm -f "$pp" "$st"
+    # A stop is still a graceful stop, and leaves nothing in the store.
+    stop_with_connections event
+    [ "$(store_count)" = 0 ] || fail "NFileDescriptorStore=$(store_count) after the stop, expected 0"
+    expect_journal "stopping gracefully" -u echod.service
+    set_dropin ''
+    end
+}
+
+# scenario_restart_scale N: N idle connections held across a restart; the time from SIGTERM to the
+# new READY=1 (systemctl restart returns once the start job is done, which for Type=notify is
+# READY=1), and echod's own figure for the hand-over.
+scenario_restart_scale() {
+    local n=$1 hold hold_pid t0 t1
+    begin "restart with $n connections held: all still open after, timed"
+    stop_service
+    set_dropin '[Server]\nModel=event\n'
+    echo_check 1
+    hold=$(mktemp)
+    echoload hold "$TARGET" --connections "$n" --duration 20s --json --quiet >"$hold" 2>&1 &
+    hold_pid=$!
+    wait_for 60 "$n connections established" held_connections "$n"
+    t0=$(date +%s%N)
+    systemctl restart echod.service || fail "systemctl restart returned $?"
+    t1=$(date +%s%N)
+    echo "  $n connections: systemctl restart took $(((t1 - t0) / 1000000)) ms"
+    echo "restart $n $(((t1 - t0) / 1000000))" >>"$OUT/measurements"
+    journalctl -q --no-pager -o short-monotonic -u echod.service --since="$since" \
+        | grep -E 'restart requested|connections handed over|took over|serving' | sed 's/^/  | /'
+    held_connections "$n" || fail "only $(ss -Htn state established '( sport = :7 )' | wc -l) of $n connections established after the restart"
+    [ "$(store_count)" = 0 ] || fail "NFileDescriptorStore=$(store_count) after the restart"
+    wait "$hold_pid"
+    python3 - "$hold" "$n" <<'PY' || fail "echoload hold across the restart: $(tail -c 400 "$hold" | tr '\n' ' ')"
+import json, sys
+j = json.load(open(sys.argv[1])); n = int(sys.argv[2])
+c, e = j["connections"], j["errors"]
+print(f"  hold: {c['established']} established, {c.get('held')} held, errors {e['total']}")
+sys.exit(0 if j["clean"] and c["established"] == n and e["total"] == 0 else 1)
+PY
+    rm -f "$hold"
+    set_dropin ''
+    end
+}
+
+# The fork model cannot hand its connections over (each lives in its own child): a restart of a
+# fork-model echod stops gracefully, as a stop does, and says so.
+scenario_restart_fork() {
+    begin "restart of the fork model: graceful stop of its children's connections, said in the journal"
+    stop_service
+    set_dropin '[Server]\nModel=fork\n'
+    echo_check 2
+    local held_out holder
+    held_out=$(mktemp)
+    echoload hold "$TARGET" --connections 8 --duration 2s --json --quiet >"$held_out" 2>/dev/null &
+    holder=$!
+    wait_for 5 "8 connections established" held_connections 8
+    systemctl restart echod.service || fail "systemctl restart returned $?"
+    expect_journal "this model cannot hand its connections over; stopping gracefully" -u echod.service
+    wait "$holder"
+    python3 - "$held_out" <<'PY' || fail "fork restart: $(tail -c 400 "$held_out" | tr '\n' ' ')"
+import json, sys
+j = json.load(open(sys.argv[1])); c, e = j["connections"], j["errors"]
+print(f"  hold: {c['established']} established, premature closes {e['premature_closes']}, other errors {e['total'] - e['premature_closes']}")
+sys.exit(0 if c["established"] == 8 and e["premature_closes"] == 8 and e["mismatches"] == 0 and not e["io"] else 1)
+PY
+    rm -f "$held_out"
+    [ "$(store_count)" = 0 ] || fail "NFileDescriptorStore=$(store_count) after the fork restart"
+    set_dropin ''
+    end
+}
+
+# An upgrade (the package reinstalled over itself: postinst with a previous version) restarts
+# echod.service, which hands its connections over, and leaves echod.socket alone: connections
+# made during the upgrade are served too.
+scenario_upgrade_keeps() {
+    begin "package reinstalled while serving: connections kept, socket not restarted, connects during it served"
+    stop_service
+    set_dropin ''
+    echo_check 2
+    local pp pp_pid sock_since connects=0 connect_failures=0 log
+    pp=$(mktemp)
+    echoload pingpong "$TARGET" --connections 200 --size 512 --duration 8s --warmup 0 --json --quiet >"$pp" 2>&1 &
+    pp_pid=$!
+    wait_for 10 "200 connections established" held_connections 200
+    sock_since=$(prop echod.socket ActiveEnterTimestampMonotonic)
+    DEBIAN_FRONTEND=noninteractive dpkg -i "$DEB" >"$OUT/upgrade-dpkg.log" 2>&1 &
+    local dpkg_pid=$!
+    while kill -0 "$dpkg_pid" 2>/dev/null; do
+        connects=$((connects + 1))
+        echoload pingpong "$TARGET" --connections 2 --size 64 --duration 100ms --warmup 0 --quiet >/dev/null 2>&1 \
+            || connect_failures=$((connect_failures + 1))
+    done
+    wait "$dpkg_pid" || fail "dpkg -i (reinstall) failed: $(tail -3 "$OUT/upgrade-dpkg.log" | tr '\n' ' ')"
+    echo "  $connects short runs during the upgrade, $connect_failures failed"
+    [ "$connect_failures" -eq 0 ] || fail "$connect_failures of $connects connects during the upgrade failed"
+    [ "$(prop echod.socket ActiveEnterTimestampMonotonic)" = "$sock_since" ] || fail "the upgrade restarted echod.socket"
+    wait "$pp_pid"
+    load_clean "$pp" 200 || fail "pingpong across the upgrade: $(tail -c 400 "$pp" | tr '\n' ' ')"
+    expect_journal "connections handed over" -u echod.service
+    [ "$(store_count)" = 0 ] || fail "NFileDescriptorStore=$(store_count) after the upgrade"
+    rm -f "$pp"
+    end
+}
+
 # --- main ----------------------------------------------------------------------------------------
 
 echo "echod e2e in $(systemd-detect-virt) container, systemd $(systemctl --version | head -1 | cut -d' ' -f2)"
@@ -558,6 +727,10 @@ if [ "$failed" -eq 0 ]; then
     scenario_reload_broken
     scenario_stop
     for model in event thread fork; do scenario_model $model; done
+    scenario_restart
+    scenario_restart_fork
+    scenario_upgrade_keeps
+    for n in 1000 $(cat "$DEBDIR/restart-scale" 2>/dev/null); do scenario_restart_scale "$n"; done
     scenario_broken_start
     scenario_watchdog
     scenario_remove

@@ -11,7 +11,8 @@
 #
 # Usage: Tests/e2e/run.sh ECHOD.deb ECHOLOAD.deb   (as root; E2E_RESULTS=DIR keeps the logs there,
 # E2E_TIMEOUT=SECONDS bounds the container's life, default 300; E2E_PREVIOUS_DEB=FILE, the
-# previous release's single echod package, adds the upgrade scenario). Prints inside.sh's report, and on failure the
+# previous release's single echod package, adds the upgrade scenario; E2E_RESTART_SCALE="19000"
+# adds timed restarts at those connection counts). Prints inside.sh's report, and on failure the
 # container's journal and console; the last line is "N passed, M failed". Exit status: 0 when
 # every scenario passed.
 set -euo pipefail
@@ -59,6 +60,8 @@ install -m 0755 "$here/inside.sh" "$root/e2e/inside.sh"
 install -m 0644 "$deb" "$root/e2e/echod.deb"
 install -m 0644 "$deb_load" "$root/e2e/echoload.deb"
 if [ -n "$deb_previous" ]; then install -m 0644 "$deb_previous" "$root/e2e/echod-previous.deb"; fi
+# E2E_RESTART_SCALE="19000": more connection counts for the timed restart (1000 always runs).
+if [ -n "${E2E_RESTART_SCALE:-}" ]; then echo "$E2E_RESTART_SCALE" >"$root/e2e/restart-scale"; fi
 # The container's only job: run the scenarios, keep the journal, exit with the failure count.
 cat >"$root/etc/systemd/system/echod-e2e.service" <<'UNIT'
 [Unit]

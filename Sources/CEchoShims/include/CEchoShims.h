@@ -31,6 +31,21 @@ int CEchoShims_prlimit(pid_t pid, int resource, const struct rlimit *new_limit, 
 /// pipe2(2) (echoload's process driver).
 int CEchoShims_pipe2(int fds[2], int flags);
 
+/// The restart hand-over (Daemon/Handover.swift). SCM_RIGHTS needs the CMSG_* macros, which
+/// do not import into Swift.
+/// sendmsg(2) of `len` bytes with `nfds` descriptors attached (SCM_RIGHTS), MSG_DONTWAIT and
+/// MSG_NOSIGNAL; returns what sendmsg returns (-1 with errno on failure).
+long CEchoShims_send_fds(int sock, const void *buf, size_t len, const int *fds, int nfds);
+/// recvmsg(2) with MSG_DONTWAIT and MSG_CMSG_CLOEXEC: up to `len` bytes into `buf`, the attached
+/// descriptors into `fds` (at most `maxfds`; any beyond are closed), their count in `*nfds` and
+/// recvmsg's msg_flags (MSG_TRUNC, MSG_CTRUNC) in `*msg_flags`. Returns what recvmsg returns.
+long CEchoShims_recv_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds, int *msg_flags);
+/// memfd_create(2) with MFD_CLOEXEC.
+int CEchoShims_memfd_create(const char *name);
+/// The TCP state of a socket (tcp_info.tcpi_state: 1 ESTABLISHED, 8 CLOSE_WAIT, 7 CLOSE, 10
+/// LISTEN, ...), or -1 with errno when it is not a TCP socket.
+int CEchoShims_tcp_state(int fd);
+
 /// Bytes in a TCP socket's send queue not yet acknowledged by the peer (ioctl SIOCOUTQ; ioctl
 /// is variadic, so Swift cannot call it); -1 with errno on failure.
 int CEchoShims_unsent_bytes(int fd);
@@ -133,6 +148,7 @@ static const int CEchoShims_SOCK_NONBLOCK = SOCK_NONBLOCK;
 static const int CEchoShims_SOCK_CLOEXEC = SOCK_CLOEXEC;
 static const int CEchoShims_SOCK_STREAM = SOCK_STREAM;
 static const int CEchoShims_SOCK_DGRAM = SOCK_DGRAM;
+static const int CEchoShims_SCM_MAX_FD = 253;
 static const int CEchoShims_IP_BIND_ADDRESS_NO_PORT = 24;
 static const int CEchoShims_RLIMIT_NOFILE = RLIMIT_NOFILE;
 static const int CEchoShims_RLIMIT_NPROC = RLIMIT_NPROC;

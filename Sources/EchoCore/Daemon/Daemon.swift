@@ -77,6 +77,12 @@ public final class Daemon {
     /// Where the metrics file goes: `$RUNTIME_DIRECTORY/echod.prom`, when systemd set it (never
     /// in a worker process: the supervisor writes the sums).
     var metricsFile: MetricsFile?
+    /// At a restart: the channel the model sends its connections on (Restart.swift), and when
+    /// SIGTERM arrived (for the log).
+    private var handover: (channel: HandoverChannel, started: Int64)?
+    /// Connections handed over by the previous echod, until a model takes them (with
+    /// `Processes=` above 1: worker process 0; the others and the supervisor close their copies).
+    var inherited: [InheritedConnection] = []
 
     /// Descriptors kept back from `MaxConnections=auto` for listeners, logs, the signalfd and
     /// the like (the model adds its own, see `ServingModel.descriptorReserve`).
@@ -127,13 +133,16 @@ public final class Daemon {
         let processes = configuration.processCount
         do throws(StartupError) {
             try ConfiguredLimits.apply(configuration, logger: logger)
-            listeners = try ListenerSet.open(passed: passed, configuration: configuration, logger: logger)
+            // After [Limits]: the connections taken over need their descriptors.
+            let intake = RestartIntake.take(passed, notifier: notifier, logger: logger)
+            listeners = try ListenerSet.open(passed: intake.listeners, configuration: configuration, logger: logger)
             maxConnections = connectionLimit(configuration)
             // Also maps the timeout counters' shared page, before any worker is forked.
             ConnectionTimeouts.shared.update(from: configuration)
             // The UDP counters and output cap: a shared page too.
             DatagramShared.shared.update(from: configuration)
             sources = try makeSourceTable()
+            inherited = intake.inherited
         } catch {
             notifier.notify(error.notification)
             throw error
@@ -159,7 +168,9 @@ public final class Daemon {
     func serve(signals: borrowing SignalFD, listeners: ListenerSet) throws(StartupError) {
         let model: ServingModel
         do throws(StartupError) {
-            model = try makeModel(listeners: listeners)
+            let adopted = inherited
+            inherited = []
+            model = try makeModel(listeners: listeners, inherited: adopted)
         } catch {
             notifier.notify(error.notification)
             throw error
@@ -177,6 +188,7 @@ public final class Daemon {
 
         controlLoop(signals: signals, status: &status)
         listeners.close()
+        if let handover { finishHandover(handover.channel, started: handover.started, model: model) }
         let final = model.snapshot()
         if case .worker(let channel) = role { channel.table.publish(channel.slot, final) }
         state = .stopped(final)
@@ -201,7 +213,7 @@ public final class Daemon {
         return config.model.servingModel.connectionLimit(config, openFileLimit: soft, daemonReserve: Self.descriptorReserve)
     }
 
-    private func makeModel(listeners: ListenerSet) throws(StartupError) -> ServingModel {
+    private func makeModel(listeners: ListenerSet, inherited: [InheritedConnection]) throws(StartupError) -> ServingModel {
         let datagramSockets = listeners.datagramDescriptors
         let policy = datagramSockets.isEmpty ? nil : DatagramPolicy(ownPorts: listeners.localPorts)
         DatagramShared.shared.isServing = policy != nil
@@ -209,7 +221,7 @@ public final class Daemon {
             listeners: listeners.descriptors, datagramSockets: datagramSockets, datagramPolicy: policy,
             maxConnections: maxConnections,
             heartbeatMilliseconds: Watchdog.heartbeatMilliseconds(interval: watchdogInterval),
-            rotateListeners: isWorker, logger: logger, sources: sources)
+            rotateListeners: isWorker, logger: logger, sources: sources, inherited: inherited)
         do {
             let model = try configuration.model.servingModel.init(configuration: configuration, context: context)
             try model.start()
@@ -307,7 +319,7 @@ public final class Daemon {
                 case WatchdogTestTrigger.signal where configuration.watchdogTestTrigger:
                     WatchdogTestTrigger.fire(model, logger: logger)
                 case SIGTERM where !stopping, SIGINT where !stopping:
-                    beginStop(model, signal: signal)
+                    if signal != SIGTERM || !beginHandover(model) { beginStop(model, signal: signal) }
                     // The stop has its own STATUS= cadence and watchdog period from here.
                     nextStatus = monotonicNanoseconds() + statusInterval
                     watchdog = Watchdog(interval: watchdogInterval, start: monotonicNanoseconds())
@@ -328,6 +340,57 @@ public final class Daemon {
         let deadline = monotonicNanoseconds() + nanoseconds(configuration.stopTimeout)
         model.beginStop(deadline: deadline)
         state = .stopping(model)
+    }
+
+    /// At SIGTERM: asks the service manager whether this is a restart with room in the store
+    /// (`DescriptorStore.stopIntent`); if so, `.serving` to `.stopping` with the model sending
+    /// its connections on a new hand-over channel.
+    /// - Returns: false for a graceful stop (not a restart, no answer, a model that cannot).
+    private func beginHandover(_ model: ServingModel) -> Bool {
+        let started = monotonicNanoseconds()
+        guard let store = notifier as? DescriptorStore else { return false }
+        let intent = store.stopIntent()
+        guard intent == .restart else {
+            if case .stop(let reason) = intent {
+                logger.info("stop requested; stopping gracefully", metadata: ["reason": "\(reason)"])
+            }
+            return false
+        }
+        let channel: HandoverChannel
+        do {
+            channel = try HandoverChannel()
+        } catch {
+            logger.error("restart: cannot make the hand-over channel; stopping gracefully", metadata: ["error": "\(error)"])
+            return false
+        }
+        let deadline = monotonicNanoseconds() + nanoseconds(configuration.stopTimeout)
+        guard model.beginHandover(sender: channel.sender.rawValue, deadline: deadline) else {
+            logger.info(
+                "restart: this model cannot hand its connections over; stopping gracefully",
+                metadata: ["model": "\(configuration.model.rawValue)"])
+            return false
+        }
+        logger.info(
+            "restart requested; handing connections over to the next echod",
+            metadata: ["connections.open": "\(model.snapshot().open)"])
+        notifier.notify("STOPPING=1\nSTATUS=Restarting: handing connections over")
+        handover = (channel, started)
+        state = .stopping(model)
+        return true
+    }
+
+    /// The model has sent everything: the channel's receiving end goes into the store.
+    private func finishHandover(_ channel: HandoverChannel, started: Int64, model: ServingModel) {
+        let stored = (notifier as? DescriptorStore)?.store(channel.receiver.rawValue, name: Handover.storeName) ?? false
+        let metadata: Logger.Metadata = [
+            "connections.handed_over": "\(model.handedOver)",
+            "milliseconds": "\((monotonicNanoseconds() - started) / 1_000_000)",
+        ]
+        if stored {
+            logger.info("connections handed over", metadata: metadata)
+        } else {
+            logger.error("the file descriptor store did not take the hand-over; its connections are lost", metadata: metadata)
+        }
     }
 
     // MARK: - Reload

@@ -31,3 +31,24 @@ public struct PassedDescriptor: Equatable, Sendable {
         self.name = name
     }
 }
+
+/// What a stop request means, as the service manager says when asked at SIGTERM.
+public enum StopIntent: Equatable, Sendable {
+    /// The unit is being restarted and its file descriptor store has room: hand the connections
+    /// over to the next echod.
+    case restart
+    /// Anything else: a stop, a restart without room in the store, or no answer. echod stops
+    /// gracefully (drain, echo, close) and says why.
+    case stop(reason: String)
+}
+
+/// What the restart hand-over needs of the service manager: whether a stop is a restart, and
+/// its file descriptor store (systemd: D-Bus and `FDSTORE=1`). Separate from `ServiceNotifier`
+/// so that test notifiers need not implement it.
+public protocol DescriptorStore: ServiceNotifier {
+    /// Asks the service manager what the stop under way is (bounded: a second at most).
+    func stopIntent() -> StopIntent
+    /// Stores `fd` under `name` and waits until the manager has processed it.
+    /// - Returns: false when it could not be sent or confirmed.
+    func store(_ fd: Int32, name: String) -> Bool
+}

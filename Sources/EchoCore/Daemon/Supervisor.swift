@@ -116,6 +116,9 @@ final class Supervisor {
                 throw error
             }
         }
+        // Connections taken over at a restart went to worker 0 with the fork; the supervisor's
+        // copies close (a replacement worker forked later gets none).
+        daemon.inherited = []
         guard try waitUntilServing(signals: signals) else {
             listeners.close()
             logger.info("stopped")
@@ -472,6 +475,8 @@ extension Daemon {
     func runWorker(channel: WorkerChannel, signals: borrowing SignalFD, listeners: ListenerSet) -> Never {
         role = .worker(channel)
         notifier = WorkerNotifier(channel: channel)
+        // Connections taken over at a restart are served by worker 0 only (see `Supervisor.run`).
+        if channel.slot != 0 { inherited = [] }
         metricsFile = nil
         logger[metadataKey: "process.index"] = "\(channel.slot)"
         // Several figures a second for the supervisor's sums (the slot, not systemd).

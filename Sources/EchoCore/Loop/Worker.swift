@@ -342,6 +342,8 @@ final class Worker: @unchecked Sendable {
             while true { sleep(3600) }
         }
         if control.stopping.load(ordering: .acquiring) && !draining {
+            let sender = control.handoverSender.load(ordering: .relaxed)
+            if sender >= 0 { handOver(sender) }
             beginDraining()
         }
         resumeIfRoom()
@@ -530,6 +532,64 @@ final class Worker: @unchecked Sendable {
         timeouts.countSend(stalled)
         timedOutIdle.removeAll(keepingCapacity: true)
         timedOutStalled.removeAll(keepingCapacity: true)
+    }
+
+    // MARK: - Restart hand-over
+
+    /// Takes a connection of the previous echod (before the loop runs): watched for input, or
+    /// for output first when it brings bytes still to echo (which go out before it is read).
+    func adopt(_ inherited: InheritedConnection) throws(SystemError) {
+        let fd = inherited.take().release()
+        let slot = table.allocate(fd: fd)
+        let c = table.entry(slot)
+        do {
+            try Socket.setBlocking(fd, false)
+            let pending = inherited.pending
+            if !pending.isEmpty {
+                let buffer = bufferPool.popLast() ?? .allocate(byteCount: echoBufferSize, alignment: 16)
+                pending.withUnsafeBytes { buffer.copyMemory(from: $0.baseAddress!, byteCount: min($0.count, echoBufferSize)) }
+                c.pointee.pending = buffer
+                c.pointee.pendingEnd = Int32(min(pending.count, echoBufferSize))
+            }
+            try epoll.add(fd, events: pending.isEmpty ? .input : .output, token: Self.token(slot, c.pointee.generation))
+        } catch {
+            close(slot)
+            throw error
+        }
+        publish()
+    }
+
+    /// At a restart: sends every connection, with its pending bytes, on the hand-over channel
+    /// as this worker's segment, and closes this process's copies (the kernel holds the
+    /// connections in the channel's queue). What the channel refuses stays for the drain.
+    private func handOver(_ sender: Int32) {
+        if listenersRegistered {  // `draining` is not set yet: stop accepting by hand
+            for fd in listeners { try? epoll.delete(fd) }
+            listenersRegistered = false
+        }
+        let slots = table.usedSlots()
+        var items: [HandoverItem] = []
+        items.reserveCapacity(slots.count)
+        for slot in slots {
+            let c = table.entry(slot)
+            var pending = UnsafeRawBufferPointer(start: nil, count: 0)
+            if let p = c.pointee.pending {
+                pending = UnsafeRawBufferPointer(
+                    start: p + Int(c.pointee.pendingStart), count: Int(c.pointee.pendingEnd - c.pointee.pendingStart))
+            }
+            items.append(HandoverItem(fd: c.pointee.fd, pending: pending))
+        }
+        let (sent, error) = Handover.sendSegment(items, over: sender, segment: Handover.segmentID(index: index))
+        for slot in slots.prefix(sent) {
+            try? epoll.delete(table.entry(slot).pointee.fd)  // the registration follows the file, which lives on
+            close(slot)
+        }
+        counters.handedOver.store(sent, ordering: .relaxed)
+        if let error {
+            logger.error(
+                "hand-over channel refused connections; draining them instead",
+                metadata: ["connections.handed_over": "\(sent)", "connections.draining": "\(slots.count - sent)", "error": "\(error)"])
+        }
     }
 
     // MARK: - Graceful stop

@@ -84,9 +84,36 @@ public final class WorkerPool: @unchecked Sendable {
         }
     }
 
-    /// Asks every worker to stop accepting, echo what it has received, and close.
+    /// Gives the connections handed over by the previous echod to the workers, round robin,
+    /// before they start. They count against `MaxConnections=` (and may exceed it: nothing is
+    /// refused that was already open).
+    /// A connection that cannot be watched (epoll's limits) is closed and logged; the others
+    /// are served.
+    public func adopt(_ inherited: [InheritedConnection], logger: Logger) {
+        var failed = 0
+        for (i, connection) in inherited.enumerated() {
+            control.openConnections.add(1, ordering: .relaxed)
+            do {
+                try workers[i % workers.count].adopt(connection)
+            } catch {
+                failed += 1
+                if failed == 1 {
+                    logger.error("cannot serve a connection taken over; closing it", metadata: ["error": "\(error)"])
+                }
+            }
+        }
+        if failed > 1 { logger.error("connections taken over and closed", metadata: ["connections": "\(failed)"]) }
+    }
+
+    /// Connections the workers have sent on the hand-over channel.
+    public var handedOver: Int { workers.reduce(0) { $0 + $1.counters.handedOver.load(ordering: .relaxed) } }
+
+    /// Asks every worker to stop accepting, echo what it has received, and close; or, with a
+    /// `handoverSender`, to send its connections on the hand-over channel (and drain only what
+    /// the channel refuses).
     /// - Parameter deadline: CLOCK_MONOTONIC nanoseconds after which remaining connections are closed.
-    public func stop(deadline: Int64) {
+    public func stop(deadline: Int64, handoverSender: Int32 = -1) {
+        control.handoverSender.store(handoverSender, ordering: .relaxed)
         control.stopDeadline.store(deadline, ordering: .relaxed)
         control.stopping.store(true, ordering: .releasing)
         for w in workers { w.wakeup.wake() }

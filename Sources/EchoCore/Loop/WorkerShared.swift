@@ -15,6 +15,9 @@ public final class PoolControl: Sendable {
     /// Monotonic deadline (nanoseconds, CLOCK_MONOTONIC) after which draining workers close
     /// whatever is left.
     let stopDeadline = Atomic<Int64>(Int64.max)
+    /// The hand-over channel's sending end at a restart (set before `stopping`), or -1 for a
+    /// graceful stop.
+    let handoverSender = Atomic<Int32>(-1)
     /// Test-only: set by SIGUSR1 with `[Debug] WatchdogTestTrigger=yes`; worker 0 then hangs.
     let hangRequested = Atomic<Bool>(false)
     /// Longest a worker waits in epoll_wait before turning its loop (and heartbeat) again.
@@ -74,6 +77,8 @@ public final class WorkerCounters: Sendable {
     public let heartbeat = Atomic<UInt64>(0)
     /// Errors from accept that made the worker back off (EMFILE and friends).
     public let acceptBackoffs = Atomic<UInt64>(0)
+    /// Connections sent on the hand-over channel at a restart.
+    public let handedOver = Atomic<Int>(0)
 
     public init() {}
 }

@@ -20,20 +20,38 @@ public enum BlockingEcho {
     ///   - buffer: scratch memory of `capacity` bytes.
     ///   - stopRequested: polled after every interrupted call.
     ///   - echoed: told how many bytes went back, in batches (at most every 1 MiB and at the end).
+    ///   - handOver: at a restart, takes the connection with the bytes not yet echoed (called
+    ///     once a stop is requested, at the top of the loop or when a send is interrupted) and
+    ///     returns true if it took it; false or nil means a graceful stop.
+    /// - Returns: true when `handOver` took the connection (the caller must not close `fd`).
+    @discardableResult
     public static func serve(
         fd: Int32, buffer: UnsafeMutableRawPointer, capacity: Int,
-        stopRequested: () -> Bool, echoed: (UInt64) -> Void
-    ) {
+        stopRequested: () -> Bool, echoed: (UInt64) -> Void,
+        handOver: ((UnsafeRawBufferPointer) -> Bool)? = nil
+    ) -> Bool {
         var unreported: UInt64 = 0
         defer { if unreported > 0 { echoed(unreported) } }
         while true {
             if stopRequested() {
+                if let handOver, handOver(UnsafeRawBufferPointer(start: buffer, count: 0)) { return true }
                 drainAndLinger(fd: fd, buffer: buffer, capacity: capacity, echoed: &unreported)
-                return
+                return false
             }
             switch SocketIO.receive(fd, into: buffer, count: capacity) {
             case .transferred(let n):
-                guard writeAll(fd: fd, buffer, count: n) else { return }
+                var handedOver = false
+                var written = 0
+                let delivered = writeAll(fd: fd, buffer, count: n) { offset in
+                    guard let handOver, stopRequested() else { return false }
+                    handedOver = handOver(UnsafeRawBufferPointer(start: buffer + offset, count: n - offset))
+                    written = offset
+                    return handedOver
+                }
+                guard delivered else {
+                    unreported &+= UInt64(written)
+                    return handedOver
+                }
                 unreported &+= UInt64(n)
                 if unreported >= 1 << 20 {
                     echoed(unreported)
@@ -44,13 +62,13 @@ public enum BlockingEcho {
             case .endOfStream:
                 // Everything received has been echoed (writes are synchronous), so the caller
                 // may close and the FIN follows the data.
-                return
+                return false
             case .wouldBlock:
                 // On this blocking socket: SO_RCVTIMEO, the idle timeout, ran out.
                 ConnectionTimeouts.shared.countIdle()
-                return
+                return false
             case .failed:
-                return  // ECONNRESET and the like: the peer is gone
+                return false  // ECONNRESET and the like: the peer is gone
             }
         }
     }
@@ -87,7 +105,11 @@ public enum BlockingEcho {
 
     /// Writes all `count` bytes, waiting as needed (also on a non-blocking socket).
     /// - Returns: false if the peer went away.
-    static func writeAll(fd: Int32, _ buffer: UnsafeMutableRawPointer, count: Int) -> Bool {
+    ///   - abandon: asked with the offset reached when a send is interrupted (a restart's
+    ///     hand-over); true gives up the write, and writeAll returns false.
+    static func writeAll(
+        fd: Int32, _ buffer: UnsafeMutableRawPointer, count: Int, abandon: (Int) -> Bool = { _ in false }
+    ) -> Bool {
         var offset = 0
         var unsentAtLastTimeout = Int.max
         while offset < count {
@@ -96,6 +118,7 @@ public enum BlockingEcho {
                 offset += w
                 continue
             case .interrupted:
+                if abandon(offset) { return false }
                 continue
             case .wouldBlock:
                 // On a blocking socket this is SO_SNDTIMEO: no byte went into the send buffer for

@@ -33,6 +33,7 @@ public final class EventModel: ServingModel {
             datagramPolicy: context.datagramPolicy, workerCount: workers,
             maxConnections: context.maxConnections, heartbeatMilliseconds: context.heartbeatMilliseconds,
             rotateListeners: context.rotateListeners, logger: context.logger, sources: context.sources)
+        pool.adopt(context.inherited, logger: context.logger)
     }
 
     /// Each worker's epoll instance and eventfd.
@@ -46,6 +47,14 @@ public final class EventModel: ServingModel {
         stopping = true
         pool.stop(deadline: deadline)
     }
+
+    public func beginHandover(sender: Int32, deadline: Int64) -> Bool {
+        stopping = true
+        pool.stop(deadline: deadline, handoverSender: sender)
+        return true
+    }
+
+    public var handedOver: Int { pool.handedOver }
 
     public var isStopped: Bool {
         guard stopping, pool.allFinished else { return false }

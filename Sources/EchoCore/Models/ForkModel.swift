@@ -53,6 +53,8 @@ public final class ForkModel: ControlLoopModel {
     private var abnormalExit = RateLimitedWarning()
     private let datagramSockets: [Int32]
     private let datagrams: DatagramEcho?
+    /// Connections handed over by the previous echod, given a child each in `start`.
+    private var inherited: [InheritedConnection]
 
     /// - Throws: `SystemError` if the shared counter page cannot be mapped.
     public init(configuration: Configuration, context: ModelContext) throws(SystemError) {
@@ -60,6 +62,7 @@ public final class ForkModel: ControlLoopModel {
         limit = context.maxConnections
         logger = context.logger
         sources = context.sources
+        inherited = context.inherited
         backoff = AcceptBackoff(logger: context.logger)
         let page = mmap(nil, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)
         guard let page, page != MAP_FAILED else { throw SystemError("mmap", errno: errno) }
@@ -94,7 +97,27 @@ public final class ForkModel: ControlLoopModel {
     /// `MaxChildren=`.
     public static func connectionCap(_ configuration: Configuration) -> Int? { configuration.maxChildren }
 
-    public func start() throws(SystemError) {}
+    /// Forks a child for each connection taken over at a restart (its pending bytes first).
+    /// The fork model cannot hand its own connections over (each lives in a child; see
+    /// `beginHandover`), but serves those another model handed over.
+    public func start() throws(SystemError) {
+        let inherited = self.inherited
+        self.inherited = []
+        for connection in inherited {
+            let fd = connection.take()
+            do throws(SystemError) {
+                try Socket.setBlocking(fd.rawValue, true)
+            } catch {
+                logger.warning("cannot serve a connection taken over; closing it", metadata: ["error": "\(error)"])
+                continue
+            }
+            do throws(AcceptBackoff.HandlerFailure) {
+                children.insert(try spawnChild(for: fd, pending: connection.pending))
+            } catch {
+                logger.warning("cannot fork for a connection taken over; closed it", metadata: ["error": "\(error.error)"])
+            }
+        }
+    }
 
     /// Whether a new connection may be taken, back-off aside (the accept loop checks that one
     /// itself; reading `backoff` from inside its own mutating call would be an exclusivity error).
@@ -133,11 +156,11 @@ public final class ForkModel: ControlLoopModel {
 
     /// Forks a child to serve `connection` and closes the parent's copy.
     /// - Returns: the child's pid.
-    private func spawnChild(for connection: consuming FileDescriptor) throws(AcceptBackoff.HandlerFailure) -> pid_t {
+    private func spawnChild(for connection: consuming FileDescriptor, pending: [UInt8] = []) throws(AcceptBackoff.HandlerFailure) -> pid_t {
         fflush(nil)  // nothing buffered may be written twice, once by each process
         let pid = fork()
         let err = errno
-        if pid == 0 { childMain(connection) }
+        if pid == 0 { childMain(connection, pending: pending) }
         connection.close()
         if pid < 0 {
             throw .init(message: "fork failed; pausing accepts for 1s", error: SystemError("fork", errno: err))
@@ -147,7 +170,7 @@ public final class ForkModel: ControlLoopModel {
 
     /// The child: never returns. It leaves with _exit, so `connection` is never closed through
     /// its owner; the child's descriptors end with the process.
-    private func childMain(_ connection: consuming FileDescriptor) -> Never {
+    private func childMain(_ connection: consuming FileDescriptor, pending: [UInt8]) -> Never {
         CEchoShims_child_signal_setup()
         // Keep 0-2 (stderr may be the journal) and the connection, moved to 3; close the rest:
         // listeners, signalfd, the parent's other connections if any were in flight.
@@ -159,6 +182,13 @@ public final class ForkModel: ControlLoopModel {
         if CEchoShims_close_from(4) != 0 { _exit(71) }
         let shared = sharedBytes
         ConnectionTimeouts.shared.apply(to: fd)
+        if !pending.isEmpty {
+            // Bytes the previous echod read and did not echo go out before anything is read.
+            var carried = pending
+            let delivered = carried.withUnsafeMutableBytes { BlockingEcho.writeAll(fd: fd, $0.baseAddress!, count: $0.count) }
+            if !delivered { _exit(0) }
+            CEchoShims_atomic_add_u64(shared, UInt64(pending.count))
+        }
         BlockingEcho.serve(
             fd: fd, buffer: childBuffer, capacity: Self.bufferSize,
             stopRequested: { CEchoShims_stop_requested() != 0 },

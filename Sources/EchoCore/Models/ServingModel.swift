@@ -35,14 +35,20 @@ public struct ModelContext {
     public var datagramSockets: [Int32]
     /// What the UDP echo refuses; nil when there is no UDP socket.
     public var datagramPolicy: DatagramPolicy?
+    /// Connections handed over by the previous echod at a restart (Connection/Handover.swift):
+    /// the model serves them from `start`, their pending bytes first, beside what it accepts.
+    /// They are not admitted through the per-source table (they were before the restart).
+    public var inherited: [InheritedConnection]
 
     public init(
         listeners: [Int32], datagramSockets: [Int32] = [], datagramPolicy: DatagramPolicy? = nil, maxConnections: Int,
-        heartbeatMilliseconds: Int = 1000, rotateListeners: Bool = false, logger: Logger, sources: SourceTable? = nil
+        heartbeatMilliseconds: Int = 1000, rotateListeners: Bool = false, logger: Logger, sources: SourceTable? = nil,
+        inherited: [InheritedConnection] = []
     ) {
         self.listeners = listeners
         self.datagramSockets = datagramPolicy == nil ? [] : datagramSockets
         self.datagramPolicy = datagramPolicy
+        self.inherited = inherited
         self.maxConnections = maxConnections
         self.heartbeatMilliseconds = heartbeatMilliseconds
         self.rotateListeners = rotateListeners
@@ -70,6 +76,17 @@ public protocol ServingModel: AnyObject {
     /// Stops accepting and starts finishing what was received.
     /// - Parameter deadline: CLOCK_MONOTONIC nanoseconds after which what is left is closed.
     func beginStop(deadline: Int64)
+
+    /// At a restart: stops accepting and reading, and sends every open connection, with the
+    /// bytes read but not yet echoed, on the hand-over channel's sending end (see
+    /// `Handover.sendSegment`); what the channel does not take is drained as by `beginStop`.
+    /// `isStopped` turns true once every connection is sent or closed.
+    /// - Returns: false when the model cannot hand over (the fork model): the caller stops it
+    ///   with `beginStop` instead.
+    func beginHandover(sender: Int32, deadline: Int64) -> Bool
+
+    /// Connections sent on the hand-over channel so far.
+    var handedOver: Int { get }
 
     /// True once a stop has completed (every connection closed).
     var isStopped: Bool { get }
@@ -101,6 +118,10 @@ extension ServingModel {
     public static func connectionCap(_ configuration: Configuration) -> Int? { nil }
 
     public static func descriptorReserve(_ configuration: Configuration) -> Int { 0 }
+
+    public func beginHandover(sender: Int32, deadline: Int64) -> Bool { false }
+
+    public var handedOver: Int { 0 }
 
     /// `MaxConnections=` resolved for this model: `auto` is the open-file soft limit less the
     /// daemon's reserve and the model's, and the model's own cap applies on top.

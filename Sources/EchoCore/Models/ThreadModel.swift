@@ -29,6 +29,11 @@ public final class ThreadModel: ControlLoopModel {
     private var backoff: AcceptBackoff
     private var escalation = StopEscalation()
     private let datagrams: DatagramThread?
+    /// The hand-over channel's sending end while handing over, and what was sent.
+    private var handoverSender: Int32 = -1
+    private var handoverSent: Int?
+    /// Connections handed over by the previous echod, started in `start`.
+    private var inherited: [InheritedConnection]
 
     /// What connection threads share with the control thread.
     final class SharedState: Sendable {
@@ -42,6 +47,11 @@ public final class ThreadModel: ControlLoopModel {
         let threads = Locked<[Int32: pthread_t]>([:])
         /// Wakes the control loop when a slot frees at the limit, or a thread ends during a stop.
         let wakeup: EventFD
+        /// At a restart: true while connection threads should park their connections (in
+        /// `parked`) instead of draining them.
+        let handingOver = Atomic<Bool>(false)
+        /// Connections parked by their threads for the hand-over, with their unsent bytes.
+        let parked = Locked<[(fd: Int32, pending: [UInt8])]>([])
 
         init(limit: Int) throws(SystemError) {
             self.limit = Atomic(limit)
@@ -62,6 +72,7 @@ public final class ThreadModel: ControlLoopModel {
         } else {
             datagrams = nil
         }
+        inherited = context.inherited
     }
 
     /// The UDP thread's epoll instance and eventfd.
@@ -76,6 +87,29 @@ public final class ThreadModel: ControlLoopModel {
             throw SystemError("sigaction(SIGUSR2)", errno: errno)
         }
         try datagrams?.start()
+        let inherited = self.inherited
+        self.inherited = []
+        for connection in inherited {
+            let pending = connection.pending
+            let fd = connection.take()
+            do throws(SystemError) {
+                try Socket.setBlocking(fd.rawValue, true)
+            } catch {
+                logger.warning("cannot serve a connection taken over; closing it", metadata: ["error": "\(error)"])
+                continue
+            }
+            state.open.add(1, ordering: .relaxed)
+            let handoff = Handoff(fd)
+            let state = self.state
+            do throws(SystemError) {
+                try JoinableThread.detach(name: "echod-conn", stackSize: stackSize) {
+                    Self.connectionThread(handoff.take(), state: state, pending: pending)
+                }
+            } catch {
+                state.open.subtract(1, ordering: .relaxed)
+                logger.warning("cannot start a thread for a connection taken over; closing it", metadata: ["error": "\(error)"])
+            }
+        }
     }
 
     /// Whether a new connection may be taken, back-off aside (the accept loop checks that one
@@ -133,24 +167,51 @@ public final class ThreadModel: ControlLoopModel {
         func take() -> FileDescriptor { connection.take()! }
     }
 
-    private static func connectionThread(_ connection: consuming FileDescriptor, state: SharedState) {
+    private static func connectionThread(_ connection: consuming FileDescriptor, state: SharedState, pending: [UInt8] = []) {
         let fd = connection.rawValue
         state.threads.withLock { $0[fd] = pthread_self() }
         ConnectionTimeouts.shared.apply(to: fd)
+        // At a restart the connection is parked for the hand-over with what it has not echoed.
+        let handOver: (UnsafeRawBufferPointer) -> Bool = { unsent in
+            guard state.handingOver.load(ordering: .relaxed) else { return false }
+            state.parked.withLock { $0.append((fd, Array(unsent))) }
+            return true
+        }
+        var parked = false
+        var carried = pending
+        var carriedOut = true
+        if !carried.isEmpty {
+            // Bytes the previous echod read and did not echo go out before anything is read.
+            carriedOut = carried.withUnsafeMutableBytes { p in
+                BlockingEcho.writeAll(fd: fd, p.baseAddress!, count: p.count) { offset in
+                    guard state.stopping.load(ordering: .relaxed) else { return false }
+                    parked = handOver(UnsafeRawBufferPointer(rebasing: p[offset...]))
+                    return parked
+                }
+            }
+        }
         // An idle connection costs its thread's stack pages and no buffer: wait for the first
         // byte (MSG_PEEK leaves it queued) before allocating one.
-        if BlockingEcho.waitForInput(fd: fd, stopRequested: { state.stopping.load(ordering: .relaxed) }) {
+        if parked || !carriedOut {
+            // Handed over again, or the peer went away while its bytes went out.
+        } else if BlockingEcho.waitForInput(fd: fd, stopRequested: { state.stopping.load(ordering: .relaxed) }) {
             let buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: 16)
-            BlockingEcho.serve(
+            parked = BlockingEcho.serve(
                 fd: fd, buffer: buffer, capacity: bufferSize,
                 stopRequested: { state.stopping.load(ordering: .relaxed) },
-                echoed: { state.bytesEchoed.add($0, ordering: .relaxed) })
+                echoed: { state.bytesEchoed.add($0, ordering: .relaxed) }, handOver: handOver)
             buffer.deallocate()
         } else if state.stopping.load(ordering: .relaxed) {
-            BlockingEcho.lingerIdle(fd: fd)
+            parked = handOver(UnsafeRawBufferPointer(start: nil, count: 0))
+            if !parked { BlockingEcho.lingerIdle(fd: fd) }
         }
+        carried = []
         state.threads.withLock { _ = $0.removeValue(forKey: fd) }
-        connection.close()  // only now: a stop may shut down any descriptor still in `threads`
+        if parked {
+            _ = connection.release()  // the hand-over owns it now (`parked`)
+        } else {
+            connection.close()  // only now: a stop may shut down any descriptor still in `threads`
+        }
         let before = state.open.subtract(1, ordering: .relaxed).oldValue
         if before >= state.limit.load(ordering: .relaxed) || state.stopping.load(ordering: .relaxed) {
             state.wakeup.wake()
@@ -168,6 +229,8 @@ public final class ThreadModel: ControlLoopModel {
             return
         case .ask:
             break
+        case .force where state.handingOver.load(ordering: .relaxed):
+            break  // a hand-over never shuts a connection: keep asking until every thread parked it
         case .force(let first):
             // Out of time: shut the sockets under the threads; their blocked calls return. Again
             // on every round, for threads that registered after the first.
@@ -197,7 +260,55 @@ public final class ThreadModel: ControlLoopModel {
         datagrams?.stop()
     }
 
-    public var isStopped: Bool { escalation.isStopping && state.open.load(ordering: .relaxed) == 0 }
+    public func beginHandover(sender: Int32, deadline: Int64) -> Bool {
+        handoverSender = sender
+        state.handingOver.store(true, ordering: .relaxed)
+        beginStop(deadline: deadline)
+        return true
+    }
+
+    public var handedOver: Int { handoverSent ?? 0 }
+
+    /// True once every connection thread has ended; at a restart, the parked connections are
+    /// then sent on the hand-over channel (one segment, from this control thread).
+    public var isStopped: Bool {
+        guard escalation.isStopping && state.open.load(ordering: .relaxed) == 0 else { return false }
+        if handoverSender >= 0 && handoverSent == nil { sendParked() }
+        return true
+    }
+
+    /// Sends the parked connections and closes this process's copies. The channel takes about
+    /// 70,000 with the default send buffer, above `MaxThreads=`'s ceiling; what it refuses
+    /// anyway is shut down (FIN after what was echoed) and closed, and logged.
+    private func sendParked() {
+        let parked = state.parked.withLock { p in
+            defer { p.removeAll() }
+            return p
+        }
+        // The pending bytes side by side in one allocation, for the items to point into.
+        let total = parked.reduce(0) { $0 + $1.pending.count }
+        let bytes = UnsafeMutableRawPointer.allocate(byteCount: max(1, total), alignment: 16)
+        defer { bytes.deallocate() }
+        var items: [HandoverItem] = []
+        items.reserveCapacity(parked.count)
+        var offset = 0
+        for p in parked {
+            p.pending.withUnsafeBytes { (bytes + offset).copyMemory(from: $0.baseAddress ?? UnsafeRawPointer(bytes), byteCount: $0.count) }
+            items.append(HandoverItem(fd: p.fd, pending: UnsafeRawBufferPointer(start: bytes + offset, count: p.pending.count)))
+            offset += p.pending.count
+        }
+        let (sent, error) = Handover.sendSegment(items, over: handoverSender, segment: Handover.segmentID(index: 0))
+        for (i, p) in parked.enumerated() {
+            if i >= sent { shutdown(p.fd, Int32(SHUT_WR)) }
+            closeNoRetry(p.fd)
+        }
+        handoverSent = sent
+        if let error {
+            logger.error(
+                "hand-over channel refused connections; closed them",
+                metadata: ["connections.handed_over": "\(sent)", "connections.closed": "\(parked.count - sent)", "error": "\(error)"])
+        }
+    }
 
     public func setMaxConnections(_ limit: Int) {
         state.limit.store(limit, ordering: .relaxed)
