@@ -94,7 +94,11 @@ final class Child {
         for signal in 1..<32 where signal != SIGKILL && signal != SIGSTOP { sigaddset(&defaults, Int32(signal)) }
         try check("setsigmask", posix_spawnattr_setsigmask(&attributes, &emptyMask))
         try check("setsigdefault", posix_spawnattr_setsigdefault(&attributes, &defaults))
-        try check("setflags", posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF)))
+        // Its own process group, so that `terminate()` also reaches what it forked (worker
+        // processes of `Processes=`, fork-model children) even after it is gone itself.
+        try check("setpgroup", posix_spawnattr_setpgroup(&attributes, 0))
+        try check("setflags", posix_spawnattr_setflags(
+            &attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP)))
 
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
@@ -155,8 +159,11 @@ final class Child {
         kill(pid, signal)
     }
 
-    /// SIGKILL and reap, if still running.
+    /// SIGKILL to the child's whole process group (what it forked too: a worker process whose
+    /// supervisor was killed, hung by a test on purpose, would otherwise outlive the test), and
+    /// reap the child if still running.
     func terminate() {
+        kill(-pid, SIGKILL)
         guard poll() else { return }
         kill(pid, SIGKILL)
         _ = waitExit(timeout: .seconds(10))
