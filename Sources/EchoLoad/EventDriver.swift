@@ -98,7 +98,8 @@ final class EventWorker: @unchecked Sendable {
     private static let stopToken = UInt64.max - 2
     private static let releaseToken = UInt64.max - 3
     private static let rampToken = UInt64.max - 4
-    private var histogram: Histogram<UInt64>
+    /// Latencies (pingpong, rate), and the per-interval figures with `--interval`.
+    private var sink = LatencySink()
 
     private var phase = Phase.connecting
     private let size: UInt64
@@ -155,7 +156,6 @@ final class EventWorker: @unchecked Sendable {
         conns = .allocate(capacity: max(count, 1))
         conns.initialize(repeating: EventConnection(), count: max(count, 1))
         readBuffer = .allocate(byteCount: Self.readBufferSize, alignment: 64)
-        histogram = Latency.makeHistogram()
         for i in 0..<count {
             conns[i].key = Pattern.key(forConnection: options.connectionIndexBase + first + i)
         }
@@ -226,7 +226,8 @@ final class EventWorker: @unchecked Sendable {
         if !reportedResolved { control.resolved(count, now: monotonicNanoseconds()) }
         if options.mode == .hold && !probesReported { control.probed(count, now: monotonicNanoseconds()) }
         publish()
-        if options.mode == .pingpong || options.mode == .rate { tally.latency = histogram }
+        if options.mode == .pingpong || options.mode == .rate { tally.latency = sink.histogram }
+        if var recorder = sink.intervals { tally.intervals = recorder.finish(until: window.end) }
         tally.connectNanos = max(0, lastResolved - started)
         if options.mode != .hold { tally.measuredNanos = max(0, window.end - window.start) }
         if options.mode == .rate && ready != 0 {
@@ -441,6 +442,9 @@ final class EventWorker: @unchecked Sendable {
         ready = start
         window.start = start + options.warmup
         window.end = window.start + options.duration
+        if options.intervalLength > 0 && options.mode != .hold {
+            sink.intervals = IntervalRecorder(window: window, length: options.intervalLength)
+        }
         let s = control.stoppedAt
         if s != 0 { endWindow(at: s) }
         phase = .running
@@ -471,6 +475,7 @@ final class EventWorker: @unchecked Sendable {
     private func endWindow(at s: Int64) {
         window.end = min(window.end, s)
         window.start = min(window.start, window.end)
+        sink.intervals?.endWindow(at: s)
     }
 
     // MARK: - Traffic
@@ -625,7 +630,10 @@ final class EventWorker: @unchecked Sendable {
                 conns[i].sent += UInt64(n)
                 tally.totalBytesSent += UInt64(n)
                 pending.bytesSent += n
-                if options.mode == .stream && now >= window.start && now < window.end { tally.bytesSent += UInt64(n) }
+                if options.mode == .stream && now >= window.start && now < window.end {
+                    tally.bytesSent += UInt64(n)
+                    sink.intervals?.bytes(sent: n, at: now)
+                }
             case .interrupted:
                 continue
             case .wouldBlock:
@@ -731,12 +739,15 @@ final class EventWorker: @unchecked Sendable {
                 awaitingProbes -= 1
             }
         case .stream:
-            if inWindow { tally.bytesReceived += UInt64(n) }
+            if inWindow {
+                tally.bytesReceived += UInt64(n)
+                sink.intervals?.bytes(received: n, at: now)
+            }
             if conns[i].shutDown && after == conns[i].sent { finish(i) }
         case .pingpong:
             guard after == conns[i].goal else { return }
             pending.messages += 1
-            if inWindow { tally.countMessage(size: options.size, latency: now - conns[i].messageStarted, into: &histogram) }
+            if inWindow { tally.countMessage(size: options.size, latency: now - conns[i].messageStarted, at: now, into: &sink) }
             // Before the run starts (`connecting`, `waiting`), traffic already runs as warm-up.
             if phase == .connecting || phase == .waiting || (phase == .running && now < window.end) {
                 startMessage(i, now)
@@ -746,7 +757,7 @@ final class EventWorker: @unchecked Sendable {
         case .rate:
             pending.messages += tally.countRateEchoes(
                 connection: global(i), from: before, to: after, size: options.size, schedule: rateSchedule,
-                skip: conns[i].skip, window: window, now: now, into: &histogram)
+                skip: conns[i].skip, window: window, now: now, into: &sink)
             if phase == .draining && after == conns[i].goal { finish(i) }
         }
     }
@@ -808,11 +819,13 @@ final class EventWorker: @unchecked Sendable {
     private func fault(_ record: (inout Tally) -> Void) {
         record(&tally)
         pending.faults += 1
+        if sink.intervals != nil { sink.intervals!.fault(at: monotonicNanoseconds()) }
     }
 
     private func close(_ i: Int) {
         switch conns[i].state {
         case .open:
+            if sink.intervals != nil { sink.intervals!.closed(at: monotonicNanoseconds()) }
             openCount -= 1
             pending.open -= 1
             if probing && !released {

@@ -78,6 +78,11 @@ public struct LoadOptions: Sendable, Equatable {
     /// hold) begins, once every connection is open, so that runs on several hosts measure the
     /// same interval; nil: as soon as every connection is open.
     public var startAt: Int64?
+    /// `--interval` (or 1 s for `--latency-log`): length of the intervals the measured window is
+    /// reported in, nanoseconds; 0: no per-interval figures.
+    public var intervalLength: Int64 = 0
+    /// `--latency-log`: where the per-interval latency histograms go (this process only).
+    public var latencyLog: String?
 
     public init(mode: LoadMode, target: SocketAddress, connections: Int) {
         self.mode = mode
@@ -125,6 +130,16 @@ public struct LoadOptions: Sendable, Equatable {
             }
         }
         if mode == .rate && rate == nil { throw .usage("rate needs --rate MESSAGES/s") }
+        guard intervalLength == 0 || (intervalLength >= 10_000_000 && intervalLength <= Self.maxSpan) else {
+            throw .usage("--interval must be between 10ms and 1000h")
+        }
+        if intervalLength > 0 && mode == .hold { throw .usage("--interval and --latency-log apply to pingpong, rate and stream") }
+        if latencyLog != nil && mode != .pingpong && mode != .rate {
+            throw .usage("--latency-log applies to pingpong and rate (stream measures no latency)")
+        }
+        if intervalLength > 0 && duration / intervalLength > 100_000 {
+            throw .usage("--interval: at most 100000 intervals per run (--duration / --interval)")
+        }
         if let f = failUnderRate {
             guard f > 0 && f <= 1 else { throw .usage("--fail-under-rate must be a fraction in (0, 1] or a percentage in (0%, 100%]") }
             guard mode == .rate else { throw .usage("--fail-under-rate applies to rate mode only") }

@@ -281,6 +281,7 @@ public struct LoadResult: Sendable {
             ])),
             // Everything counted, exactly (latency histogram included), for `echoload merge`.
             ("exact", .object([("options", options.wireJSON), ("tally", tally.wireJSON)])),
+            ("intervals", intervalsJSON),
         ]
         return .object(members)
     }
@@ -356,6 +357,7 @@ public struct LoadResult: Sendable {
                     + ", \(p.faults) faults, exit \(p.exitStatus)")
             }
         }
+        if let line = intervalsLine { lines.append(line) }
         if mergedRuns > 1 {
             lines.append("merged       \(mergedRuns) runs; measured windows began within \(f(Double(mergedStartSpreadNanos) / 1e9, 3)) s of each other")
         }

@@ -50,6 +50,8 @@ public struct Tally: Sendable {
     public var latency: Histogram<UInt64>? = nil
     /// The first fault seen, for the one-line explanation.
     public var firstFault: String? = nil
+    /// Figures per interval of the measured window (`--interval`, `--latency-log`).
+    public var intervals = IntervalSeries()
     /// The most bytes handed to one send call (at most `--size` except for hold probes: messages
     /// are written one at a time, the rest of a partly sent message in the next call).
     public var largestWrite = 0
@@ -97,6 +99,7 @@ public struct Tally: Sendable {
             latency!.add(h)
         }
         if firstFault == nil { firstFault = other.firstFault }
+        intervals.merge(other.intervals)
         largestWrite = max(largestWrite, other.largestWrite)
         unanswered += other.unanswered
         closedByServer += other.closedByServer
@@ -240,11 +243,12 @@ extension Tally {
     /// One whole echo of `size` bytes arrived `latency` nanoseconds after it was sent (or
     /// intended), and it counts in the measured window.
     @inline(__always)
-    mutating func countMessage(size: Int, latency: Int64, into histogram: inout Histogram<UInt64>) {
+    mutating func countMessage(size: Int, latency: Int64, at now: Int64, into sink: inout LatencySink) {
         messages += 1
         bytesSent += UInt64(size)
         bytesReceived += UInt64(size)
-        Latency.record(latency, into: &histogram)
+        Latency.record(latency, into: &sink.histogram)
+        sink.intervals?.message(size: size, latency: latency, at: now)
     }
 
     /// rate: connection `k`'s (global index) echo grew from `before` to `after` bytes at `now`; every message
@@ -254,14 +258,15 @@ extension Tally {
     @inline(__always)
     mutating func countRateEchoes(
         connection k: Int, from before: UInt64, to after: UInt64, size: Int, schedule: RateSchedule,
-        skip: RateSkip, window: MeasuredWindow, now: Int64, into histogram: inout Histogram<UInt64>
+        skip: RateSkip, window: MeasuredWindow, now: Int64, into sink: inout LatencySink
     ) -> Int {
         let s = UInt64(size)
         var m = before / s
         let done = after / s
         while m < done {
             let intended = schedule.intended(connection: k, message: skip.message(m, size: s))
-            if window.contains(intended) { countMessage(size: size, latency: now - intended, into: &histogram) }
+            // In its intended send time's interval, as the run counts it (by intended time).
+            if window.contains(intended) { countMessage(size: size, latency: now - intended, at: intended, into: &sink) }
             m += 1
         }
         return Int(done - before / s)

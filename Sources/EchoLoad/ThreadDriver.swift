@@ -46,7 +46,8 @@ final class ThreadShared: Sendable {
     let live: LiveCounters
     private let lastResolved = Atomic<Int64>(0)
     private let tally: Locked<Tally>
-    /// Latency histograms, striped so threads rarely wait on each other's lock.
+    /// Latency histograms (and per-interval figures), striped so threads rarely wait on each
+    /// other's lock.
     let stripes: [LockedHistogram]
 
     init(options: LoadOptions, control: RunControl, live: LiveCounters) {
@@ -57,7 +58,7 @@ final class ThreadShared: Sendable {
         t.requested = options.connections
         tally = Locked(t)
         let measuresLatency = options.mode == .pingpong || options.mode == .rate
-        stripes = (0..<(measuresLatency ? 8 : 0)).map { _ in LockedHistogram() }
+        stripes = (0..<(measuresLatency || options.intervalLength > 0 ? 8 : 0)).map { _ in LockedHistogram() }
     }
 
     /// The measured window (waits for the start).
@@ -117,15 +118,34 @@ final class ThreadShared: Sendable {
         }
         if !stripes.isEmpty {
             var h = Latency.makeHistogram()
-            for s in stripes { s.histogram.withLock { h.add($0) } }
-            t.latency = h
+            let until = window.start + t.measuredNanos
+            for s in stripes {
+                s.sink.withLock {
+                    h.add($0.histogram)
+                    if var recorder = $0.intervals { t.intervals.merge(recorder.finish(until: until)) }
+                }
+            }
+            if options.mode == .pingpong || options.mode == .rate { t.latency = h }
         }
         return t
+    }
+
+    /// Runs `body` on stripe `index`'s sink (under its lock), with its interval recorder set up
+    /// once the window is known; nothing without stripes.
+    @inline(__always)
+    func withSink<T>(_ index: Int, _ body: (inout LatencySink) -> T) -> T? {
+        guard !stripes.isEmpty else { return nil }
+        return stripes[index % stripes.count].sink.withLock { sink in
+            if sink.intervals == nil && options.intervalLength > 0 && control.startGate.current != 0 {
+                sink.intervals = IntervalRecorder(window: window, length: options.intervalLength)
+            }
+            return body(&sink)
+        }
     }
 }
 
 final class LockedHistogram: Sendable {
-    let histogram = Locked(Latency.makeHistogram())
+    let sink = Locked(LatencySink())
 }
 
 /// Counters one connection's writer and reader threads share (rate, stream).
@@ -166,6 +186,10 @@ struct ConnectionThread {
         defer {
             closeNoRetry(fd)
             shared.live.open.subtract(1, ordering: .relaxed)
+            if options.intervalLength > 0 {
+                let now = monotonicNanoseconds()
+                shared.withSink(index) { $0.intervals?.closed(at: now) }
+            }
         }
         let ready = control.startGate.wait()
         var tally = Tally()
@@ -276,6 +300,10 @@ struct ConnectionThread {
     private func fault(_ tally: inout Tally, _ record: (inout Tally) -> Void) {
         record(&tally)
         shared.live.faults.add(1, ordering: .relaxed)
+        if options.intervalLength > 0 {
+            let now = monotonicNanoseconds()
+            shared.withSink(index) { $0.intervals?.fault(at: now) }
+        }
     }
 
     // MARK: - Modes
@@ -323,7 +351,6 @@ struct ConnectionThread {
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 64)
         defer { buffer.deallocate() }
         let window = shared.window
-        let stripe = shared.stripes[index % shared.stripes.count]
         var position: UInt64 = 0
         while monotonicNanoseconds() < window.end && !shared.stopped {
             let t0 = monotonicNanoseconds()
@@ -334,7 +361,7 @@ struct ConnectionThread {
             position += UInt64(size)
             let t1 = monotonicNanoseconds()
             shared.live.messages.add(1, ordering: .relaxed)
-            if shared.counts(t1, window) { stripe.histogram.withLock { tally.countMessage(size: size, latency: t1 - t0, into: &$0) } }
+            if shared.counts(t1, window) { shared.withSink(index) { tally.countMessage(size: size, latency: t1 - t0, at: t1, into: &$0) } }
         }
         expectEOF(fd, sent: position, &tally)
     }
@@ -419,7 +446,12 @@ struct ConnectionThread {
                 guard sendAll(fd, from: position, count: size, &tally) == .ok else { return }
                 position += UInt64(size)
                 progress.sent.store(position, ordering: .releasing)
-                if shared.counts(monotonicNanoseconds(), window) { tally.bytesSent += tally.totalBytesSent - before }
+                let now = monotonicNanoseconds()
+                if shared.counts(now, window) {
+                    let n = Int(tally.totalBytesSent - before)
+                    tally.bytesSent += UInt64(n)
+                    shared.withSink(index) { $0.intervals?.bytes(sent: n, at: now) }
+                }
             }
             // Done before the FIN goes out: the reader may see the server's EOF (which follows
             // it) at once, and must know by then that the writer has finished.
@@ -438,7 +470,6 @@ struct ConnectionThread {
         // against drainTimeout since the last progress.
         ClientSocket.setTimeout(fd, SO_RCVTIMEO, 100_000_000)
         let schedule = options.mode == .rate ? rateSchedule(ready: ready) : RateSchedule(start: ready, spacing: 0, connections: 1)
-        let stripe = shared.stripes.isEmpty ? nil : shared.stripes[index % shared.stripes.count]
         var received: UInt64 = 0
         var lastProgress = monotonicNanoseconds()
         while true {
@@ -469,13 +500,16 @@ struct ConnectionThread {
                 tally.totalBytesReceived += UInt64(n)
                 shared.live.bytesReceived.add(n, ordering: .relaxed)
                 if options.mode == .stream {
-                    if shared.counts(now, window) { tally.bytesReceived += UInt64(n) }
-                } else if let stripe {
-                    let completed = stripe.histogram.withLock {
+                    if shared.counts(now, window) {
+                        tally.bytesReceived += UInt64(n)
+                        shared.withSink(index) { $0.intervals?.bytes(received: n, at: now) }
+                    }
+                } else {
+                    let completed = shared.withSink(index) {
                         tally.countRateEchoes(
                             connection: global, from: before, to: received, size: options.size, schedule: schedule,
                             skip: progress.skip, window: window, now: now, into: &$0)
-                    }
+                    } ?? 0
                     shared.live.messages.add(completed, ordering: .relaxed)
                 }
                 continue

@@ -46,6 +46,7 @@ extension LoadOptions {
             ("fail_under_rate", failUnderRate.map { .double($0) } ?? .null),
             ("ramp", ramp.map { .array([.int($0.memoryFloor), .int($0.timeLimit)]) } ?? .null),
             ("start_at", startAt.map { .int($0) } ?? .null),
+            ("interval", .int(intervalLength)),
         ])
     }
 
@@ -78,6 +79,7 @@ extension LoadOptions {
             ramp = RampLimits(memoryFloor: floor, timeLimit: limit)
         }
         startAt = json["start_at"]?.intValue
+        intervalLength = json["interval"]?.intValue ?? 0
     }
 }
 
@@ -109,6 +111,7 @@ extension Tally {
             ("largest_write", .int(Int64(largestWrite))),
             ("unanswered", .int(Int64(unanswered))), ("closed_by_server", .int(Int64(closedByServer))),
             ("connect_timeline", .array(connectTimeline.map { .int(Int64($0)) })),
+            ("intervals", intervals.wireJSON),
         ])
     }
 
@@ -168,6 +171,7 @@ extension Tally {
         unanswered = i("unanswered")
         closedByServer = i("closed_by_server")
         connectTimeline = (json["connect_timeline"]?.arrayValue ?? []).map { Int($0.intValue ?? 0) }
+        if let series = json["intervals"] { intervals = IntervalSeries(wire: series) }
     }
 }
 
@@ -199,5 +203,44 @@ enum ChildProtocol {
             }
         }
         control.stop(at: monotonicNanoseconds(), signal: 0)
+    }
+}
+
+extension IntervalSeries {
+    /// `[length, [[messages, sent, received, faults, closed, min, max, [[value, count], ...]], ...]]`.
+    var wireJSON: JSONValue {
+        guard length > 0 else { return .null }
+        func n(_ v: UInt64) -> JSONValue { .int(Int64(clamping: v)) }
+        return .array([.int(length), .array(intervals.map { f in
+            .array([n(f.messages), n(f.bytesSent), n(f.bytesReceived), n(f.faults), n(f.closed), n(f.latencyMin),
+                    n(f.latencyMax), .array(f.latency.map { .array([n($0.0), n($0.1)]) })])
+        })])
+    }
+
+    /// Reads what `wireJSON` wrote; anything malformed reads as no series.
+    init(wire json: JSONValue) {
+        self.init()
+        guard let a = json.arrayValue, a.count == 2, let length = a[0].intValue, length > 0,
+            let list = a[1].arrayValue
+        else { return }
+        self.length = length
+        func u(_ v: JSONValue) -> UInt64 { UInt64(max(0, v.intValue ?? 0)) }
+        intervals = list.map { item in
+            var f = IntervalFigures()
+            guard let x = item.arrayValue, x.count == 8 else { return f }
+            f.messages = u(x[0])
+            f.bytesSent = u(x[1])
+            f.bytesReceived = u(x[2])
+            f.faults = u(x[3])
+            f.closed = u(x[4])
+            f.latencyMin = u(x[5])
+            f.latencyMax = u(x[6])
+            f.latency = (x[7].arrayValue ?? []).compactMap { p in
+                guard let pair = p.arrayValue, pair.count == 2 else { return nil }
+                let (v, c) = (u(pair[0]), u(pair[1]))
+                return v > 0 && c > 0 ? (v, c) : nil
+            }
+            return f
+        }
     }
 }

@@ -171,6 +171,16 @@ struct CommonOptions: ParsableArguments {
             case .system: throw LoadFailure(message: text, status: 3)
             }
         }
+        if let path = options.latencyLog {
+            let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            guard fd >= 0, writeAll(fd, result.latencyLog) else {
+                let reason = String(cString: strerror(errno))
+                if fd >= 0 { closeNoRetry(fd) }
+                writeAll(1, (json ? result.json.prettyText : result.table) + "\n")
+                throw LoadFailure(message: "echoload: cannot write --latency-log \(path): \(reason)", status: 3)
+            }
+            closeNoRetry(fd)
+        }
         writeAll(1, (json ? result.json.prettyText : result.table) + "\n")
         if let i = result.interruption {
             throw LoadFailure(message: "echoload: interrupted by \(i); the result above is partial", status: result.exitStatus)
@@ -219,11 +229,23 @@ struct TrafficOptions<D: WorkloadDefaults>: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Traffic before measuring, excluded from every figure.", valueName: "duration"))
     var warmup = DurationArgument(seconds: 1)
 
+    @Option(name: .long, help: ArgumentHelp(
+        "Also report the measured period in intervals of this length (--json: rate, bytes, faults, closed connections, p50/p99/max latency per interval).",
+        valueName: "duration"))
+    var interval: DurationArgument?
+
+    @Option(name: .customLong("latency-log"), help: ArgumentHelp(
+        "Write the per-interval latency histograms (--interval, default 1s) to this file as an HdrHistogram interval log (pingpong, rate).",
+        valueName: "file"))
+    var latencyLog: String?
+
     /// Sets size, warm-up and the measured period of `o`.
     func apply(to o: inout LoadOptions, duration: DurationArgument) {
         o.size = size
         o.duration = duration.nanoseconds
         o.warmup = warmup.nanoseconds
+        o.intervalLength = interval?.nanoseconds ?? (latencyLog != nil ? 1_000_000_000 : 0)
+        o.latencyLog = latencyLog
     }
 }
 
