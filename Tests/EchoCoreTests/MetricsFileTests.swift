@@ -15,8 +15,11 @@ import Testing
         s.open = 56
         s.bytesEchoed = 7_890_123
         s.acceptBackoffs = 9
+        var refusals = SourceTable.Refusals()
+        (refusals.perSource, refusals.rate, refusals.tableFull) = (5, 6, 7)
         let text = MetricsFile.render(
-            s, model: "thread", version: "0.2.0 (abc)", startTime: 1_700_000_000.25, idleTimeouts: 3, sendTimeouts: 4)
+            s, model: "thread", version: "0.2.0 (abc)", startTime: 1_700_000_000.25, idleTimeouts: 3, sendTimeouts: 4,
+            refusals: refusals)
         #expect(text.hasSuffix("\n"))
         let lines = text.split(separator: "\n", omittingEmptySubsequences: false).dropLast()
         var samples: [String: String] = [:]
@@ -50,6 +53,9 @@ import Testing
         #expect(text.contains("echod_info{version=\"0.2.0 (abc)\",model=\"thread\"} 1\n"))
         #expect(text.contains("echod_connections_timed_out_total{timeout=\"idle\"} 3\n"))
         #expect(text.contains("echod_connections_timed_out_total{timeout=\"send\"} 4\n"))
+        #expect(text.contains("echod_connections_refused_total{reason=\"per_source\"} 5\n"))
+        #expect(text.contains("echod_connections_refused_total{reason=\"rate\"} 6\n"))
+        #expect(text.contains("echod_connections_refused_total{reason=\"source_table_full\"} 7\n"))
     }
 
     @Test func escapesLabelValues() {

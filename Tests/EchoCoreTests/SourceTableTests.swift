@@ -240,6 +240,26 @@ import Testing
         #expect(Self.ticket(table.admit(Self.key(9), now: 2 * Self.second)) != nil)
     }
 
+    @Test func aRateOnlyTableTakesTokensPerPeer() throws {
+        // The UDP echo's use: its own table, its own bucket, keyed by the peer address.
+        let table = try SourceTable(capacity: 64, seed: 8)
+        table.apply(.init(prefixIPv6: 48))
+        let bucket = TokenBucket(millisPerSecond: 1000, burst: 2)
+        var a = sockaddr_in6()
+        a.sin6_family = sa_family_t(AF_INET6)
+        a.sin6_addr = SourceKeyTests.v6("2001:db8:1:1::1")
+        var b = a
+        b.sin6_addr = SourceKeyTests.v6("2001:db8:1:2::1")  // the same /48
+        var c = a
+        c.sin6_addr = SourceKeyTests.v6("2001:db8:2::1")
+        func take(_ address: inout sockaddr_in6) -> Bool {
+            withUnsafePointer(to: &address) { table.takeToken(peer: $0, bucket: bucket, now: Self.second) }
+        }
+        #expect(take(&a) && take(&b))
+        #expect(!take(&a) && !take(&b))
+        #expect(take(&c))
+    }
+
     @Test func theTableIsSharedWithAForkedChild() throws {
         let table = try SourceTable(capacity: 64, seed: 7)
         table.apply(.init(maxConnections: 1))

@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 // MaxConnectionsPerSource= and MaxConnectionRatePerSource= (issue 13, items 6 to 10) in every
 // model: an abusive source (127.0.0.2) is held off while a well-behaved one (127.0.0.1) is
-// served; refusals are connections accepted and closed at once, never echoed, counted in
-// STATUS= and logged with their counts, not once each; a reload changes the limits for new
+// served; refusals are connections accepted and closed at once, never echoed, counted in the
+// metrics file and STATUS= and logged with their counts, not once each; a reload changes the limits for new
 // connections at once, closes no open connection, and open connections count against it.
 //
 // Nothing here depends on timing but the rate test's bucket, which refills once every 10 s:
 // the test's connections take a fraction of that even on a loaded machine.
+import Foundation
 import Glibc
 import Testing
 
@@ -83,19 +84,25 @@ extension EchodIntegration {
         func aSourceReconnectingInATightLoopIsRefusedPastItsBucket(model: String) throws {
             // One connection per 10 s, 3 at once.
             let keys = "MaxConnectionRatePerSource=6/min\nMaxConnectionBurstPerSource=3\n"
-            try withEchod(config: Self.config(model: model, keys)) { server in
-                var outcomes: [Bool] = []
-                for _ in 0..<8 { outcomes.append(try Self.served(server, from: Self.abuser)) }
-                #expect(outcomes == [true, true, true, false, false, false, false, false], "\(model)")
-                // The neighbour has its own bucket.
-                for _ in 0..<3 { #expect(try Self.served(server, from: Self.neighbour), "neighbour slowed (\(model))") }
-                let status = try EchodIntegration.Timeouts.statusAfterReload(server)
-                #expect(status?.contains("refused: 0 per-source, 5 rate, 0 table-full") == true, "STATUS=\(status ?? "none")")
-                let logged = waitUntil(timeout: .seconds(6), interval: .milliseconds(100)) {
-                    server.child.stderrText.contains("refused.rate.total=5")
+            try withTempDir { runtime in
+                try withEchod(config: Self.config(model: model, keys), environment: ["RUNTIME_DIRECTORY": runtime.path]) { server in
+                    var outcomes: [Bool] = []
+                    for _ in 0..<8 { outcomes.append(try Self.served(server, from: Self.abuser)) }
+                    #expect(outcomes == [true, true, true, false, false, false, false, false], "\(model)")
+                    // The neighbour has its own bucket.
+                    for _ in 0..<3 { #expect(try Self.served(server, from: Self.neighbour), "neighbour slowed (\(model))") }
+                    let status = try EchodIntegration.Timeouts.statusAfterReload(server)
+                    #expect(status?.contains("refused: 0 per-source, 5 rate, 0 table-full") == true, "STATUS=\(status ?? "none")")
+                    let logged = waitUntil(timeout: .seconds(6), interval: .milliseconds(100)) {
+                        server.child.stderrText.contains("refused.rate.total=5")
+                    }
+                    #expect(logged, "no refusal log line; stderr:\n\(server.child.stderrTail())")
+                    #expect(server.child.stderrText.ranges(of: "refused connections past per-source limits").count < 5)
+                    // The metrics file is written with the STATUS= line of the reload.
+                    let metrics = (try? String(contentsOfFile: runtime.file("echod.prom"), encoding: .utf8)) ?? ""
+                    #expect(metrics.contains("echod_connections_refused_total{reason=\"rate\"} 5\n"), "\(metrics)")
+                    #expect(metrics.contains("echod_connections_refused_total{reason=\"per_source\"} 0\n"))
                 }
-                #expect(logged, "no refusal log line; stderr:\n\(server.child.stderrTail())")
-                #expect(server.child.stderrText.ranges(of: "refused connections past per-source limits").count < 5)
             }
         }
 

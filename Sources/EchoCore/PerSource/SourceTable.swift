@@ -300,6 +300,21 @@ public final class SourceTable: @unchecked Sendable {
         }
     }
 
+    /// `takeToken(_:bucket:now:)` for a peer address as `recvmmsg(2)` filled it in, keyed under
+    /// the `SourcePrefixIPv6=` in force, with one lock for both.
+    ///
+    /// - Returns: whether a token was taken; true for a family that is not IP (no source to limit).
+    public func takeToken(peer: UnsafeRawPointer, bucket: TokenBucket, now: Int64) -> Bool {
+        withLock {
+            guard let key = SourceKey(peer, prefixIPv6: Int(header.pointee.prefixIPv6)) else { return true }
+            guard let index = findOrInsert(key, now: now) else {
+                _ = refuseLocked(.tableFull, key)
+                return false
+            }
+            return bucket.take(&entries[index].tat, now: now)
+        }
+    }
+
     // MARK: - Figures
 
     /// Refusals since start, every process of the service included.
