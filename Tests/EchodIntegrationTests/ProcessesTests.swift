@@ -83,6 +83,14 @@ extension EchodIntegration {
                 }
                 #expect(server.child.waitExit(timeout: .seconds(10)) == .exited(0), "\(server.describeState())")
                 for pid in workers { #expect(kill(pid, 0) != 0, "worker \(pid) outlived the supervisor") }
+                // Each worker stopped on its own (none was killed at the deadline).
+                let log = server.child.stderrText
+                for index in 0..<3 {
+                    #expect(log.split(separator: "\n").contains {
+                        $0.contains("info: stopped ") && $0.contains("process.index=\(index)")
+                    }, "worker \(index) did not log its stop:\n\(server.child.stderrTail(40))")
+                }
+                #expect(!log.contains("still running after the stop timeout"), "\(server.child.stderrTail(40))")
             }
         }
 
@@ -138,6 +146,20 @@ extension EchodIntegration {
                     notifyValue("STATUS", in: datagram).map { $0.contains("\(count) open") } ?? false
                 }
                 #expect(status != nil, "STATUS: \(server.notify.transcript.suffix(400))")
+            }
+        }
+
+        /// IdleTimeoutSec= closes idle connections in every worker, and STATUS= counts them all
+        /// (the counters live in a page every process shares).
+        @Test func timeoutsOfEveryWorkerAreCounted() throws {
+            let config = Echod.config(workers: 1, extra: "[Server]\nProcesses=3\nIdleTimeoutSec=300ms\n")
+            try withEchod(config: config) { server in
+                let clients = try openEchoing(port: server.port, count: 12)
+                let status = try server.notify.waitFor(timeout: .seconds(8)) { datagram in
+                    notifyValue("STATUS", in: datagram).map { $0.contains("timeouts: 12 idle") && $0.contains(" 0 open") } ?? false
+                }
+                #expect(status != nil, "STATUS: \(server.notify.transcript)")
+                withExtendedLifetime(clients) {}
             }
         }
 
