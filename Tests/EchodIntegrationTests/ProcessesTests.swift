@@ -23,6 +23,12 @@ extension EchodIntegration {
                 let held = try waitForHeld(server, total: 60)
                 #expect(held.values.reduce(0, +) == 60, "per worker: \(held)")
                 #expect(held.values.filter { $0 > 0 }.count >= 2, "every connection on one process: \(held)")
+                if model == "event" {
+                    // One connection at a time finds every worker idle: they take turns (20 each),
+                    // not the first-registered one taking all. Half of a fair share leaves room
+                    // for a worker that was busy (its heartbeat) when a connection came.
+                    #expect(held.count == 3 && held.values.allSatisfy { $0 >= 10 }, "not round robin: \(held)")
+                }
                 #expect(Set(held.keys).isSubset(of: Set(workers)), "held by \(held.keys), workers \(workers)")
                 let status = try server.notify.waitFor(timeout: .seconds(8)) { datagram in
                     notifyValue("STATUS", in: datagram).map { $0.contains("60 open") } ?? false
