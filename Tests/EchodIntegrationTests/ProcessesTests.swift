@@ -23,6 +23,12 @@ extension EchodIntegration {
                 let held = try waitForHeld(server, total: 60)
                 #expect(held.values.reduce(0, +) == 60, "per worker: \(held)")
                 #expect(held.values.filter { $0 > 0 }.count >= 2, "every connection on one process: \(held)")
+                if model == "event" {
+                    // One connection at a time finds every worker idle: they take turns (20 each),
+                    // not the first-registered one taking all. Half of a fair share leaves room
+                    // for a worker that was busy (its heartbeat) when a connection came.
+                    #expect(held.count == 3 && held.values.allSatisfy { $0 >= 10 }, "not round robin: \(held)")
+                }
                 #expect(Set(held.keys).isSubset(of: Set(workers)), "held by \(held.keys), workers \(workers)")
                 let status = try server.notify.waitFor(timeout: .seconds(8)) { datagram in
                     notifyValue("STATUS", in: datagram).map { $0.contains("60 open") } ?? false
@@ -83,6 +89,14 @@ extension EchodIntegration {
                 }
                 #expect(server.child.waitExit(timeout: .seconds(10)) == .exited(0), "\(server.describeState())")
                 for pid in workers { #expect(kill(pid, 0) != 0, "worker \(pid) outlived the supervisor") }
+                // Each worker stopped on its own (none was killed at the deadline).
+                let log = server.child.stderrText
+                for index in 0..<3 {
+                    #expect(log.split(separator: "\n").contains {
+                        $0.contains("info: stopped ") && $0.contains("process.index=\(index)")
+                    }, "worker \(index) did not log its stop:\n\(server.child.stderrTail(40))")
+                }
+                #expect(!log.contains("still running after the stop timeout"), "\(server.child.stderrTail(40))")
             }
         }
 
@@ -138,6 +152,20 @@ extension EchodIntegration {
                     notifyValue("STATUS", in: datagram).map { $0.contains("\(count) open") } ?? false
                 }
                 #expect(status != nil, "STATUS: \(server.notify.transcript.suffix(400))")
+            }
+        }
+
+        /// IdleTimeoutSec= closes idle connections in every worker, and STATUS= counts them all
+        /// (the counters live in a page every process shares).
+        @Test func timeoutsOfEveryWorkerAreCounted() throws {
+            let config = Echod.config(workers: 1, extra: "[Server]\nProcesses=3\nIdleTimeoutSec=300ms\n")
+            try withEchod(config: config) { server in
+                let clients = try openEchoing(port: server.port, count: 12)
+                let status = try server.notify.waitFor(timeout: .seconds(8)) { datagram in
+                    notifyValue("STATUS", in: datagram).map { $0.contains("timeouts: 12 idle") && $0.contains(" 0 open") } ?? false
+                }
+                #expect(status != nil, "STATUS: \(server.notify.transcript)")
+                withExtendedLifetime(clients) {}
             }
         }
 

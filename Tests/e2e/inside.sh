@@ -435,6 +435,57 @@ scenario_model() {
     end
 }
 
+# scenario_processes: Processes=4 behind the socket under the hardened unit: more connections
+# than one process may hold ([Limits] NoFile=1024 makes that cheap: about 950 each), the sums in
+# systemctl status, a reload that every worker applies, and a stop that drains them all.
+scenario_processes() {
+    begin "Processes=4 under the hardened unit: 2500 connections over 4 processes, status, reload, stop"
+    stop_service
+    systemctl reset-failed echod.service 2>/dev/null
+    set_dropin "[Server]\nProcesses=4\n[Limits]\nNoFile=1024\n"
+    echo_check 4
+    expect_prop echod.service ActiveState active
+    local pid procs held_out holder w soft
+    pid=$(prop echod.service MainPID)
+    procs=$(unit_processes)
+    [ "$procs" -eq 5 ] || fail "Processes=4: $procs processes in echod.service, expected the supervisor and 4 workers"
+    held_out=$(mktemp)
+    # Held for 30 s once all are open: long enough for what follows on a slow box; the stop ends
+    # the hold early (each connection closed cleanly by the drain), and echoload waits out the rest.
+    echoload hold "$TARGET" --connections 2500 --duration 30s --json --quiet >"$held_out" 2>/dev/null &
+    holder=$!
+    wait_for 60 "2500 connections established" held_connections 2500
+    wait_for 5 "StatusText: 2500 open over 4 processes" \
+        sh -c "systemctl show -P StatusText echod | grep -q '4 processes.*: 2500 open'"
+    echo "  StatusText: $(prop echod.service StatusText)"
+    systemctl status echod.service --no-pager 2>&1 | head -12 | sed 's/^/  | /'
+    for w in $(cat "/proc/$pid/task/$pid/children"); do
+        soft=$(sed -n 's/^Max open files *\([0-9]*\) .*/\1/p' "/proc/$w/limits")
+        [ "$soft" = 1024 ] || fail "worker $w: open-file limit $soft, expected 1024"
+    done
+    reload_and_wait
+    expect_prop echod.service MainPID "$pid"
+    expect_journal "configuration reloaded.*processes=4" -u echod.service
+    echo_check 4
+    stop_service
+    wait "$holder"
+    python3 - "$held_out" <<'PY' || fail "echoload hold across the stop: $(tail -c 600 "$held_out" | tr '\n' ' ')"
+import json, sys
+j = json.load(open(sys.argv[1]))
+c, e = j["connections"], j["errors"]
+ok = (c["established"] == 2500 and e["premature_closes"] == 2500 and e["mismatches"] == 0
+      and e["timeouts"] == 0 and e["short_reads"] == 0 and not e["io"])
+sys.exit(0 if ok else 1)
+PY
+    rm -f "$held_out"
+    expect_prop echod.service Result success
+    expect_prop echod.service ExecMainStatus 0
+    [ "$(unit_processes)" -eq 0 ] || fail "processes left in echod.service after the stop"
+    socket_listening
+    set_dropin ''
+    end
+}
+
 scenario_broken_start() {
     begin "broken configuration at start: the unit fails with file:line in status and journal"
     stop_service
@@ -731,6 +782,7 @@ if [ "$failed" -eq 0 ]; then
     scenario_restart_fork
     scenario_upgrade_keeps
     for n in 1000 $(cat "$DEBDIR/restart-scale" 2>/dev/null); do scenario_restart_scale "$n"; done
+    scenario_processes
     scenario_broken_start
     scenario_watchdog
     scenario_remove

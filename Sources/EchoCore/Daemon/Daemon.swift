@@ -147,6 +147,9 @@ public final class Daemon {
             notifier.notify(error.notification)
             throw error
         }
+        // Everything every process must share (MAP_SHARED mappings such as the timeout counters
+        // above) is created before this point: with Processes= above 1 the workers are forked
+        // next, and what `serve` creates is each worker's own.
         if processes > 1 {
             // Still the only thread: the supervisor forks the workers and never starts a thread.
             let supervisor: Supervisor
