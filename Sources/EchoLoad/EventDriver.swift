@@ -229,6 +229,8 @@ final class EventWorker: @unchecked Sendable {
             case .rate:
                 schedule(now)
                 if now >= window.end && rateDone { endTraffic(now) }
+            case .udp:
+                preconditionFailure("udp runs in DatagramDriver")
             }
         case .draining:
             if openCount == 0 {
@@ -361,6 +363,8 @@ final class EventWorker: @unchecked Sendable {
         case .stream:
             conns[i].goal = UInt64.max
             write(i, now)
+        case .udp:
+            preconditionFailure("udp runs in DatagramDriver")
         }
     }
 
@@ -605,6 +609,8 @@ final class EventWorker: @unchecked Sendable {
                 connection: global(i), from: before, to: after, size: options.size, schedule: rateSchedule,
                 window: window, now: now, into: &histogram)
             if phase == .draining && after == conns[i].goal { finish(i) }
+        case .udp:
+            preconditionFailure("udp runs in DatagramDriver")
         }
     }
 

@@ -48,7 +48,7 @@ public struct LoadResult: Sendable {
 
     /// `rate`: messages per second handed to the sockets in the measured period (the offered load).
     public var offeredPerSecond: Double? {
-        guard options.mode == .rate, seconds > 0 else { return nil }
+        guard options.mode == .rate || options.mode == .udp, seconds > 0 else { return nil }
         return Double(tally.issued) / seconds
     }
 
@@ -72,7 +72,14 @@ public struct LoadResult: Sendable {
         case .hold: return t.held == options.connections
         case .pingpong, .rate: return options.duration == 0 || t.messages > 0
         case .stream: return options.duration == 0 || t.bytesReceived > 0
+        case .udp:
+            return (options.duration == 0 || t.messages > 0) && (t.datagrams?.lossFraction ?? 0) <= options.maxLoss
         }
+    }
+
+    /// `udp`: more datagrams lost than `--max-loss` allows.
+    public var lossExceeded: Bool {
+        options.mode == .udp && (tally.datagrams?.lossFraction ?? 0) > options.maxLoss
     }
 
     /// Exit status for the run: 0 clean, 1 faults found (or fell short), 128 + N when signal N
@@ -122,7 +129,15 @@ public struct LoadResult: Sendable {
             ("io", counts(t.ioErrors)),
             ("first", t.firstFault.map { .string($0) } ?? .null),
         ])
-        let rateOnly = o.mode == .rate
+        let rateOnly = o.mode == .rate || o.mode == .udp
+        var datagrams: JSONValue = .null
+        if let d = t.datagrams {
+            datagrams = .object([
+                ("sent", .int(Int64(d.sent))), ("echoed", .int(Int64(d.echoed))), ("lost", .int(Int64(d.lost))),
+                ("loss_fraction", .double((d.lossFraction * 1e6).rounded() / 1e6)), ("max_loss", .double(o.maxLoss)),
+                ("duplicates", .int(Int64(d.duplicates))), ("reordered", .int(Int64(d.reordered))),
+            ])
+        }
         let traffic: JSONValue = .object([
             ("measured_seconds", r3(seconds)),
             ("messages", .int(Int64(t.messages))),
@@ -173,6 +188,7 @@ public struct LoadResult: Sendable {
                     ("faults", .int(Int64(p.faults))), ("exit_status", .int(Int64(p.exitStatus))),
                 ])
             })),
+            ("datagrams", datagrams),
             ("notes", .array(notes.map { .string($0) })),
             ("interrupted", interruption.map { .string($0) } ?? .null),
             ("clean", .bool(isClean)),
@@ -198,10 +214,10 @@ public struct LoadResult: Sendable {
         switch o.mode {
         case .hold:
             lines.append("hold         \(f(Double(t.holdNanos) / 1e9, 3)) s with all open at once (from the run's start); held \(t.held) of \(o.connections) (each answered a probe afterwards)")
-        case .pingpong, .rate:
+        case .pingpong, .rate, .udp:
             var line = "traffic      \(f(seconds, 2)) s measured: \(t.messages) messages × \(o.size) B = \(t.bytesReceived) B"
             line += "; \(f(messagesPerSecond, 1)) msg/s, \(f(megabytesPerSecondReceived, 2)) MB/s"
-            if o.mode == .rate, let r = o.rate { line += " (target \(f(r, 1)) msg/s, scheduled \(t.scheduled))" }
+            if o.mode != .pingpong, let r = o.rate { line += " (target \(f(r, 1)) msg/s, scheduled \(t.scheduled))" }
             lines.append(line)
             if let r = o.rate, let offered = offeredPerSecond {
                 var l = "offered      \(f(offered, 1)) msg/s handed to the sockets = \(f(offered / r * 100, 1))% of the target"
@@ -210,7 +226,12 @@ public struct LoadResult: Sendable {
             }
             if let l = latencyMicroseconds {
                 lines.append("latency µs   " + l.map { "\($0.0 == "p99_9" ? "p99.9" : $0.0) \(f($0.1, 1))" }.joined(separator: "  ")
-                    + (o.mode == .rate ? "  (from intended send times)" : ""))
+                    + (o.mode == .pingpong ? "" : "  (from intended send times)"))
+            }
+            if let d = t.datagrams {
+                lines.append("datagrams    sent \(d.sent)  echoed \(d.echoed)  lost \(d.lost) (\(f(d.lossFraction * 100, 3))%"
+                    + (lossExceeded ? ", over --max-loss \(f(o.maxLoss * 100, 3))%)" : ")")
+                    + "  duplicated \(d.duplicates)  reordered \(d.reordered)")
             }
         case .stream:
             lines.append("traffic      \(f(seconds, 2)) s measured: sent \(f(megabytesPerSecondSent, 2)) MB/s, received \(f(megabytesPerSecondReceived, 2)) MB/s (\(t.bytesSent) / \(t.bytesReceived) B)")

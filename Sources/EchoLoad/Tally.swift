@@ -50,12 +50,15 @@ public struct Tally: Sendable {
     public var latency: Histogram<UInt64>? = nil
     /// The first fault seen, for the one-line explanation.
     public var firstFault: String? = nil
+    /// `udp`: sent, echoed, lost, duplicated and reordered datagrams of the measured period.
+    public var datagrams: DatagramFigures? = nil
 
     public init() {}
 
     /// Every fault counted (connect failures excluded).
     public var faults: Int {
         mismatches + shortReads + prematureCloses + timeouts + ioErrors.values.reduce(0, +)
+            + Int(datagrams?.duplicates ?? 0)
     }
 
     public var connectFailed: Int { connectFailures.values.reduce(0, +) }
@@ -87,6 +90,15 @@ public struct Tally: Sendable {
             latency!.add(h)
         }
         if firstFault == nil { firstFault = other.firstFault }
+        if let d = other.datagrams {
+            var mine = datagrams ?? DatagramFigures()
+            mine.sent += d.sent
+            mine.echoed += d.echoed
+            mine.lost += d.lost
+            mine.duplicates += d.duplicates
+            mine.reordered += d.reordered
+            datagrams = mine
+        }
     }
 }
 

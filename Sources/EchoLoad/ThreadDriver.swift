@@ -156,6 +156,7 @@ struct ConnectionThread {
         case .hold: hold(fd, ready: ready, &tally)
         case .pingpong: pingpong(fd, &tally)
         case .rate, .stream: writerAndReader(fd, &tally)
+        case .udp: preconditionFailure("udp runs in DatagramDriver")
         }
         shared.addFault(tally)
     }
