@@ -155,7 +155,14 @@ enum DatagramDriver {
 
         while true {
             let now = monotonicNanoseconds()
-            let sending = now < window.end
+            // As in rate: a datagram intended in the window goes out even when the client is
+            // late, unless later than --drain-timeout.
+            var owed = false
+            for g in 0..<n where schedule.intended(connection: g, message: flows[g].next) < window.end {
+                owed = true
+                break
+            }
+            let sending = owed && now < window.end + options.drainTimeout
             if sending {
                 // What is due on each socket, up to a batch each per turn.
                 for g in 0..<n {
