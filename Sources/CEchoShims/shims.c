@@ -127,3 +127,28 @@ int CEchoShims_unsent_bytes(int fd) {
     if (ioctl(fd, SIOCOUTQ, &queued) != 0) return -1;
     return queued;
 }
+
+unsigned long CEchoShims_shared_mutex_size(void) {
+    return sizeof(pthread_mutex_t);
+}
+
+int CEchoShims_shared_mutex_init(void *m) {
+    pthread_mutexattr_t attr;
+    int err = pthread_mutexattr_init(&attr);
+    if (err != 0) return err;
+    err = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+    if (err == 0) err = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+    if (err == 0) err = pthread_mutex_init((pthread_mutex_t *)m, &attr);
+    pthread_mutexattr_destroy(&attr);
+    return err;
+}
+
+void CEchoShims_shared_mutex_lock(void *m) {
+    if (pthread_mutex_lock((pthread_mutex_t *)m) == EOWNERDEAD) {
+        pthread_mutex_consistent((pthread_mutex_t *)m);
+    }
+}
+
+void CEchoShims_shared_mutex_unlock(void *m) {
+    pthread_mutex_unlock((pthread_mutex_t *)m);
+}

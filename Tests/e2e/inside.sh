@@ -312,7 +312,7 @@ scenario_activation() {
     local status
     status=$(prop echod.service StatusText)
     echo "  StatusText: $status"
-    [[ $status =~ ^event\ model,\ [0-9]+\ workers:\ [0-9]+\ open,\ [0-9]+\ accepted,\ .*echoed,\ .*/s,\ timeouts:\ [0-9]+\ idle,\ [0-9]+\ send$ ]] \
+    [[ $status =~ ^event\ model,\ [0-9]+\ workers:\ [0-9]+\ open,\ [0-9]+\ accepted,\ .*echoed,\ .*/s,\ timeouts:\ [0-9]+\ idle,\ [0-9]+\ send,\ refused:\ [0-9]+\ per-source,\ [0-9]+\ rate,\ [0-9]+\ table-full$ ]] \
         || fail "StatusText '$status' is not the live summary"
     echo_check 3
     wait_for 5 "StatusText with 5 accepted" accepted_at_least 5

@@ -63,6 +63,18 @@ void CEchoShims_atomic_store_u64(uint64_t *p, uint64_t v);
 /// writes the current value to *expected and returns 0.
 int CEchoShims_atomic_cas_u64(uint64_t *p, uint64_t *expected, uint64_t desired);
 
+/// Bytes a process-shared mutex needs (sizeof(pthread_mutex_t)), for placing one in a mapping.
+unsigned long CEchoShims_shared_mutex_size(void);
+/// Initializes a mutex at `m` (in MAP_SHARED memory) as PTHREAD_PROCESS_SHARED and
+/// PTHREAD_MUTEX_ROBUST, so that processes forked after it share it and a holder that dies
+/// does not leave it locked for good; 0 or an errno value.
+int CEchoShims_shared_mutex_init(void *m);
+/// Locks the mutex at `m`; if its last holder died holding it (EOWNERDEAD), marks it
+/// consistent and takes it (what it guarded is counters: a count off by one is the worst case).
+void CEchoShims_shared_mutex_lock(void *m);
+/// Unlocks the mutex at `m`.
+void CEchoShims_shared_mutex_unlock(void *m);
+
 /// recv(2), send(2), sendmsg(2) and epoll_wait(2) as raw system calls. glibc's wrappers are cancellation
 /// points: in a multi-threaded process each call also enables and disables asynchronous
 /// cancellation (about 60 instructions per call, a third of echod's user-space cost per echoed

@@ -24,6 +24,13 @@ public struct Configuration: Sendable, Equatable {
     /// one largest datagram). Default `defaultUDPMaxBytesPerSecond` (16 MiB/s); nil
     /// (`infinity`) for no cap.
     public var udpMaxBytesPerSecond: UInt64?
+    /// `[UDP] RatePerSource=`: datagrams per second one source (an IPv4 address, or an IPv6
+    /// prefix of `SourcePrefixIPv6=` bits) gets echoed, in thousandths per second (a token
+    /// bucket in the UDP echo's own `SourceTable`). Default 1000/s; nil (`infinity`) for none.
+    public var udpRatePerSource: Int?
+    /// `[UDP] BurstPerSource=`: the bucket's size in datagrams; nil (`auto`, the default) for one
+    /// second's worth of `RatePerSource=`.
+    public var udpBurstPerSource: Int?
     /// `[Server] Workers=`: worker threads, 0 to 1024; 0 (the default) means one per CPU.
     public var workers: Int
     /// `[Server] MaxConnections=`: connections open at once. Default `.auto`.
@@ -41,6 +48,19 @@ public struct Configuration: Sendable, Equatable {
     /// send buffer for this long (a peer that writes and never reads) is closed. From 1 ms to
     /// 24 hours, or nil (`infinity`) for never; default `defaultSendTimeout`, 5 minutes.
     public var sendTimeout: Duration?
+    /// `[Server] MaxConnectionsPerSource=`: connections one source (see `sourcePrefixIPv6`) may
+    /// have open at once across the service; more are accepted and closed at once. 1 to
+    /// 10,000,000; nil (`infinity`, the default) for no limit.
+    public var maxConnectionsPerSource: Int?
+    /// `[Server] MaxConnectionRatePerSource=`: new connections per second one source may make
+    /// (a token bucket), in thousandths per second; nil (`infinity`, the default) for no limit.
+    public var maxConnectionRatePerSource: Int?
+    /// `[Server] MaxConnectionBurstPerSource=`: the bucket's size, 1 to 1,000,000; nil (`auto`,
+    /// the default) for one second's worth of the rate, at least 1.
+    public var maxConnectionBurstPerSource: Int?
+    /// `[Server] SourcePrefixIPv6=`: the leading bits of an IPv6 address that name one source
+    /// for every per-source feature, 1 to 128. Default 64.
+    public var sourcePrefixIPv6: Int
     /// `[Server] LogLevel=`: the least severe level logged. Default `info`.
     public var logLevel: Logger.Level
     /// `[Thread] StackSize=`: stack of each connection thread in the thread model, in bytes.
@@ -80,12 +100,18 @@ public struct Configuration: Sendable, Equatable {
         listen = Configuration.defaultListen
         listenDatagram = []
         udpMaxBytesPerSecond = Configuration.defaultUDPMaxBytesPerSecond
+        udpRatePerSource = 1_000_000
+        udpBurstPerSource = nil
         workers = 0
         maxConnections = .auto
         backlog = 4096
         stopTimeout = .seconds(10)
         idleTimeout = nil
         sendTimeout = Configuration.defaultSendTimeout
+        maxConnectionsPerSource = nil
+        maxConnectionRatePerSource = nil
+        maxConnectionBurstPerSource = nil
+        sourcePrefixIPv6 = SourceKey.defaultPrefixIPv6
         logLevel = .info
         threadStackSize = 64 * 1024
         maxThreads = 16384

@@ -180,6 +180,18 @@ struct ConfigurationKey: Sendable {
         .single(
             "Server", "SendTimeoutSec", \.sendTimeout, parse: ConnectionTimeouts.parse, format: ConnectionTimeouts.format),
         .single(
+            "Server", "MaxConnectionsPerSource", \.maxConnectionsPerSource,
+            parse: SourceLimitSettings.parseCount, format: SourceLimitSettings.formatCount),
+        .single(
+            "Server", "MaxConnectionRatePerSource", \.maxConnectionRatePerSource,
+            parse: SourceLimitSettings.parseRate, format: SourceLimitSettings.formatRate),
+        .single(
+            "Server", "MaxConnectionBurstPerSource", \.maxConnectionBurstPerSource,
+            parse: SourceLimitSettings.parseBurst, format: SourceLimitSettings.formatBurst),
+        .single(
+            "Server", "SourcePrefixIPv6", \.sourcePrefixIPv6,
+            parse: SourceLimitSettings.parsePrefix, format: { String($0) }),
+        .single(
             "Server", "LogLevel", \.logLevel,
             parse: { (text) throws(ConfigurationValueError) in
                 try ConfigurationValueParser.choice(text, of: Logger.Level.self)
@@ -240,6 +252,22 @@ struct ConfigurationKey: Sendable {
                 return n
             },
             format: { $0.map { ConfigurationValueParser.formatSize($0) } ?? "infinity" }
+        ),
+        .single(
+            "UDP", "RatePerSource", \.udpRatePerSource,
+            parse: { (text) throws(ConfigurationValueError) in
+                do throws(ConfigurationValueError) {
+                    return try SourceLimitSettings.parseRate(text)
+                } catch {
+                    throw ConfigurationValueError(
+                        "expected datagrams per second from 0.001 to 1000000, e.g. '100', '0.5/s', '30/min', or 'infinity' (or 0) for none")
+                }
+            },
+            format: SourceLimitSettings.formatRate
+        ),
+        .single(
+            "UDP", "BurstPerSource", \.udpBurstPerSource, parse: SourceLimitSettings.parseBurst,
+            format: SourceLimitSettings.formatBurst
         ),
         .single(
             // Restart only: the trigger's signal is blocked and read from the signalfd only if

@@ -31,6 +31,24 @@ struct Connection {
     /// since the stop began at which a read last returned data.
     var link: Int32 = -1
     var phase: ConnectionPhase = .echoing
+    /// The connection's `SourceTicket` (the index of its source's entry in the per-source table),
+    /// in the three bytes the entry would otherwise spend on padding: 24 bits hold every index
+    /// of a table of at most 2^21 entries, and 0xFFFFFF stands for `untracked`.
+    var sourceLow: UInt8 = 0xFF
+    var sourceHigh: UInt16 = 0xFFFF
+
+    /// The connection's ticket in the per-source table.
+    var source: SourceTicket {
+        get {
+            let raw = Int32(sourceHigh) << 8 | Int32(sourceLow)
+            return raw == 0xFF_FFFF ? .untracked : SourceTicket(index: raw)
+        }
+        set {
+            let raw = newValue.isTracked ? UInt32(newValue.index) : 0xFF_FFFF
+            sourceLow = UInt8(truncatingIfNeeded: raw)
+            sourceHigh = UInt16(truncatingIfNeeded: raw >> 8)
+        }
+    }
 }
 
 /// A worker's connections, indexed by slot, in one contiguous allocation that doubles as needed.
@@ -80,6 +98,7 @@ struct ConnectionTable: ~Copyable {
         entry.pointee.fd = fd
         entry.pointee.link = -1
         entry.pointee.phase = .echoing
+        entry.pointee.source = .untracked
         entry.pointee.pendingStart = 0
         entry.pointee.pendingEnd = 0
         count += 1

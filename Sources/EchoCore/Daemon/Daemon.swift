@@ -52,6 +52,11 @@ public final class Daemon {
         didSet { logger.debug("state changed", metadata: ["state": "\(state)"]) }
     }
     private var maxConnections = 0
+    /// The UDP echo's policy and per-source table, when there are UDP sockets.
+    private var datagramPolicy: DatagramPolicy?
+    /// Per-source state of the whole service (`SourceTable`), mapped before the model is built
+    /// so that every thread, fork child and worker process shares it.
+    private var sources: SourceTable?
     /// The STATUS= figures as a Prometheus text file in `$RUNTIME_DIRECTORY` (see `MetricsFile`).
     private var metrics = MetricsPublisher(file: nil, model: "")
     /// Where the metrics file goes: `$RUNTIME_DIRECTORY/echod.prom`, when systemd set it.
@@ -110,6 +115,7 @@ public final class Daemon {
             maxConnections = connectionLimit(configuration)
             ConnectionTimeouts.shared.update(from: configuration)
             DatagramShared.shared.update(from: configuration)
+            sources = try makeSourceTable()
             model = try makeModel(listeners: listeners)
         } catch {
             notifier.notify(error.notification)
@@ -139,8 +145,9 @@ public final class Daemon {
     /// The `STATUS=` line for the model's figures now; the metrics file gets the same figures.
     private func publishStatus(_ status: inout StatusReporter, _ model: ServingModel) -> String {
         let snapshot = model.snapshot()
-        metrics.publish(snapshot, logger: logger)
-        return status.line(snapshot)
+        let refusals = sources?.refusals ?? .init()
+        metrics.publish(snapshot, refusals: refusals, logger: logger)
+        return status.line(snapshot, refusals: refusals)
     }
 
     /// `MaxConnections=` resolved for the configured model.
@@ -151,18 +158,42 @@ public final class Daemon {
 
     private func makeModel(listeners: ListenerSet) throws(StartupError) -> ServingModel {
         let datagramSockets = listeners.datagramDescriptors
-        let policy = datagramSockets.isEmpty ? nil : DatagramPolicy(ownPorts: listeners.localPorts)
+        let policy = datagramSockets.isEmpty ? nil : try makeDatagramPolicy(ownPorts: listeners.localPorts)
+        datagramPolicy = policy
         DatagramShared.shared.isServing = policy != nil
         let context = ModelContext(
             listeners: listeners.descriptors, datagramSockets: datagramSockets, datagramPolicy: policy,
             maxConnections: maxConnections,
-            heartbeatMilliseconds: Watchdog.heartbeatMilliseconds(interval: watchdogInterval), logger: logger)
+            heartbeatMilliseconds: Watchdog.heartbeatMilliseconds(interval: watchdogInterval), logger: logger,
+            sources: sources)
         do {
             let model = try configuration.model.servingModel.init(configuration: configuration, context: context)
             try model.start()
             return model
         } catch {
             throw StartupError("cannot start the \(configuration.model.rawValue) model: \(error)", errno: error.errno)
+        }
+    }
+
+    /// The per-source table, sized from the connection limit at start, with the configured limits.
+    private func makeSourceTable() throws(StartupError) -> SourceTable {
+        do {
+            let table = try SourceTable(capacity: SourceTable.capacity(forMaxConnections: maxConnections))
+            table.apply(SourceTable.Limits(configuration))
+            return table
+        } catch {
+            throw StartupError("cannot map the per-source table: \(error)", errno: error.errno)
+        }
+    }
+
+    /// The UDP echo's policy, with its own per-source table (rates only).
+    private func makeDatagramPolicy(ownPorts: [UInt16]) throws(StartupError) -> DatagramPolicy {
+        do {
+            let table = try SourceTable(capacity: DatagramPolicy.sourceTableCapacity)
+            table.apply(SourceTable.Limits(prefixIPv6: configuration.sourcePrefixIPv6))
+            return DatagramPolicy(ownPorts: ownPorts, sources: table)
+        } catch {
+            throw StartupError("cannot map the UDP per-source table: \(error)", errno: error.errno)
         }
     }
 
@@ -186,6 +217,7 @@ public final class Daemon {
         var nextStatus = monotonicNanoseconds() + statusInterval
         var watchdog = Watchdog(interval: watchdogInterval, start: monotonicNanoseconds())
         var timeoutLog = ConnectionTimeouts.LogState()
+        var refusalLog = SourceTable.LogState()
         var pollSet: [pollfd] = []
         guard let model = state.model else { return }
         // The thread and fork models accept here; the event model asks nothing of this loop.
@@ -197,6 +229,7 @@ public final class Daemon {
             if now >= nextStatus {
                 notifier.notify("STATUS=\(stopping ? "Stopping: " : "")\(publishStatus(&status, model))")
                 timeoutLog.logIfChanged(logger)
+                if let sources { refusalLog.logIfChanged(sources, logger) }
                 nextStatus = now + statusInterval
             }
             if let due = watchdog.nextCheck, now >= due {
@@ -293,6 +326,8 @@ public final class Daemon {
         logLevel.level = new.logLevel
         ConnectionTimeouts.shared.update(from: new)
         DatagramShared.shared.update(from: new)
+        sources?.apply(SourceTable.Limits(new))
+        datagramPolicy?.sources?.apply(SourceTable.Limits(prefixIPv6: new.sourcePrefixIPv6))
         let limit = connectionLimit(plan.applied)
         if limit != maxConnections {
             maxConnections = limit

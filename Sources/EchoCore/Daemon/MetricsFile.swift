@@ -73,9 +73,10 @@ public struct MetricsFile: Sendable {
     ///   - version: echod's version (a label of `echod_info`).
     ///   - startTime: when echod started, in seconds since the epoch.
     ///   - idleTimeouts, sendTimeouts: connections closed by `IdleTimeoutSec=` and `SendTimeoutSec=`.
+    ///   - refusals: connections refused by the per-source limits, by reason.
     public static func render(
         _ snapshot: ServerSnapshot, model: String, version: String, startTime: Double,
-        idleTimeouts: UInt64 = 0, sendTimeouts: UInt64 = 0
+        idleTimeouts: UInt64 = 0, sendTimeouts: UInt64 = 0, refusals: SourceTable.Refusals = .init()
     ) -> String {
         var out = ""
         func metric(_ name: String, _ type: String, _ help: String, _ value: String, labels: String = "") {
@@ -99,6 +100,11 @@ public struct MetricsFile: Sendable {
         out += "# TYPE echod_connections_timed_out_total counter\n"
         out += "echod_connections_timed_out_total{timeout=\"idle\"} \(idleTimeouts)\n"
         out += "echod_connections_timed_out_total{timeout=\"send\"} \(sendTimeouts)\n"
+        out += "# HELP echod_connections_refused_total Connections accepted and closed at once by a per-source limit, by reason.\n"
+        out += "# TYPE echod_connections_refused_total counter\n"
+        out += "echod_connections_refused_total{reason=\"per_source\"} \(refusals.perSource)\n"
+        out += "echod_connections_refused_total{reason=\"rate\"} \(refusals.rate)\n"
+        out += "echod_connections_refused_total{reason=\"source_table_full\"} \(refusals.tableFull)\n"
         return out
     }
 
@@ -162,13 +168,14 @@ struct MetricsPublisher {
     }
 
     /// Rewrites the file; a failure is logged (at most once a second) and serving goes on.
-    mutating func publish(_ snapshot: ServerSnapshot, logger: Logger) {
+    mutating func publish(_ snapshot: ServerSnapshot, refusals: SourceTable.Refusals = .init(), logger: Logger) {
         guard let file else { return }
         do {
             try file.replace(
                 with: MetricsFile.render(
                     snapshot, model: model, version: BuildInfo.version, startTime: startTime,
-                    idleTimeouts: ConnectionTimeouts.shared.idleClosed, sendTimeouts: ConnectionTimeouts.shared.sendClosed)
+                    idleTimeouts: ConnectionTimeouts.shared.idleClosed, sendTimeouts: ConnectionTimeouts.shared.sendClosed,
+                    refusals: refusals)
                     + MetricsFile.renderDatagrams(DatagramShared.shared))
         } catch {
             warning.warn(logger, "cannot write the metrics file", metadata: ["error": "\(error)", "path": "\(file.path)"])

@@ -12,7 +12,7 @@ struct StatusReporter {
         self.summary = summary
     }
 
-    mutating func line(_ s: ServerSnapshot) -> String {
+    mutating func line(_ s: ServerSnapshot, refusals: SourceTable.Refusals = .init()) -> String {
         let now = monotonicNanoseconds()
         let seconds = Double(max(1, now - lastTime)) / 1e9
         let rate = Double(s.bytesEchoed &- lastBytes) / seconds
@@ -20,7 +20,7 @@ struct StatusReporter {
         lastTime = now
         return "\(summary): \(s.open) open, \(s.accepted) accepted, "
             + "\(formatBytes(Double(s.bytesEchoed))) echoed, \(formatBytes(rate))/s"
-            + ConnectionTimeouts.shared.statusSuffix + DatagramShared.shared.statusSuffix
+            + ConnectionTimeouts.shared.statusSuffix + refusals.statusSuffix + DatagramShared.shared.statusSuffix
     }
 }
 

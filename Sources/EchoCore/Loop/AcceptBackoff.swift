@@ -48,25 +48,40 @@ struct AcceptBackoff {
     }
 
     /// Accepts blocking, close-on-exec connections from `listener` while `shouldAccept()` holds
-    /// and the queue is not empty, handing each to `handle`, which owns it from then on (also
-    /// when it throws). Errors that concern one connection are skipped; others, and a
-    /// `HandlerFailure`, pause accepting.
+    /// and the queue is not empty, admits each through the per-source table `sources` (a
+    /// refused one is closed at once, counted by the table) and hands it to `handle` with its
+    /// ticket; `handle` owns both from then on (also when it throws: it releases the ticket).
+    /// Errors that concern one connection are skipped; others, and a `HandlerFailure`, pause
+    /// accepting.
     mutating func acceptConnections(
-        from listener: Int32, while shouldAccept: () -> Bool,
-        _ handle: (consuming FileDescriptor) throws(HandlerFailure) -> Void
+        from listener: Int32, sources: SourceTable?, while shouldAccept: () -> Bool,
+        _ handle: (consuming FileDescriptor, SourceTicket) throws(HandlerFailure) -> Void
     ) {
+        var peer = sockaddr_storage()
         while !isActive && shouldAccept() {
             let result: IOResult<Int32>
             do {
-                result = try Socket.acceptBlocking(listener)
+                result = try withUnsafeMutablePointer(to: &peer) { (peer) throws(SystemError) in
+                    try Socket.acceptBlocking(listener, peer: sources == nil ? nil : peer)
+                }
             } catch {
                 if Socket.isTransientAcceptError(error.errno) { continue }
                 pause("accept failed; pausing accepts for 1s", error)
                 return
             }
             guard case .processed(let fd) = result else { return }
+            var ticket = SourceTicket.untracked
+            if let sources {
+                switch withUnsafePointer(to: &peer, { sources.admit(peer: $0, now: monotonicNanoseconds()) }) {
+                case .admitted(let admitted):
+                    ticket = admitted
+                case .refused:
+                    closeNoRetry(fd)
+                    continue
+                }
+            }
             do {
-                try handle(FileDescriptor(owning: fd))
+                try handle(FileDescriptor(owning: fd), ticket)
             } catch {
                 pause(error.message, error.error)
                 return

@@ -41,6 +41,10 @@ final class Worker: @unchecked Sendable {
     /// Wake-up descriptors of all workers, for resuming those paused at the connection limit.
     private var peers: [Int32] = []
     private var logger: Logger
+    /// The service's per-source table (nil in pool tests without one) and where accept puts the
+    /// peer's address for it.
+    private let sources: SourceTable?
+    private let peerAddress: UnsafeMutablePointer<sockaddr_storage>
 
     // The worker's own state is touched only by its thread, so Swift's dynamic exclusivity
     // checks (swift_beginAccess on every access, ~5% of the echo path in callgrind) buy nothing.
@@ -76,9 +80,12 @@ final class Worker: @unchecked Sendable {
 
     init(
         index: Int, listeners: [Int32], datagramSockets: [Int32] = [], datagramPolicy: DatagramPolicy? = nil,
-        control: PoolControl, logger: Logger
+        control: PoolControl, logger: Logger, sources: SourceTable? = nil
     ) throws(SystemError) {
         self.index = index
+        self.sources = sources
+        peerAddress = .allocate(capacity: 1)
+        peerAddress.initialize(to: sockaddr_storage())
         self.listeners = listeners
         self.datagramSockets = datagramPolicy == nil ? [] : datagramSockets
         self.control = control
@@ -112,6 +119,7 @@ final class Worker: @unchecked Sendable {
             table.close(slot)
         }
         readBuffer.deallocate()
+        peerAddress.deallocate()
         for b in bufferPool { b.deallocate() }
     }
 
@@ -236,7 +244,7 @@ final class Worker: @unchecked Sendable {
             }
             let result: IOResult<Int32>
             do {
-                result = try Socket.accept(listener)
+                result = try Socket.accept(listener, peer: sources == nil ? nil : peerAddress)
             } catch {
                 releaseSlot()
                 if handleAcceptError(error) { continue }
@@ -247,7 +255,21 @@ final class Worker: @unchecked Sendable {
                 releaseSlot()
                 return
             case .processed(let fd):
+                var ticket = SourceTicket.untracked
+                if let sources {
+                    // A per-source limit refuses by closing at once, before any echo; the
+                    // table counts it and the daemon logs the counts.
+                    switch sources.admit(peer: peerAddress, now: monotonicNanoseconds()) {
+                    case .admitted(let admitted):
+                        ticket = admitted
+                    case .refused:
+                        closeNoRetry(fd)
+                        releaseSlot()
+                        continue
+                    }
+                }
                 let slot = table.allocate(fd: fd)
+                table.entry(slot).pointee.source = ticket
                 let generation = table.entry(slot).pointee.generation
                 do {
                     try epoll.add(fd, events: .input, token: Self.token(slot, generation))
@@ -430,6 +452,7 @@ final class Worker: @unchecked Sendable {
 
     private func close(_ slot: Int32) {
         releasePending(table.entry(slot))
+        sources?.release(table.entry(slot).pointee.source)
         // close(2) also removes the descriptor from this epoll instance (it is not dup'ed).
         table.close(slot)
         releaseSlot()

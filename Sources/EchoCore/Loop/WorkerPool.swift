@@ -28,12 +28,14 @@ public final class WorkerPool: @unchecked Sendable {
     ///   - workerCount: number of worker threads (at least 1).
     ///   - maxConnections: the limit on open connections across all workers.
     ///   - logger: base logger; workers add `worker.index`.
+    ///   - sources: the per-source table every accepted connection is admitted through, if any.
     /// - Throws: `SystemError` if an epoll instance or eventfd cannot be made.
     ///   - heartbeatMilliseconds: longest an idle worker waits before its heartbeat advances.
     ///   - datagramSockets, datagramPolicy: UDP sockets every worker serves with the UDP echo.
     public init(
         listeners: [Int32], datagramSockets: [Int32] = [], datagramPolicy: DatagramPolicy? = nil,
-        workerCount: Int, maxConnections: Int, heartbeatMilliseconds: Int = 1000, logger: Logger
+        workerCount: Int, maxConnections: Int, heartbeatMilliseconds: Int = 1000, logger: Logger,
+        sources: SourceTable? = nil
     ) throws(SystemError) {
         precondition(workerCount >= 1)
         precondition(listeners.count <= 0xFFFF && datagramSockets.count <= 0xFFFF)
@@ -43,7 +45,7 @@ public final class WorkerPool: @unchecked Sendable {
             workers.append(
                 try Worker(
                     index: i, listeners: listeners, datagramSockets: datagramSockets, datagramPolicy: datagramPolicy,
-                    control: control, logger: logger))
+                    control: control, logger: logger, sources: sources))
         }
         let wakeups = workers.map { $0.wakeup.descriptor.rawValue }
         for w in workers { w.setPeers(wakeups) }

@@ -23,7 +23,7 @@ public final class EventModel: ServingModel {
             listeners: context.listeners, datagramSockets: context.datagramSockets,
             datagramPolicy: context.datagramPolicy, workerCount: workers,
             maxConnections: context.maxConnections, heartbeatMilliseconds: context.heartbeatMilliseconds,
-            logger: context.logger)
+            logger: context.logger, sources: context.sources)
     }
 
     /// Each worker's epoll instance and eventfd.

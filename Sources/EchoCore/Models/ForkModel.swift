@@ -33,6 +33,10 @@ public final class ForkModel: ControlLoopModel {
     private var limit: Int
     private var logger: Logger
     private var children: Set<pid_t> = []
+    /// The per-source table, and each child's ticket in it, released when the child is reaped
+    /// (the child never touches the table).
+    private let sources: SourceTable?
+    private var childSources: [pid_t: SourceTicket] = [:]
     /// Bytes echoed, added to by children: an anonymous shared page, so the parent can report
     /// them without a pipe per child.
     private let sharedBytes: UnsafeMutablePointer<UInt64>
@@ -55,6 +59,7 @@ public final class ForkModel: ControlLoopModel {
         listeners = context.listeners
         limit = context.maxConnections
         logger = context.logger
+        sources = context.sources
         backoff = AcceptBackoff(logger: context.logger)
         let page = mmap(nil, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)
         guard let page, page != MAP_FAILED else { throw SystemError("mmap", errno: errno) }
@@ -108,9 +113,19 @@ public final class ForkModel: ControlLoopModel {
             return
         }
         var spawned: [pid_t] = []
-        backoff.acceptConnections(from: fd, while: { !escalation.isStopping && children.count + spawned.count < limit }) {
-            (connection: consuming FileDescriptor) throws(AcceptBackoff.HandlerFailure) in
-            spawned.append(try spawnChild(for: connection))
+        backoff.acceptConnections(
+            from: fd, sources: sources, while: { !escalation.isStopping && children.count + spawned.count < limit }
+        ) {
+            (connection: consuming FileDescriptor, ticket: SourceTicket) throws(AcceptBackoff.HandlerFailure) in
+            let pid: pid_t
+            do throws(AcceptBackoff.HandlerFailure) {
+                pid = try spawnChild(for: connection)
+            } catch {
+                sources?.release(ticket)
+                throw error
+            }
+            spawned.append(pid)
+            if ticket.isTracked { childSources[pid] = ticket }
         }
         children.formUnion(spawned)
         accepted &+= UInt64(spawned.count)
@@ -180,6 +195,7 @@ public final class ForkModel: ControlLoopModel {
 
     private func reaped(_ pid: pid_t, status: Int32) {
         children.remove(pid)
+        if let ticket = childSources.removeValue(forKey: pid) { sources?.release(ticket) }
         let termSignal = status & 0x7f
         let exitCode = (status >> 8) & 0xff
         let abnormal = (termSignal != 0 && !(escalation.forced && termSignal == SIGKILL)) || (termSignal == 0 && exitCode != 0)

@@ -28,10 +28,14 @@ public struct ModelContext {
     public var datagramSockets: [Int32]
     /// What the UDP echo refuses; nil when there is no UDP socket.
     public var datagramPolicy: DatagramPolicy?
+    /// The service's per-source table (`MaxConnectionsPerSource=`, `MaxConnectionRatePerSource=`):
+    /// every accepted connection is admitted through it and released when it ends. Nil: no
+    /// per-source accounting (unit tests of a model).
+    public var sources: SourceTable?
 
     public init(
         listeners: [Int32], datagramSockets: [Int32] = [], datagramPolicy: DatagramPolicy? = nil, maxConnections: Int,
-        heartbeatMilliseconds: Int = 1000, logger: Logger
+        heartbeatMilliseconds: Int = 1000, logger: Logger, sources: SourceTable? = nil
     ) {
         self.listeners = listeners
         self.datagramSockets = datagramPolicy == nil ? [] : datagramSockets
@@ -39,6 +43,7 @@ public struct ModelContext {
         self.maxConnections = maxConnections
         self.heartbeatMilliseconds = heartbeatMilliseconds
         self.logger = logger
+        self.sources = sources
     }
 }
 

@@ -24,6 +24,7 @@ public final class ThreadModel: ControlLoopModel {
     private let stackSize: Int
     private var logger: Logger
     private let state: SharedState
+    private let sources: SourceTable?
     private var accepted: UInt64 = 0
     private var backoff: AcceptBackoff
     private var escalation = StopEscalation()
@@ -60,6 +61,7 @@ public final class ThreadModel: ControlLoopModel {
         } else {
             datagrams = nil
         }
+        sources = context.sources
     }
 
     /// The UDP thread's epoll instance and eventfd.
@@ -99,18 +101,22 @@ public final class ThreadModel: ControlLoopModel {
     private func acceptConnections(from listener: Int32) {
         let state = self.state
         let stackSize = self.stackSize
+        let sources = self.sources
         var started: UInt64 = 0
-        backoff.acceptConnections(from: listener, while: { roomForMore }) {
-            (connection: consuming FileDescriptor) throws(AcceptBackoff.HandlerFailure) in
+        backoff.acceptConnections(from: listener, sources: sources, while: { roomForMore }) {
+            (connection: consuming FileDescriptor, ticket: SourceTicket) throws(AcceptBackoff.HandlerFailure) in
             state.open.add(1, ordering: .relaxed)
             let handoff = Handoff(connection)
             do throws(SystemError) {
                 try JoinableThread.detach(name: "echod-conn", stackSize: stackSize) {
                     Self.connectionThread(handoff.take(), state: state)
+                    // The connection is closed: its source may have another.
+                    sources?.release(ticket)
                 }
                 started &+= 1
             } catch {
                 state.open.subtract(1, ordering: .relaxed)
+                sources?.release(ticket)
                 // The thread never ran: `handoff` still owns the connection and closes it.
                 throw .init(message: "cannot start a connection thread; pausing accepts for 1s", error: error)
             }

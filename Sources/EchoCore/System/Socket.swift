@@ -149,21 +149,39 @@ public enum Socket {
 
     /// Accepts one connection as a blocking, close-on-exec socket (for the thread and fork
     /// models, whose connections do blocking I/O). The corresponding C function is `accept4(2)`.
+    ///
+    /// - Parameter peer: where to put the peer's address, if wanted.
     @inline(__always)
-    public static func acceptBlocking(_ listener: Int32) throws(SystemError) -> IOResult<Int32> {
-        try syscallNonBlocking("accept4") { CEchoShims_accept4(listener, nil, nil, CEchoShims_SOCK_CLOEXEC) }
+    public static func acceptBlocking(_ listener: Int32, peer: UnsafeMutablePointer<sockaddr_storage>? = nil)
+        throws(SystemError) -> IOResult<Int32>
+    {
+        try accept4(listener, peer: peer, flags: CEchoShims_SOCK_CLOEXEC)
+    }
+
+    @inline(__always)
+    private static func accept4(_ listener: Int32, peer: UnsafeMutablePointer<sockaddr_storage>?, flags: Int32)
+        throws(SystemError) -> IOResult<Int32>
+    {
+        guard let peer else {
+            return try syscallNonBlocking("accept4") { CEchoShims_accept4(listener, nil, nil, flags) }
+        }
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        return try peer.withMemoryRebound(to: sockaddr.self, capacity: 1) { (address) throws(SystemError) in
+            try syscallNonBlocking("accept4") { CEchoShims_accept4(listener, address, &length, flags) }
+        }
     }
 
     /// Accepts one connection as non-blocking and close-on-exec.
     /// The corresponding C function is `accept4(2)`.
     ///
+    /// - Parameter peer: where to put the peer's address, if wanted.
     /// - Returns: the new descriptor, or `.wouldBlock` when the queue is empty.
     /// - Throws: `SystemError`; ECONNABORTED and friends are for the caller to skip,
     ///   EMFILE/ENFILE/ENOBUFS/ENOMEM to back off on.
     @inline(__always)
-    public static func accept(_ listener: Int32) throws(SystemError) -> IOResult<Int32> {
-        try syscallNonBlocking("accept4") {
-            CEchoShims_accept4(listener, nil, nil, CEchoShims_SOCK_NONBLOCK | CEchoShims_SOCK_CLOEXEC)
-        }
+    public static func accept(_ listener: Int32, peer: UnsafeMutablePointer<sockaddr_storage>? = nil)
+        throws(SystemError) -> IOResult<Int32>
+    {
+        try accept4(listener, peer: peer, flags: CEchoShims_SOCK_NONBLOCK | CEchoShims_SOCK_CLOEXEC)
     }
 }

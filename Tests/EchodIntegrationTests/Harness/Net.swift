@@ -141,14 +141,31 @@ final class Client {
     let host: Loopback
     let port: UInt16
 
-    /// - Parameter receiveBuffer: SO_RCVBUF, set before connecting so that the window the
-    ///   peer sees is small from the first byte (a slow reader makes the peer's sends partial).
-    init(_ host: Loopback = .v4, port: UInt16, timeout: Duration = .seconds(10), receiveBuffer: Int32? = nil) throws {
+    /// - Parameters:
+    ///   - receiveBuffer: SO_RCVBUF, set before connecting so that the window the peer sees is
+    ///     small from the first byte (a slow reader makes the peer's sends partial).
+    ///   - source: an IPv4 loopback address to connect from (e.g. "127.0.0.2"), so that one test
+    ///     can be several sources.
+    init(
+        _ host: Loopback = .v4, port: UInt16, timeout: Duration = .seconds(10), receiveBuffer: Int32? = nil,
+        source: String? = nil
+    ) throws {
         self.host = host
         self.port = port
         socket = try Socket.make(family: host.family, type: CEchoShims_SOCK_STREAM)
         try socket.setTimeouts(timeout)
         if let receiveBuffer { try socket.setOption(SOL_SOCKET, SO_RCVBUF, receiveBuffer, "SO_RCVBUF") }
+        if let source {
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            guard inet_pton(AF_INET, source, &address.sin_addr) == 1 else { throw HarnessError("bad source \(source)") }
+            let bound = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    Glibc.bind(socket.fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+            guard bound == 0 else { throw HarnessError.system("bind(\(source))") }
+        }
         try socket.connect(host, port: port)
     }
 
