@@ -312,11 +312,30 @@ scenario_activation() {
     local status
     status=$(prop echod.service StatusText)
     echo "  StatusText: $status"
-    [[ $status =~ ^event\ model,\ [0-9]+\ workers:\ [0-9]+\ open,\ [0-9]+\ accepted,\ .*echoed,\ .*/s,\ timeouts:\ [0-9]+\ idle,\ [0-9]+\ send,\ refused:\ [0-9]+\ per-source,\ [0-9]+\ rate,\ [0-9]+\ table-full$ ]] \
-        || fail "StatusText '$status' is not the live summary"
+    [[ $status =~ ^event\ model,\ [0-9]+\ workers:\ [0-9]+\ open,\ [0-9]+\ accepted,\ .*echoed,\ .*/s,\ timeouts:\ [0-9]+\ idle,\ [0-9]+\ send,\ refused:\ [0-9]+\ per-source,\ [0-9]+\ rate,\ [0-9]+\ table-full,\ udp:\ [0-9]+\ received,\ [0-9]+\ echoed\ \(.*\),\ dropped:\ [0-9]+\ reflector-port,\ [0-9]+\ own-port,\ [0-9]+\ truncated,\ [0-9]+\ per-source,\ [0-9]+\ cap,\ [0-9]+\ busy,\ [0-9]+\ error$ ]] \
+        || fail "StatusText '$status' is not the live summary (the shipped socket unit passes a UDP socket too)"
     echo_check 3
     wait_for 5 "StatusText with 5 accepted" accepted_at_least 5
     echo "  StatusText: $(prop echod.service StatusText)"
+    end
+}
+
+scenario_datagram() {
+    begin "the shipped socket unit's UDP socket: datagrams start echod and are echoed, beside the stream socket"
+    stop_service
+    systemctl reset-failed echod.service 2>/dev/null
+    expect_prop echod.service ActiveState inactive
+    local out
+    # The first datagrams wait in the socket's queue while echod starts; every one comes back.
+    out=$(echoload udp "$TARGET" --rate 200/s --connections 2 --duration 1s --warmup 0 --quiet 2>&1) \
+        || fail "echoload udp failed: $(echo "$out" | tail -3 | tr '\n' ' ')"
+    expect_prop echod.service ActiveState active
+    expect_journal "listen.datagram=127.0.0.1:7" -u echod.service
+    echo_check 2
+    wait_for 5 "StatusText counting the UDP echoes" \
+        sh -c "systemctl show -P StatusText echod | grep -Eq 'udp: [1-9][0-9]* received, [1-9][0-9]* echoed'"
+    echo "  StatusText: $(prop echod.service StatusText)"
+    wait_for 5 "echod.prom counting the UDP echoes" grep -q '^echod_udp_datagrams_echoed_total [1-9]' /run/echod/echod.prom
     end
 }
 
@@ -554,6 +573,7 @@ if [ "$failed" -eq 0 ]; then
     scenario_help_man
     scenario_analyze
     scenario_activation
+    scenario_datagram
     scenario_reload
     scenario_reload_broken
     scenario_stop
