@@ -4,6 +4,7 @@
 // reflecting services' ports and from echod's own ports are dropped (two echods cannot be made
 // to bounce a datagram between them); the output cap holds. Counters are read from STATUS=.
 import CEchoShims
+import Foundation
 import Glibc
 import Testing
 
@@ -52,7 +53,8 @@ extension EchodIntegration {
                 let whole = Pattern.bytes(seed: 2, count: 65_507)
                 try client.send(whole, to: port)
                 let echo = try client.receive(timeout: .seconds(5))
-                #expect(echo == whole, "the 65,507-byte datagram: \(echo?.count ?? -1) bytes back")
+                #expect(echo.map { describeMismatch(received: $0, expected: whole) } == .some(nil),
+                        "the 65,507-byte datagram: \(echo?.count ?? -1) bytes back")
                 let counters = try server.udpCounters { $0["truncated"] == 1 }
                 #expect(counters?["truncated"] == 1 && counters?["echoed"] == 1, "\(String(describing: counters))")
                 #expect(try client.receive(timeout: .milliseconds(200)) == nil, "a truncated datagram came back")
@@ -81,6 +83,10 @@ extension EchodIntegration {
                 for (client, source) in zip(clients, Self.reflectorPorts) {
                     #expect(client.drain().datagrams == 0, "a datagram from port \(source) was echoed")
                 }
+                // Logged, but rate-limited: at most one line a second per worker (two here), not
+                // one per dropped datagram.
+                let logged = server.child.stderrText.components(separatedBy: "UDP datagram dropped").count - 1
+                #expect(logged >= 1 && logged <= 2, "\(logged) drop lines for \(expected) drops")
             }
         }
 
