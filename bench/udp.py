@@ -30,7 +30,7 @@ import tempfile
 import time
 
 SIZES = [64, 1400]
-RATES = {64: 400_000, 1400: 250_000}
+RATES = {64: 50_000, 1400: 50_000}
 ECHOD_CONFIG = """[Server]
 Model=event
 Workers=1
