@@ -207,6 +207,7 @@ spdx-check:
 	scripts/spdx.sh --check
 
 ## bench: the three models against the C baseline (bench/baseline.c, one loop or one per CPU) and
+## the UDP echo against bench/udp_baseline.c (bench/udp.py: 64 and 1,400 bytes, five rounds), and
 ## the seed's Python servers (bench/seed_server.py); pinned and 2-core sections, seven rounds, about
 ## 35 minutes. Uses tcpkali for one streaming point when $(TCPKALI) exists (make bench-tcpkali).
 BENCH_OUT ?= bench/out
@@ -221,10 +222,15 @@ $(BENCH_OUT)/baseline: bench/baseline.c
 $(BENCH_OUT)/streamer: bench/streamer.c
 	@mkdir -p $(BENCH_OUT)
 	$(CC) -O2 -Wall -Wextra -o $@ $<
+$(BENCH_OUT)/udp_baseline: bench/udp_baseline.c
+	@mkdir -p $(BENCH_OUT)
+	$(CC) -O2 -Wall -Wextra -o $@ $<
 
-bench: release-static $(BENCH_OUT)/baseline $(BENCH_OUT)/streamer
+bench: release-static $(BENCH_OUT)/baseline $(BENCH_OUT)/streamer $(BENCH_OUT)/udp_baseline
 	python3 bench/run.py --echod $(BUILT)/echod --echoload $(BUILT)/echoload \
 	  --baseline $(BENCH_OUT)/baseline --streamer $(BENCH_OUT)/streamer --tcpkali $(TCPKALI) --out $(BENCH_OUT)
+	python3 bench/udp.py --echod $(BUILT)/echod --echoload $(BUILT)/echoload \
+	  --baseline $(BENCH_OUT)/udp_baseline --out $(BENCH_OUT)
 
 ## bench-scale: one million concurrent connections against the C baseline fleet and echod
 ## (Model=event with Processes=), the thread and fork models; needs ~8 GB free; not in make test.
@@ -240,9 +246,11 @@ bench-config: release-static
 	python3 bench/config_shapes.py --echod $(BUILT)/echod
 
 ## bench-smoke: the benchmark end to end in under a minute; asserts nothing about speed.
-bench-smoke: release-static $(BENCH_OUT)/baseline $(BENCH_OUT)/streamer
+bench-smoke: release-static $(BENCH_OUT)/baseline $(BENCH_OUT)/streamer $(BENCH_OUT)/udp_baseline
 	python3 bench/run.py --echod $(BUILT)/echod --echoload $(BUILT)/echoload \
 	  --baseline $(BENCH_OUT)/baseline --streamer $(BENCH_OUT)/streamer --tcpkali $(TCPKALI) --out $(BENCH_OUT)/smoke --smoke --quiet
+	python3 bench/udp.py --echod $(BUILT)/echod --echoload $(BUILT)/echoload \
+	  --baseline $(BENCH_OUT)/udp_baseline --out $(BENCH_OUT)/smoke --smoke >/dev/null
 
 ## soak: 10 minutes (SOAK_SECONDS) of mixed, hostile and well-behaved load against each model
 ## (bench/soak.py): descriptors, threads, children and resident memory sampled every second must

@@ -266,6 +266,8 @@ final class EventWorker: @unchecked Sendable {
             case .rate:
                 schedule(now)
                 if now >= window.end && rateDone { endTraffic(now) }
+            case .udp:
+                preconditionFailure("udp runs in DatagramDriver")
             }
         case .draining:
             if options.mode == .hold && !released {
@@ -434,6 +436,8 @@ final class EventWorker: @unchecked Sendable {
         case .stream:
             conns[i].goal = UInt64.max
             write(i, now)
+        case .udp:
+            preconditionFailure("udp runs in DatagramDriver")
         }
     }
 
@@ -759,6 +763,8 @@ final class EventWorker: @unchecked Sendable {
                 connection: global(i), from: before, to: after, size: options.size, schedule: rateSchedule,
                 skip: conns[i].skip, window: window, now: now, into: &sink)
             if phase == .draining && after == conns[i].goal { finish(i) }
+        case .udp:
+            preconditionFailure("udp runs in DatagramDriver")
         }
     }
 

@@ -5,7 +5,7 @@ import CEchoShims
 import EchoCore
 import Glibc
 
-/// The four workloads.
+/// The five workloads.
 public enum LoadMode: String, Sendable, CaseIterable {
     /// Open idle connections, hold them, probe each once.
     case hold
@@ -15,6 +15,9 @@ public enum LoadMode: String, Sendable, CaseIterable {
     case rate
     /// Write continuously and read concurrently.
     case stream
+    /// Open loop of UDP datagrams at a constant rate, each echo verified (loss, duplication,
+    /// reordering), latency from intended send times.
+    case udp
 }
 
 /// How the client itself is built (the three models of the classic study).
@@ -83,6 +86,9 @@ public struct LoadOptions: Sendable, Equatable {
     public var intervalLength: Int64 = 0
     /// `--latency-log`: where the per-interval latency histograms go (this process only).
     public var latencyLog: String?
+    /// `udp`: the run fails when more than this fraction of the datagrams sent in the measured
+    /// period never came back (default 0: any loss fails it).
+    public var maxLoss: Double = 0
 
     public init(mode: LoadMode, target: SocketAddress, connections: Int) {
         self.mode = mode
@@ -133,13 +139,26 @@ public struct LoadOptions: Sendable, Equatable {
         guard intervalLength == 0 || (intervalLength >= 10_000_000 && intervalLength <= Self.maxSpan) else {
             throw .usage("--interval must be between 10ms and 1000h")
         }
-        if intervalLength > 0 && mode == .hold { throw .usage("--interval and --latency-log apply to pingpong, rate and stream") }
+        if intervalLength > 0 && (mode == .hold || mode == .udp) {
+            throw .usage("--interval and --latency-log apply to pingpong, rate and stream")
+        }
         if latencyLog != nil && mode != .pingpong && mode != .rate {
             throw .usage("--latency-log applies to pingpong and rate (stream measures no latency)")
         }
         if intervalLength > 0 && duration / intervalLength > 100_000 {
             throw .usage("--interval: at most 100000 intervals per run (--duration / --interval)")
         }
+        if mode == .udp {
+            guard rate != nil else { throw .usage("udp needs --rate DATAGRAMS/s") }
+            guard size >= DatagramDriver.headerSize && size <= 65_507 else {
+                throw .usage("udp: --size must be between \(DatagramDriver.headerSize) (each datagram carries its socket and sequence number) and 65507 bytes")
+            }
+            guard model == .event && processes == 1 else {
+                throw .usage("udp runs in one thread of one process: drop --model and --processes")
+            }
+            guard connections <= 4096 else { throw .usage("udp: at most 4096 sockets (-c)") }
+        }
+        guard maxLoss >= 0 && maxLoss <= 1 else { throw .usage("--max-loss must be a fraction in [0, 1] or a percentage in [0%, 100%]") }
         if let f = failUnderRate {
             guard f > 0 && f <= 1 else { throw .usage("--fail-under-rate must be a fraction in (0, 1] or a percentage in (0%, 100%]") }
             guard mode == .rate else { throw .usage("--fail-under-rate applies to rate mode only") }

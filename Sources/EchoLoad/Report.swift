@@ -69,7 +69,7 @@ public struct LoadResult: Sendable {
 
     /// `rate`: messages per second handed to the sockets in the measured period (the offered load).
     public var offeredPerSecond: Double? {
-        guard options.mode == .rate, seconds > 0 else { return nil }
+        guard options.mode == .rate || options.mode == .udp, seconds > 0 else { return nil }
         return Double(tally.issued) / seconds
     }
 
@@ -113,6 +113,11 @@ public struct LoadResult: Sendable {
             if options.duration > 0 && t.messages == 0 && interruption == nil { why.append("no message was echoed in the measured period") }
         case .stream:
             if options.duration > 0 && t.bytesReceived == 0 && interruption == nil { why.append("no byte was echoed in the measured period") }
+        case .udp:
+            if options.duration > 0 && t.messages == 0 && interruption == nil { why.append("no datagram was echoed in the measured period") }
+            if lossExceeded {
+                why.append("\(formatFixed((t.datagrams?.lossFraction ?? 0) * 100, 3))% of the datagrams lost, over --max-loss \(formatFixed(options.maxLoss * 100, 3))%")
+            }
         }
         if rateMissed, let f = options.failUnderRate, let r = options.rate, let offered = offeredPerSecond {
             why.append("offered rate \(formatFixed(offered, 1)) msg/s is \(formatFixed(offered / r * 100, 1))% of the target, under --fail-under-rate \(formatFixed(f * 100, 1))%")
@@ -144,6 +149,11 @@ public struct LoadResult: Sendable {
     static func byKind(_ counts: [String: Int]) -> String {
         counts.sorted { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }.map { "\($0.key) \($0.value)" }
             .joined(separator: ", ")
+    }
+
+    /// `udp`: more datagrams lost than `--max-loss` allows.
+    public var lossExceeded: Bool {
+        options.mode == .udp && (tally.datagrams?.lossFraction ?? 0) > options.maxLoss
     }
 
     /// Exit status for the run: 0 clean, 1 faults found (or fell short), 128 + N when signal N
@@ -193,7 +203,15 @@ public struct LoadResult: Sendable {
             ("io", counts(t.ioErrors)),
             ("first", t.firstFault.map { .string($0) } ?? .null),
         ])
-        let rateOnly = o.mode == .rate
+        let rateOnly = o.mode == .rate || o.mode == .udp
+        var datagrams: JSONValue = .null
+        if let d = t.datagrams {
+            datagrams = .object([
+                ("sent", .int(Int64(d.sent))), ("echoed", .int(Int64(d.echoed))), ("lost", .int(Int64(d.lost))),
+                ("loss_fraction", .double((d.lossFraction * 1e6).rounded() / 1e6)), ("max_loss", .double(o.maxLoss)),
+                ("duplicates", .int(Int64(d.duplicates))), ("reordered", .int(Int64(d.reordered))),
+            ])
+        }
         let traffic: JSONValue = .object([
             ("measured_seconds", r3(seconds)),
             ("messages", .int(Int64(t.messages))),
@@ -262,6 +280,7 @@ public struct LoadResult: Sendable {
             ("latency_us", latency),
             ("errors", errors),
             ("parts", .array(partsJSON)),
+            ("datagrams", datagrams),
             ("notes", .array(notes.map { .string($0) })),
             ("interrupted", interruption.map { .string($0) } ?? .null),
             ("clean", .bool(isClean)),
@@ -315,10 +334,10 @@ public struct LoadResult: Sendable {
             }
         case .hold:
             lines.append("hold         \(f(Double(t.holdNanos) / 1e9, 3)) s with all open at once (from the run's start); held \(t.held) of \(o.connections) (each answered a probe afterwards)")
-        case .pingpong, .rate:
+        case .pingpong, .rate, .udp:
             var line = "traffic      \(f(seconds, 2)) s measured: \(t.messages) messages × \(o.size) B = \(t.bytesReceived) B"
             line += "; \(f(messagesPerSecond, 1)) msg/s, \(f(megabytesPerSecondReceived, 2)) MB/s"
-            if o.mode == .rate, let r = o.rate { line += " (target \(f(r, 1)) msg/s, scheduled \(t.scheduled))" }
+            if o.mode != .pingpong, let r = o.rate { line += " (target \(f(r, 1)) msg/s, scheduled \(t.scheduled))" }
             lines.append(line)
             if let r = o.rate, let offered = offeredPerSecond {
                 var l = "offered      \(f(offered, 1)) msg/s handed to the sockets = \(f(offered / r * 100, 1))% of the target"
@@ -328,7 +347,12 @@ public struct LoadResult: Sendable {
             }
             if let l = latencyMicroseconds {
                 lines.append("latency µs   " + l.map { "\($0.0 == "p99_9" ? "p99.9" : $0.0) \(f($0.1, 1))" }.joined(separator: "  ")
-                    + (o.mode == .rate ? "  (from intended send times)" : ""))
+                    + (o.mode == .pingpong ? "" : "  (from intended send times)"))
+            }
+            if let d = t.datagrams {
+                lines.append("datagrams    sent \(d.sent)  echoed \(d.echoed)  lost \(d.lost) (\(f(d.lossFraction * 100, 3))%"
+                    + (lossExceeded ? ", over --max-loss \(f(o.maxLoss * 100, 3))%)" : ")")
+                    + "  duplicated \(d.duplicates)  reordered \(d.reordered)")
             }
         case .stream:
             lines.append("traffic      \(f(seconds, 2)) s measured: sent \(f(megabytesPerSecondSent, 2)) MB/s, received \(f(megabytesPerSecondReceived, 2)) MB/s (\(t.bytesSent) / \(t.bytesReceived) B)")

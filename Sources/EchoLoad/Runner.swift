@@ -18,6 +18,7 @@ public enum LoadRunner {
         try applyScalePlan(&options, progress: progress)
         try options.validate()
         Signals.ignoreSIGPIPE()
+        if options.mode == .udp { return try DatagramDriver.run(options) }
         let perProcess = options.model == .fork ? 1 : (options.connections + options.processes - 1) / options.processes
         try raiseDescriptorLimit(needed: perProcess, splittable: options.model != .fork)
         try preflight(options)

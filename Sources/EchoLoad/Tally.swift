@@ -62,12 +62,15 @@ public struct Tally: Sendable {
     /// Connections established in each second since the connect epoch (index 0: the first
     /// second); the epoch is shared by every process, so the parts add up bucket by bucket.
     public var connectTimeline: [Int] = []
+    /// `udp`: sent, echoed, lost, duplicated and reordered datagrams of the measured period.
+    public var datagrams: DatagramFigures? = nil
 
     public init() {}
 
     /// Every fault counted (connect failures excluded).
     public var faults: Int {
         mismatches + shortReads + prematureCloses + timeouts + ioErrors.values.reduce(0, +)
+            + Int(datagrams?.duplicates ?? 0)
     }
 
     public var connectFailed: Int { connectFailures.values.reduce(0, +) }
@@ -107,6 +110,15 @@ public struct Tally: Sendable {
             connectTimeline += [Int](repeating: 0, count: other.connectTimeline.count - connectTimeline.count)
         }
         for (i, n) in other.connectTimeline.enumerated() { connectTimeline[i] += n }
+        if let d = other.datagrams {
+            var mine = datagrams ?? DatagramFigures()
+            mine.sent += d.sent
+            mine.echoed += d.echoed
+            mine.lost += d.lost
+            mine.duplicates += d.duplicates
+            mine.reordered += d.reordered
+            datagrams = mine
+        }
     }
 
     /// Counts one connection established at `now`, `epoch` being the connect epoch.

@@ -205,6 +205,7 @@ struct ConnectionThread {
             }
         case .pingpong: pingpong(fd, &tally)
         case .rate, .stream: writerAndReader(fd, &tally)
+        case .udp: preconditionFailure("udp runs in DatagramDriver")
         }
         shared.addFault(tally)
     }

@@ -16,7 +16,7 @@ import Glibc
 struct EcholoadCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "echoload",
-        abstract: "Load client for RFC 862 echo servers: hold, max, pingpong, rate, stream; sweep, merge.",
+        abstract: "Load client for RFC 862 echo servers: hold, max, pingpong, rate, stream, udp; sweep, merge.",
         discussion: """
             Every echoed byte is checked against what was sent (a per-connection, position-dependent \
             pattern); any mismatch, short read, premature close or missing echo is counted and makes \
@@ -28,7 +28,7 @@ struct EcholoadCommand: ParsableCommand {
             130/143 interrupted.
             """,
         version: BuildInfo.versionText(program: "echoload"),
-        subcommands: [Hold.self, Max.self, Pingpong.self, Rate.self, Stream.self, Sweep.self, Merge.self, Child.self]
+        subcommands: [Hold.self, Max.self, Pingpong.self, Rate.self, Stream.self, Udp.self, Sweep.self, Merge.self, Child.self]
     )
 
     /// Parses, runs, and turns every failure into one line and an exit status.
@@ -534,6 +534,45 @@ struct Merge: ParsableCommand {
         if !result.isClean {
             throw LoadFailure(message: "echoload merge: the merged result is not clean", status: 1)
         }
+    }
+}
+
+struct Udp: ParsableCommand, WorkloadDefaults {
+    static let configuration = CommandConfiguration(
+        abstract: "Open loop of UDP datagrams at a constant rate, every echo verified.",
+        discussion: """
+            Sends --rate datagrams per second of --size bytes, spread over -c connected UDP sockets \
+            (one schedule, as in rate), from one thread with sendmmsg/recvmmsg batches. Each datagram \
+            carries its socket and sequence number and a pattern keyed by both: an echo of the wrong \
+            length, socket or content is a mismatch, one echoed twice a duplicate (both faults); \
+            echoes overtaking earlier ones are counted as reordered; datagrams of the measured \
+            period not back within --drain-timeout are lost, and more than --max-loss of them fails \
+            the run. Latency counts from each datagram's intended send time. --model and \
+            --processes do not apply.
+            """)
+    static let connections = 1
+    static let connectionsHelp = "UDP sockets the datagrams are spread over."
+    static let sizeHelp = "Datagram size in bytes, 16 to 65507."
+
+    @OptionGroup var common: CommonOptions
+
+    @Option(name: .long, help: ArgumentHelp("Datagrams per second over all sockets (N or N/s).", valueName: "rate"))
+    var rate: RateArgument
+
+    @Option(name: .customLong("max-loss"), help: ArgumentHelp(
+        "Fail the run (exit 1) if more than this fraction of the datagrams sent in the measured period is lost (0.01 or 1%; default 0).",
+        valueName: "fraction"))
+    var maxLoss: FractionArgument?
+
+    @OptionGroup var workload: WorkloadOptions<Udp>
+    @OptionGroup var traffic: TrafficOptions<Udp>
+
+    func run() throws {
+        var o = try common.makeOptions(.udp, connections: workload.connections)
+        o.rate = rate.perSecond
+        o.maxLoss = maxLoss?.value ?? 0
+        traffic.apply(to: &o, duration: workload.duration)
+        try common.execute(o)
     }
 }
 

@@ -91,6 +91,9 @@ private let noFileReason = "expected a number from 1 to 4294967295 or 'max'"
         .init("UDP", "MaxBytesPerSecond=1K") { $0.udpMaxBytesPerSecond = 1024 },
         .init("UDP", "MaxBytesPerSecond=100M") { $0.udpMaxBytesPerSecond = 100 << 20 },
         .init("UDP", "MaxBytesPerSecond=infinity") { $0.udpMaxBytesPerSecond = nil },
+        .init("UDP", "RatePerSource=50") { $0.udpRatePerSource = 50_000 },
+        .init("UDP", "RatePerSource=infinity") { $0.udpRatePerSource = nil },
+        .init("UDP", "BurstPerSource=10") { $0.udpBurstPerSource = 10 },
         .init("Server", "Workers=0") { $0.workers = 0 },
         .init("Server", "Workers=8") { $0.workers = 8 },
         .init("Server", "Workers=1024") { $0.workers = 1024 },
@@ -138,6 +141,7 @@ private let noFileReason = "expected a number from 1 to 4294967295 or 'max'"
         .init("Server", "ListenDatagram", "127.0.0.1", "expected HOST:PORT"),
         .init("UDP", "MaxBytesPerSecond", "1000", "expected a size from 1K to 1T per second, e.g. '16M', or 'infinity'"),
         .init("UDP", "MaxBytesPerSecond", "0", "expected a size from 1K to 1T per second, e.g. '16M', or 'infinity'"),
+        .init("UDP", "RatePerSource", "fast", "expected datagrams per second from 0.001 to 1000000, e.g. '100', '0.5/s', '30/min', or 'infinity' (or 0) for none"),
         .init("Server", "Listen", "127.0.0.1", "expected HOST:PORT"),
         .init("Server", "Listen", "127.0.0.1:70000", "port must be a number from 0 to 65535"),
         .init("Server", "Listen", "::1:7007", "IPv6 addresses must be written in brackets, e.g. [::1]:7007"),
@@ -548,6 +552,10 @@ private let noFileReason = "expected a number from 1 to 4294967295 or 'max'"
             [UDP]
             # default
             MaxBytesPerSecond=16M
+            # default
+            RatePerSource=1000
+            # default
+            BurstPerSource=auto
 
             [Debug]
             # default

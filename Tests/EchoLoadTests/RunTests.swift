@@ -11,6 +11,9 @@ import EchoLoad
 import Glibc
 import Testing
 
+/// The modes over TCP (`udp` has its own suite, DatagramRunTests.swift).
+let tcpModes = LoadMode.allCases.filter { $0 != .udp }
+
 /// Arguments for a short run of `mode` (about a second).
 func shortRun(_ mode: LoadMode, _ target: String, connections: Int? = nil) -> [String] {
     var a = [mode.rawValue, target, "--json", "--quiet", "--drain-timeout", "2s"]
@@ -22,6 +25,7 @@ func shortRun(_ mode: LoadMode, _ target: String, connections: Int? = nil) -> [S
     case .pingpong: a += ["-c", "\(connections ?? 8)", "--size", "100", "--duration", "500ms", "--warmup", warmup]
     case .rate: a += ["-c", "\(connections ?? 8)", "--rate", "2000/s", "--size", "64", "--duration", "500ms", "--warmup", warmup]
     case .stream: a += ["-c", "\(connections ?? 2)", "--size", "16384", "--duration", "500ms", "--warmup", warmup]
+    case .udp: a += ["-c", "\(connections ?? 4)", "--rate", "1000/s", "--size", "64", "--duration", "500ms", "--warmup", warmup]
     }
     return a
 }
@@ -46,7 +50,7 @@ func expectConsistent(_ run: Run, mode: LoadMode, connections: Int, size: Int, r
         #expect(parts.compactMap { int($0, "held") }.reduce(0, +) == Int64(connections), sourceLocation: sourceLocation)
         // One 16-byte probe per connection, and nothing else.
         #expect(int(j, "traffic.total_bytes_sent") == Int64(16 * connections), sourceLocation: sourceLocation)
-    case .pingpong, .rate:
+    case .pingpong, .rate, .udp:
         #expect(messages > 0, sourceLocation: sourceLocation)
         #expect(messages * Int64(size) == int(j, "traffic.bytes_received"), sourceLocation: sourceLocation)
         #expect(messages * Int64(size) == int(j, "traffic.bytes_sent"), sourceLocation: sourceLocation)
@@ -57,7 +61,11 @@ func expectConsistent(_ run: Run, mode: LoadMode, connections: Int, size: Int, r
         let seconds = value(j, "traffic.measured_seconds")?.doubleValue ?? 0
         let perSecond = value(j, "traffic.messages_per_second")?.doubleValue ?? 0
         #expect(seconds > 0 && abs(perSecond - Double(messages) / seconds) <= 1, sourceLocation: sourceLocation)
-        if mode == .rate, let rate {
+        if mode == .udp {
+            #expect(int(j, "datagrams.sent") == messages && int(j, "datagrams.echoed") == messages, sourceLocation: sourceLocation)
+            #expect(int(j, "datagrams.lost") == 0 && int(j, "datagrams.duplicates") == 0, sourceLocation: sourceLocation)
+        }
+        if mode == .rate || mode == .udp, let rate {
             // Open loop: everything scheduled was answered, and the schedule kept the rate.
             #expect(int(j, "traffic.scheduled_messages") == messages, sourceLocation: sourceLocation)
             #expect(abs(Double(messages) - rate * seconds) <= Double(connections) + 2, "messages \(messages) at \(rate)/s over \(seconds) s", sourceLocation: sourceLocation)
@@ -77,6 +85,7 @@ func size(for mode: LoadMode) -> Int {
     case .pingpong: return 100
     case .rate: return 64
     case .stream: return 16384
+    case .udp: return 64
     }
 }
 
@@ -85,13 +94,14 @@ func defaultConnections(_ mode: LoadMode) -> Int {
     case .hold: return 200
     case .pingpong, .rate: return 8
     case .stream: return 2
+    case .udp: return 4
     }
 }
 
 @Suite(.serialized) struct EcholoadRuns {
 
     @Suite struct AgainstEchod {
-        @Test("every subcommand reports consistent figures against echod", arguments: ServerModel.allCases, LoadMode.allCases)
+        @Test("every subcommand reports consistent figures against echod", arguments: ServerModel.allCases, tcpModes)
         func consistentFigures(server: ServerModel, mode: LoadMode) throws {
             // A model echod's --check-config rejects is a failure, never a skipped case.
             try #require(try Echod.supports(server), "echod --check-config rejects Model=\(server.rawValue)")
@@ -102,7 +112,7 @@ func defaultConnections(_ mode: LoadMode) -> Int {
         }
 
         @Test("the thread and fork client models report consistent figures",
-              arguments: [ClientModel.thread, .fork], LoadMode.allCases)
+              arguments: [ClientModel.thread, .fork], tcpModes)
         func clientModels(model: ClientModel, mode: LoadMode) throws {
             let echod = try Echod()
             let connections = model == .fork ? min(defaultConnections(mode), 20) : defaultConnections(mode)
@@ -146,7 +156,7 @@ func defaultConnections(_ mode: LoadMode) -> Int {
             var testDescription: String { "\(mode.rawValue) --model \(model.rawValue)" }
         }
 
-        static let modesAndModels: [ModeAndModel] = LoadMode.allCases.flatMap { mode in
+        static let modesAndModels: [ModeAndModel] = tcpModes.flatMap { mode in
             ClientModel.allCases.map { ModeAndModel(mode: mode, model: $0) }
         }
 

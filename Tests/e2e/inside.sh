@@ -320,6 +320,38 @@ scenario_activation() {
     end
 }
 
+scenario_datagram() {
+    begin "the shipped socket unit with its ListenDatagram= opened: datagrams start echod and are echoed, beside the stream socket"
+    stop_service
+    systemctl reset-failed echod.service 2>/dev/null
+    # What echod.socket's comment and the README say to do to open UDP.
+    mkdir -p /etc/systemd/system/echod.socket.d
+    printf '[Socket]\nListenDatagram=127.0.0.1:7\n' >/etc/systemd/system/echod.socket.d/50-e2e-udp.conf
+    systemctl daemon-reload
+    systemctl restart echod.socket || fail "systemctl restart echod.socket returned $?"
+    socket_listening
+    expect_prop echod.service ActiveState inactive
+    local out
+    # The first datagrams wait in the socket's queue while echod starts; every one comes back.
+    out=$(echoload udp "$TARGET" --rate 200/s --connections 2 --duration 1s --warmup 0 --quiet 2>&1) \
+        || fail "echoload udp failed: $(echo "$out" | tail -3 | tr '\n' ' ')"
+    expect_prop echod.service ActiveState active
+    expect_journal "listen.datagram=127.0.0.1:7" -u echod.service
+    echo_check 2
+    wait_for 5 "StatusText counting the UDP echoes" \
+        sh -c "systemctl show -P StatusText echod | grep -Eq 'udp: [1-9][0-9]* received, [1-9][0-9]* echoed'"
+    echo "  StatusText: $(prop echod.service StatusText)"
+    wait_for 5 "echod.prom counting the UDP echoes" grep -q '^echod_udp_datagrams_echoed_total [1-9]' /run/echod/echod.prom
+    # Back to the shipped socket unit (TCP only) for the scenarios that follow.
+    stop_service
+    rm -f /etc/systemd/system/echod.socket.d/50-e2e-udp.conf
+    systemctl daemon-reload
+    systemctl restart echod.socket || fail "systemctl restart echod.socket returned $?"
+    socket_listening
+    echo_check 2  # and echod running again, as the scenarios that follow expect
+    end
+}
+
 scenario_reload() {
     begin "reload applies a changed configuration"
     local pid
@@ -774,6 +806,7 @@ if [ "$failed" -eq 0 ]; then
     scenario_help_man
     scenario_analyze
     scenario_activation
+    scenario_datagram
     scenario_reload
     scenario_reload_broken
     scenario_stop

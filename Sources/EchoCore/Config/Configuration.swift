@@ -25,6 +25,13 @@ public struct Configuration: Sendable, Equatable {
     /// one largest datagram). Default `defaultUDPMaxBytesPerSecond` (16 MiB/s); nil
     /// (`infinity`) for no cap.
     public var udpMaxBytesPerSecond: UInt64?
+    /// `[UDP] RatePerSource=`: datagrams per second one source (an IPv4 address, or an IPv6
+    /// prefix of `SourcePrefixIPv6=` bits) gets echoed, in thousandths per second (a token
+    /// bucket in the UDP echo's own `SourceTable`). Default 1000/s; nil (`infinity`) for none.
+    public var udpRatePerSource: Int?
+    /// `[UDP] BurstPerSource=`: the bucket's size in datagrams; nil (`auto`, the default) for one
+    /// second's worth of `RatePerSource=`.
+    public var udpBurstPerSource: Int?
     /// `[Server] Workers=`: worker threads, 0 to 1024; 0 (the default) means one per CPU.
     public var workers: Int
     /// `[Server] Processes=`: worker processes, each serving every listener with the model
@@ -97,6 +104,8 @@ public struct Configuration: Sendable, Equatable {
         listen = Configuration.defaultListen
         listenDatagram = []
         udpMaxBytesPerSecond = Configuration.defaultUDPMaxBytesPerSecond
+        udpRatePerSource = 1_000_000
+        udpBurstPerSource = nil
         workers = 0
         processes = .count(1)
         maxConnections = .auto

@@ -271,6 +271,22 @@ struct ConfigurationKey: Sendable {
             format: { $0.map { ConfigurationValueParser.formatSize($0) } ?? "infinity" }
         ),
         .single(
+            "UDP", "RatePerSource", \.udpRatePerSource,
+            parse: { (text) throws(ConfigurationValueError) in
+                do throws(ConfigurationValueError) {
+                    return try SourceLimitSettings.parseRate(text)
+                } catch {
+                    throw ConfigurationValueError(
+                        "expected datagrams per second from 0.001 to 1000000, e.g. '100', '0.5/s', '30/min', or 'infinity' (or 0) for none")
+                }
+            },
+            format: SourceLimitSettings.formatRate
+        ),
+        .single(
+            "UDP", "BurstPerSource", \.udpBurstPerSource, parse: SourceLimitSettings.parseBurst,
+            format: SourceLimitSettings.formatBurst
+        ),
+        .single(
             // Restart only: the trigger's signal is blocked and read from the signalfd only if
             // the key is on at start (`WatchdogTestTrigger.arm`, before any thread exists).
             "Debug", "WatchdogTestTrigger", \.watchdogTestTrigger, onReload: .restart,

@@ -68,6 +68,9 @@ public final class Daemon {
         didSet { logger.debug("state changed", metadata: ["state": "\(state)"]) }
     }
     var maxConnections = 0
+    /// The UDP echo's policy and per-source table, when there are UDP sockets (made before any
+    /// worker process is forked, so that the table is the service's).
+    private var datagramPolicy: DatagramPolicy?
     /// Per-source state of the whole service (`SourceTable`), mapped before the model is built
     /// (and before a supervisor forks its workers) so that every thread, fork child and worker
     /// process shares it.
@@ -142,6 +145,9 @@ public final class Daemon {
             // The UDP counters and output cap: a shared page too.
             DatagramShared.shared.update(from: configuration)
             sources = try makeSourceTable()
+            if !listeners.datagramDescriptors.isEmpty {
+                datagramPolicy = try makeDatagramPolicy(ownPorts: listeners.localPorts)
+            }
             inherited = intake.inherited
         } catch {
             notifier.notify(error.notification)
@@ -218,7 +224,7 @@ public final class Daemon {
 
     private func makeModel(listeners: ListenerSet, inherited: [InheritedConnection]) throws(StartupError) -> ServingModel {
         let datagramSockets = listeners.datagramDescriptors
-        let policy = datagramSockets.isEmpty ? nil : DatagramPolicy(ownPorts: listeners.localPorts)
+        let policy = datagramSockets.isEmpty ? nil : datagramPolicy
         DatagramShared.shared.isServing = policy != nil
         let context = ModelContext(
             listeners: listeners.descriptors, datagramSockets: datagramSockets, datagramPolicy: policy,
@@ -244,6 +250,17 @@ public final class Daemon {
             return table
         } catch {
             throw StartupError("cannot map the per-source table: \(error)", errno: error.errno)
+        }
+    }
+
+    /// The UDP echo's policy, with its own per-source table (rates only).
+    private func makeDatagramPolicy(ownPorts: [UInt16]) throws(StartupError) -> DatagramPolicy {
+        do {
+            let table = try SourceTable(capacity: DatagramPolicy.sourceTableCapacity)
+            table.apply(SourceTable.Limits(prefixIPv6: configuration.sourcePrefixIPv6))
+            return DatagramPolicy(ownPorts: ownPorts, sources: table)
+        } catch {
+            throw StartupError("cannot map the UDP per-source table: \(error)", errno: error.errno)
         }
     }
 
@@ -448,6 +465,7 @@ public final class Daemon {
         ConnectionTimeouts.shared.update(from: new)
         sources?.apply(SourceTable.Limits(new))
         DatagramShared.shared.update(from: new)
+        datagramPolicy?.sources?.apply(SourceTable.Limits(prefixIPv6: new.sourcePrefixIPv6))
         let limit = connectionLimit(plan.applied)
         if limit != maxConnections {
             maxConnections = limit

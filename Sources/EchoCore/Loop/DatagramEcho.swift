@@ -9,6 +9,8 @@
 //   from echod's own listening ports (a second echod on the same port elsewhere) are dropped;
 // - a reply is the request's own bytes, never more (no amplification), and a datagram that did
 //   not fit the buffer (MSG_TRUNC) is dropped, never echoed cut;
+// - each source gets at most `[UDP] RatePerSource=` datagrams a second (a token bucket per
+//   source in a `SourceTable` of its own, IPv6 keyed by `SourcePrefixIPv6=`);
 // - what echod sends is capped across every socket, thread and process (`[UDP] MaxBytesPerSecond=`,
 //   a token bucket on bytes in shared memory);
 // - a reply the socket cannot take at once (EAGAIN, ENOBUFS) is dropped, never queued.
@@ -36,6 +38,8 @@ public enum DatagramDrop: Int, CaseIterable, Sendable {
     case ownPort
     /// Larger than the buffer (`maximumDatagram`): MSG_TRUNC.
     case truncated
+    /// Over its source's `[UDP] RatePerSource=` bucket (or the per-source table had no room).
+    case perSource
     /// Over `[UDP] MaxBytesPerSecond=`.
     case outputCap
     /// The socket could not take the reply at once (EAGAIN, ENOBUFS).
@@ -49,6 +53,7 @@ public enum DatagramDrop: Int, CaseIterable, Sendable {
         case .reflectorPort: return "reflector-port"
         case .ownPort: return "own-port"
         case .truncated: return "truncated"
+        case .perSource: return "per-source"
         case .outputCap: return "cap"
         case .busy: return "busy"
         case .sendError: return "error"
@@ -66,6 +71,8 @@ public final class DatagramShared: Sendable {
     private static let rateWord = 0  // MaxBytesPerSecond=, 0 = no cap
     private static let tatWord = 1  // the cap's theoretical arrival time (ns, CLOCK_MONOTONIC)
     private static let servingWord = 2  // 1 once a UDP socket is served
+    private static let intervalWord = 3  // RatePerSource=: ns per datagram, 0 = no limit
+    private static let toleranceWord = 4  // its bucket's tolerance (see TokenBucket)
     private static let receivedWord = 8
     private static let echoedWord = 9
     private static let bytesWord = 10
@@ -87,8 +94,29 @@ public final class DatagramShared: Sendable {
     }
 
     /// Takes `[UDP] MaxBytesPerSecond=` (at start and on reload).
+    /// Takes `[UDP] RatePerSource=` and `BurstPerSource=` too.
     public func update(from configuration: Configuration) {
         CEchoShims_atomic_store_u64(page + Self.rateWord, configuration.udpMaxBytesPerSecond ?? 0)
+        var interval: Int64 = 0
+        var tolerance: Int64 = 0
+        if let millis = configuration.udpRatePerSource {
+            let bucket = TokenBucket(
+                millisPerSecond: millis, burst: configuration.udpBurstPerSource ?? max(1, millis / 1000))
+            (interval, tolerance) = (bucket.interval, bucket.tolerance)
+        }
+        // Tolerance first: a reader between the two stores sees the old interval with it, a
+        // bucket that existed, never a new interval with a stale tolerance of another bucket
+        // for long.
+        CEchoShims_atomic_store_u64(page + Self.toleranceWord, UInt64(bitPattern: tolerance))
+        CEchoShims_atomic_store_u64(page + Self.intervalWord, UInt64(bitPattern: interval))
+    }
+
+    /// The per-source datagram bucket in force, or nil for none.
+    var perSourceBucket: TokenBucket? {
+        let interval = Int64(bitPattern: CEchoShims_atomic_load_u64(page + Self.intervalWord))
+        guard interval > 0 else { return nil }
+        return TokenBucket(
+            interval: interval, tolerance: Int64(bitPattern: CEchoShims_atomic_load_u64(page + Self.toleranceWord)))
     }
 
     /// Whether any UDP socket is served (the STATUS= suffix and the metrics appear only then).
@@ -175,8 +203,19 @@ public final class DatagramPolicy: Sendable {
     /// One byte per port: 0 allowed, else 1 + the `DatagramDrop` raw value.
     private nonisolated(unsafe) let table: UnsafeMutablePointer<UInt8>
 
-    /// - Parameter ownPorts: echod's listening ports (stream and datagram).
-    public init(ownPorts: [UInt16]) {
+    /// The UDP echo's own per-source table (the hostile-network module's `SourceTable`, used
+    /// for rates only, through `takeToken`): one bounded table in a shared mapping, IPv6 sources
+    /// keyed by `SourcePrefixIPv6=` like the connection limits'. Nil: no per-source bucket.
+    public let sources: SourceTable?
+
+    /// Entries of the UDP per-source table: 2 MiB of address space, touched as sources arrive.
+    public static let sourceTableCapacity = 1 << 16
+
+    /// - Parameters:
+    ///   - ownPorts: echod's listening ports (stream and datagram).
+    ///   - sources: the UDP per-source table.
+    public init(ownPorts: [UInt16], sources: SourceTable? = nil) {
+        self.sources = sources
         table = .allocate(capacity: 65536)
         table.initialize(repeating: 0, count: 65536)
         for port in ownPorts { table[Int(port)] = UInt8(1 + DatagramDrop.ownPort.rawValue) }
@@ -302,6 +341,9 @@ final class DatagramEcho {
     private func filter(_ count: Int) -> Int {
         var kept = 0
         var wanted = 0
+        let now = monotonicNanoseconds()
+        let bucket = DatagramShared.shared.perSourceBucket
+        let prefix = bucket == nil ? 0 : (policy.sources?.prefixIPv6 ?? SourceKey.defaultPrefixIPv6)
         for i in 0..<count {
             let header = received[i].msg_hdr
             // A datagram larger than the buffer: echoing its first part would be a lie.
@@ -313,6 +355,13 @@ final class DatagramEcho {
             let port = UInt16(bigEndian: addresses[i].sin6_port)
             if let reason = policy.refusal(sourcePort: port) {
                 drop(reason, i)
+                continue
+            }
+            if let bucket, let table = policy.sources,
+                let key = SourceKey(UnsafeRawPointer(addresses + i), prefixIPv6: prefix),
+                !table.takeToken(key, bucket: bucket, now: now)
+            {
+                drop(.perSource, i)
                 continue
             }
             let length = Int(received[i].msg_len)
@@ -331,7 +380,7 @@ final class DatagramEcho {
         guard kept > 0 else { return 0 }
         // The output cap, for the whole batch at once; what it does not grant is dropped, the
         // replies that fit kept in order.
-        let granted = DatagramShared.shared.takeOutput(wanted, now: monotonicNanoseconds())
+        let granted = DatagramShared.shared.takeOutput(wanted, now: now)
         if granted == wanted { return kept }
         var budget = granted
         var fitting = 0
