@@ -663,29 +663,37 @@ PY
     end
 }
 
-# Without a system bus echod cannot tell a restart from a stop: it stops gracefully (drains,
-# echoes, closes), which is safe, and says why.
+# Without a system bus: the unit's ExecStop= hook (root, systemd's private socket) still tells
+# echod that a restart is a restart; a SIGTERM without a restart job (systemctl kill) and no bus
+# to ask is a graceful stop, the safe default, with the reason in the journal.
 scenario_restart_without_bus() {
-    begin "restart without a system bus: a graceful stop (the safe default), reason in the journal"
+    begin "no system bus: restart still hands over (ExecStop= hook); SIGTERM outside a restart job stops gracefully"
     stop_service
     systemctl stop dbus.service dbus.socket
     set_dropin ''
     echo_check 2
     local held_out holder
     held_out=$(mktemp)
+    echoload hold "$TARGET" --connections 8 --duration 3s --json --quiet >"$held_out" 2>/dev/null &
+    holder=$!
+    wait_for 5 "8 connections established" held_connections 8
+    restart_keeping event
+    wait "$holder"
+    load_clean "$held_out" 8 || fail "hold across a restart without a bus: $(tail -c 400 "$held_out" | tr '\n' ' ')"
     echoload hold "$TARGET" --connections 8 --duration 2s --json --quiet >"$held_out" 2>/dev/null &
     holder=$!
     wait_for 5 "8 connections established" held_connections 8
-    systemctl restart echod.service || fail "systemctl restart returned $?"
+    systemctl kill -s SIGTERM --kill-who=main echod.service
     expect_journal "stopping gracefully reason=no system bus" -u echod.service
     wait "$holder"
-    python3 - "$held_out" <<'PY' || fail "restart without a bus: $(tail -c 400 "$held_out" | tr '\n' ' ')"
+    python3 - "$held_out" <<'PY' || fail "SIGTERM without a bus: $(tail -c 400 "$held_out" | tr '\n' ' ')"
 import json, sys
 j = json.load(open(sys.argv[1])); c, e = j["connections"], j["errors"]
 print(f"  hold: {c['established']} established, premature closes {e['premature_closes']} (the graceful stop's FIN)")
 sys.exit(0 if c["established"] == 8 and e["premature_closes"] == 8 and e["mismatches"] == 0 and not e["io"] else 1)
 PY
     rm -f "$held_out"
+    wait_prop echod.service ActiveState inactive 10
     [ "$(store_count)" = 0 ] || fail "NFileDescriptorStore=$(store_count)"
     start_bus
     end
