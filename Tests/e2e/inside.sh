@@ -734,7 +734,7 @@ scenario_upgrade_keeps() {
     stop_service
     set_dropin ''
     echo_check 2
-    local pp pp_pid sock_since connects=0 connect_failures=0 log
+    local pp pp_pid sock_since connects=0 connect_failures=0 log out
     pp=$(mktemp)
     echoload pingpong "$TARGET" --connections 200 --size 512 --duration 8s --warmup 0 --json --quiet >"$pp" 2>&1 &
     pp_pid=$!
@@ -744,8 +744,10 @@ scenario_upgrade_keeps() {
     local dpkg_pid=$!
     while kill -0 "$dpkg_pid" 2>/dev/null; do
         connects=$((connects + 1))
-        echoload pingpong "$TARGET" --connections 2 --size 64 --duration 100ms --warmup 0 --quiet >/dev/null 2>&1 \
-            || connect_failures=$((connect_failures + 1))
+        if ! out=$(echoload pingpong "$TARGET" --connections 2 --size 64 --duration 100ms --warmup 0 --quiet 2>&1); then
+            connect_failures=$((connect_failures + 1))
+            echo "  a short run during the upgrade failed at $(date +%s.%N): $(echo "$out" | tail -4 | tr '\n' ' ')"
+        fi
     done
     wait "$dpkg_pid" || fail "dpkg -i (reinstall) failed: $(tail -3 "$OUT/upgrade-dpkg.log" | tr '\n' ' ')"
     echo "  $connects short runs during the upgrade, $connect_failures failed"
