@@ -699,6 +699,27 @@ PY
     end
 }
 
+# Into the fork model: a child per connection taken over serves it from the restart on.
+scenario_restart_into_fork() {
+    begin "restart from event into the fork model: its children serve the connections taken over"
+    stop_service
+    set_dropin '[Server]\nModel=event\n'
+    echo_check 2
+    local pp pp_pid
+    pp=$(mktemp)
+    echoload pingpong "$TARGET" --connections 50 --size 512 --duration 4s --warmup 0 --json --quiet >"$pp" 2>&1 &
+    pp_pid=$!
+    wait_for 10 "50 connections established" held_connections 50
+    sleep 1
+    restart_keeping fork
+    [ "$(unit_processes)" -ge 51 ] || fail "fork model: $(unit_processes) processes for 50 connections taken over"
+    wait "$pp_pid"
+    load_clean "$pp" 50 || fail "pingpong across the restart into fork: $(tail -c 400 "$pp" | tr '\n' ' ')"
+    rm -f "$pp"
+    set_dropin ''
+    end
+}
+
 # The fork model cannot hand its connections over (each lives in its own child): a restart of a
 # fork-model echod stops gracefully, as a stop does, and says so.
 scenario_restart_fork() {
@@ -775,6 +796,7 @@ if [ "$failed" -eq 0 ]; then
     for model in event thread fork; do scenario_model $model; done
     scenario_restart
     scenario_restart_without_bus
+    scenario_restart_into_fork
     scenario_restart_fork
     scenario_upgrade_keeps
     for n in 1000 $(cat "$DEBDIR/restart-scale" 2>/dev/null); do scenario_restart_scale "$n"; done
