@@ -30,8 +30,9 @@ extension SystemdNotifier {
     /// The unit of the calling process (systemd resolves "self" from the sender's credentials).
     private static let selfPath = "/org/freedesktop/systemd1/unit/self"
 
-    /// Asks systemd over the system bus (sd-bus, through dbus-daemon) whether the stop under way
-    /// is a restart: the unit's pending job is of type "restart" (`systemctl restart`,
+    /// Whether the stop under way is a restart. First the marker file of the unit's ExecStop=
+    /// hook (`restartMarker`, see packaging/echod.service); without it, asks systemd over the
+    /// system bus (sd-bus, through dbus-daemon) whether it is a restart: the unit's pending job is of type "restart" (`systemctl restart`,
     /// `try-restart`, `reload-or-restart` of an active unit, a package upgrade's
     /// `deb-systemd-invoke restart`), and `FileDescriptorStoreMax=` has room for the hand-over.
     ///
@@ -43,6 +44,23 @@ extension SystemdNotifier {
     /// job type.
     public func stopIntent() -> StopIntent {
         guard getenv("NOTIFY_SOCKET") != nil else { return .stop(reason: "not started by systemd") }
+        // The unit's ExecStop= hook (run as root, before SIGTERM) asked systemd over its private
+        // socket and left this file if the job is a restart: no system bus needed.
+        if let directory = getenv("RUNTIME_DIRECTORY").map({ String(cString: $0) }) {
+            let marker = "\(directory.split(separator: ":").first.map(String.init) ?? directory)/\(Self.restartMarker)"
+            if access(marker, F_OK) == 0 {
+                unlink(marker)
+                return .restart
+            }
+        }
+        return askBus()
+    }
+
+    /// The file echod.service's ExecStop= hook creates in `$RUNTIME_DIRECTORY` when the unit's
+    /// job is a restart.
+    public static let restartMarker = "restart-job"
+
+    private func askBus() -> StopIntent {
         var bus: OpaquePointer?
         let r = sd_bus_open_system(&bus)
         guard r >= 0, let bus else { return .stop(reason: "no system bus: \(SystemError("sd_bus_open_system", errno: -r))") }

@@ -668,8 +668,16 @@ restart_keeping() {
     [ "$(store_count)" = 0 ] || fail "NFileDescriptorStore=$(store_count) after the restart, expected 0"
 }
 
+# The container boots its test unit alone, so sockets.target (and dbus.socket with it) is not
+# started; a real system has its bus. echod asks it whether a SIGTERM is a restart.
+start_bus() {
+    systemctl start dbus.socket dbus.service || fail "cannot start the system bus"
+    wait_for 5 "the system bus socket" test -S /run/dbus/system_bus_socket
+}
+
 scenario_restart() {
     begin "restart keeps every connection and byte: pingpong and stream across event -> event -> thread -> event"
+    start_bus
     stop_service
     systemctl reset-failed echod.service 2>/dev/null
     set_dropin '[Server]\nModel=event\n'
@@ -738,6 +746,63 @@ PY
     end
 }
 
+# Without a system bus: the unit's ExecStop= hook (root, systemd's private socket) still tells
+# echod that a restart is a restart; a SIGTERM without a restart job (systemctl kill) and no bus
+# to ask is a graceful stop, the safe default, with the reason in the journal.
+scenario_restart_without_bus() {
+    begin "no system bus: restart still hands over (ExecStop= hook); SIGTERM outside a restart job stops gracefully"
+    stop_service
+    systemctl stop dbus.service dbus.socket
+    set_dropin ''
+    echo_check 2
+    local held_out holder
+    held_out=$(mktemp)
+    echoload hold "$TARGET" --connections 8 --duration 3s --json --quiet >"$held_out" 2>/dev/null &
+    holder=$!
+    wait_for 5 "8 connections established" held_connections 8
+    restart_keeping event
+    wait "$holder"
+    load_clean "$held_out" 8 || fail "hold across a restart without a bus: $(tail -c 400 "$held_out" | tr '\n' ' ')"
+    echoload hold "$TARGET" --connections 8 --duration 2s --json --quiet >"$held_out" 2>/dev/null &
+    holder=$!
+    wait_for 5 "8 connections established" held_connections 8
+    systemctl kill -s SIGTERM --kill-who=main echod.service
+    expect_journal "stopping gracefully reason=no system bus" -u echod.service
+    wait "$holder"
+    python3 - "$held_out" <<'PY' || fail "SIGTERM without a bus: $(tail -c 400 "$held_out" | tr '\n' ' ')"
+import json, sys
+j = json.load(open(sys.argv[1])); c, e = j["connections"], j["errors"]
+print(f"  hold: {c['established']} established, premature closes {e['premature_closes']} (the graceful stop's FIN)")
+sys.exit(0 if c["established"] == 8 and e["premature_closes"] == 8 and e["mismatches"] == 0 and not e["io"] else 1)
+PY
+    rm -f "$held_out"
+    wait_prop echod.service ActiveState inactive 10
+    [ "$(store_count)" = 0 ] || fail "NFileDescriptorStore=$(store_count)"
+    start_bus
+    end
+}
+
+# Into the fork model: a child per connection taken over serves it from the restart on.
+scenario_restart_into_fork() {
+    begin "restart from event into the fork model: its children serve the connections taken over"
+    stop_service
+    set_dropin '[Server]\nModel=event\n'
+    echo_check 2
+    local pp pp_pid
+    pp=$(mktemp)
+    echoload pingpong "$TARGET" --connections 50 --size 512 --duration 4s --warmup 0 --json --quiet >"$pp" 2>&1 &
+    pp_pid=$!
+    wait_for 10 "50 connections established" held_connections 50
+    sleep 1
+    restart_keeping fork
+    [ "$(unit_processes)" -ge 51 ] || fail "fork model: $(unit_processes) processes for 50 connections taken over"
+    wait "$pp_pid"
+    load_clean "$pp" 50 || fail "pingpong across the restart into fork: $(tail -c 400 "$pp" | tr '\n' ' ')"
+    rm -f "$pp"
+    set_dropin ''
+    end
+}
+
 # The fork model cannot hand its connections over (each lives in its own child): a restart of a
 # fork-model echod stops gracefully, as a stop does, and says so.
 scenario_restart_fork() {
@@ -773,7 +838,7 @@ scenario_upgrade_keeps() {
     stop_service
     set_dropin ''
     echo_check 2
-    local pp pp_pid sock_since connects=0 connect_failures=0 log
+    local pp pp_pid sock_since connects=0 connect_failures=0 log out
     pp=$(mktemp)
     echoload pingpong "$TARGET" --connections 200 --size 512 --duration 8s --warmup 0 --json --quiet >"$pp" 2>&1 &
     pp_pid=$!
@@ -783,8 +848,10 @@ scenario_upgrade_keeps() {
     local dpkg_pid=$!
     while kill -0 "$dpkg_pid" 2>/dev/null; do
         connects=$((connects + 1))
-        echoload pingpong "$TARGET" --connections 2 --size 64 --duration 100ms --warmup 0 --quiet >/dev/null 2>&1 \
-            || connect_failures=$((connect_failures + 1))
+        if ! out=$(echoload pingpong "$TARGET" --connections 2 --size 64 --duration 100ms --warmup 0 --quiet 2>&1); then
+            connect_failures=$((connect_failures + 1))
+            echo "  a short run during the upgrade failed at $(date +%s.%N): $(echo "$out" | tail -4 | tr '\n' ' ')"
+        fi
     done
     wait "$dpkg_pid" || fail "dpkg -i (reinstall) failed: $(tail -3 "$OUT/upgrade-dpkg.log" | tr '\n' ' ')"
     echo "  $connects short runs during the upgrade, $connect_failures failed"
@@ -812,6 +879,8 @@ if [ "$failed" -eq 0 ]; then
     scenario_stop
     for model in event thread fork; do scenario_model $model; done
     scenario_restart
+    scenario_restart_without_bus
+    scenario_restart_into_fork
     scenario_restart_fork
     scenario_upgrade_keeps
     for n in 1000 $(cat "$DEBDIR/restart-scale" 2>/dev/null); do scenario_restart_scale "$n"; done
