@@ -175,8 +175,13 @@ class Fleet:
                 lines += [f"Processes={self.processes}"]
                 if model == "event":
                     lines += ["Workers=1"]
-            lines += ["[Limits]", "NoFile=max", "[Thread]", "MaxThreads=20000", "StackSize=64K",
-                      "[Fork]", f"MaxChildren={connections + 1000}"]
+            # Only the selected model's section: keys of another model are warnings, and echod
+            # bounds MaxChildren= at 1,000,000.
+            lines += ["[Limits]", "NoFile=max"]
+            if model == "thread":
+                lines += ["[Thread]", "MaxThreads=20000", "StackSize=64K"]
+            if model == "fork":
+                lines += ["[Fork]", f"MaxChildren={min(connections + 1000, 1_000_000)}"]
             conf = os.path.join(workdir, f"{kind}.conf")
             with open(conf, "w") as f:
                 f.write("\n".join(lines) + "\n")
