@@ -175,8 +175,13 @@ class Fleet:
                 lines += [f"Processes={self.processes}"]
                 if model == "event":
                     lines += ["Workers=1"]
-            lines += ["[Limits]", "NoFile=max", "[Thread]", "MaxThreads=20000", "StackSize=64K",
-                      "[Fork]", f"MaxChildren={connections + 1000}"]
+            # Only the selected model's section: keys of another model are warnings, and echod
+            # bounds MaxChildren= at 1,000,000.
+            lines += ["[Limits]", "NoFile=max"]
+            if model == "thread":
+                lines += ["[Thread]", "MaxThreads=20000", "StackSize=64K"]
+            if model == "fork":
+                lines += ["[Fork]", f"MaxChildren={min(connections + 1000, 1_000_000)}"]
             conf = os.path.join(workdir, f"{kind}.conf")
             with open(conf, "w") as f:
                 f.write("\n".join(lines) + "\n")
@@ -231,8 +236,12 @@ def run_one(kind, args, workdir, connections):
         time.sleep(1)
         idle_pss, nprocs = pss(fleet.pids)
         idle_mem = meminfo()
+        # The fork server accepts more slowly than echoload connects (a fork per connection, slower
+        # as children accumulate): a connection waiting in its backlog is not a failure of the
+        # model, so its connects may take longer.
+        timeout = "180s" if kind == "fork" else "20s"
         cmd = [args.echoload, "hold", f"127.0.0.1:{fleet.port}", "-c", str(connections), "--duration", args.hold,
-               "--drain-timeout", "60s", "--connect-timeout", "20s", "--json", "--quiet"]
+               "--drain-timeout", "60s", "--connect-timeout", timeout, "--json", "--quiet"]
         log("  " + " ".join(cmd))
         started = time.time()
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -277,7 +286,7 @@ def targets(results, connections):
     def add(what, value, goal, met):
         out.append({"target": what, "value": value, "goal": goal, "met": met})
     if e:
-        add("event: held with 0 failures", f"{e['held']:,} held, {e['failed']} failed", f">= {connections:,}, 0",
+        add("event: held with 0 failures", f"{e['held']:,} held, {e['failed']} failed", ">= 1,000,000, 0 failed",
             e["held"] >= 1_000_000 and e["failed"] == 0 and connections >= 1_000_000)
         add("event: PSS per idle connection", f"{e['pss_per_conn']:.1f} B" if e["pss_per_conn"] is not None else "n/a",
             "<= 64 B", e["pss_per_conn"] is not None and e["pss_per_conn"] <= 64)
@@ -312,8 +321,8 @@ def render_report(doc):
     lines = ["## Scale: one million concurrent connections (make bench-scale)", "",
              f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['mem_gib']:.1f} GiB, kernel {m['kernel']}; "
              f"RLIMIT_NOFILE hard limit {m['nofile_hard']}; load average (1 min) at the end: {m['load_at_end']:.2f}. "
-             f"One run per server, {doc['connections']:,} connections asked (thread: {doc['thread_target']:,}, "
-             f"fork: {doc['fork_target']:,}), held {doc['hold']} with every connection open at one instant and "
+             f"One run per server, {doc['connections']:,} connections asked of the C fleet and the event model "
+             f"(thread: {doc['thread_target']:,}, fork: {doc['fork_target']:,}), held {doc['hold']} with every connection open at one instant and "
              f"probed. Servers run outside systemd: the shipped unit's TasksMax=/LimitNPROC= did not apply.", ""]
     if doc["sysctls"]:
         lines += ["sysctls raised for the run and restored after it: "

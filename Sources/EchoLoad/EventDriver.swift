@@ -121,6 +121,8 @@ final class EventWorker: @unchecked Sendable {
     private var probing = false
     /// hold: probes sent and not yet answered (nor given up).
     private var awaitingProbes = 0
+    /// hold: the next connection to probe (probes go out at most `connectConcurrency` at a time).
+    private var nextProbe = 0
     /// hold: this worker's probes are resolved and counted in `control`.
     private var probesReported = false
     /// hold: the release came; held connections may close.
@@ -577,20 +579,32 @@ final class EventWorker: @unchecked Sendable {
         tally.holdNanos = max(0, now - ready)
         phase = .draining
         drainDeadline = now + options.drainTimeout
-        for i in 0..<count where conns[i].state == .open {
+        nextProbe = 0
+        holdProbes(now)
+    }
+
+    /// Sends probes until `connectConcurrency` are in flight. All at once, a million 16-byte
+    /// probes and their echoes took the kernel past net.ipv4.tcp_mem ("TCP: out of memory"):
+    /// it pruned receive queues and 589,386 of 1,000,000 probes were not answered within 60 s.
+    private func sendProbes(_ now: Int64) {
+        while awaitingProbes < options.connectConcurrency && nextProbe < count {
+            let i = nextProbe
+            nextProbe += 1
+            guard conns[i].state == .open else { continue }
             conns[i].goal = 16
             awaitingProbes += 1
             write(i, now)
         }
-        holdProbes(now)
     }
 
     /// hold, between the probes and the release: answered connections stay open; once every
     /// probe is answered or the drain timeout ran out, this worker's share is reported, and at
     /// the release (every probe of the run resolved) the held connections finish.
     private func holdProbes(_ now: Int64) {
-        if !probesReported && (awaitingProbes == 0 || now >= drainDeadline) {
-            for i in 0..<count where conns[i].state == .open && conns[i].received < conns[i].goal {
+        if !probesReported && now < drainDeadline { sendProbes(now) }
+        if !probesReported && ((awaitingProbes == 0 && nextProbe >= count) || now >= drainDeadline) {
+            // Unanswered: probed and not answered, or (the deadline came first) never probed.
+            for i in 0..<count where conns[i].state == .open && (conns[i].goal == 0 || conns[i].received < conns[i].goal) {
                 if options.ramp != nil {
                     tally.unanswered += 1  // max: the server holds no more; not an echo fault
                 } else {
@@ -598,6 +612,7 @@ final class EventWorker: @unchecked Sendable {
                 }
                 close(i)
             }
+            nextProbe = count
             probesReported = true
             control.probed(count, now: now)
         }
@@ -737,10 +752,12 @@ final class EventWorker: @unchecked Sendable {
         switch options.mode {
         case .hold:
             if probing && after == conns[i].goal {
-                // Answered: stays open (no FIN) until the release, see holdProbes.
+                // Answered: stays open (no FIN) until the release, see holdProbes. The deadline
+                // counts from the last answer: probes go out a window at a time.
                 tally.held += 1
                 pending.held += 1
                 awaitingProbes -= 1
+                drainDeadline = now + options.drainTimeout
             }
         case .stream:
             if inWindow {
@@ -834,7 +851,7 @@ final class EventWorker: @unchecked Sendable {
             if sink.intervals != nil { sink.intervals!.closed(at: monotonicNanoseconds()) }
             openCount -= 1
             pending.open -= 1
-            if probing && !released {
+            if probing && !released && conns[i].goal > 0 {
                 if conns[i].received < conns[i].goal {
                     awaitingProbes -= 1
                 } else {

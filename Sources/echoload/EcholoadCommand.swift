@@ -258,8 +258,12 @@ struct Hold: ParsableCommand, WorkloadDefaults {
             Opens --connections connections (at most --rate new ones per second), reports how many \
             were established, how many failed (by errno) and how long that took; once every connect \
             (of every process) has resolved, holds them for --duration, all open at once; then sends \
-            one 16-byte probe on each and expects its echo. Clean only if every connection was \
-            established and answered its probe.
+            one 16-byte probe on each and expects its echo; an answered connection stays open until \
+            every probe is resolved, so the held ones were all open and answering at one instant. \
+            Clean only if every connection was established and answered its probe. Past one \
+            process's descriptor ceiling (RLIMIT_NOFILE) or 45% of the ephemeral port range, and \
+            unless --processes or --source say otherwise, it chooses the processes and (on \
+            loopback) source addresses in 127.0.0.0/8 itself and says what it chose.
             """)
     static let connections = 100
     static let connectionsHelp = "Connections to open."
