@@ -133,6 +133,10 @@ final class Supervisor {
         let first = totals()
         metrics.publish(first, logger: logger)
         daemon.notifier.notify("READY=1\nSTATUS=\(status.line(first))")
+        if reloadAgain {
+            reloadAgain = false
+            reload(now: monotonicNanoseconds())
+        }
 
         supervise(signals: signals, listeners: listeners, status: &status, metrics: &metrics)
         listeners.close()
@@ -186,6 +190,9 @@ final class Supervisor {
                         daemon.notifier.notify(failure.notification)
                         throw failure
                     }
+                case SIGHUP:
+                    // The workers start with the files as they were; read them again once all serve.
+                    reloadAgain = true
                 case SIGTERM, SIGINT:
                     logger.info("stop requested while starting", metadata: ["signal": "\(signalName(delivery.signal))"])
                     abandon()
