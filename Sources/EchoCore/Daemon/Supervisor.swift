@@ -137,6 +137,10 @@ final class Supervisor {
         let refusals = daemon.sources?.refusals ?? .init()
         metrics.publish(first, refusals: refusals, logger: logger)
         daemon.notifier.notify("READY=1\nSTATUS=\(status.line(first, refusals: refusals))")
+        if reloadAgain {
+            reloadAgain = false
+            reload(now: monotonicNanoseconds())
+        }
 
         supervise(signals: signals, listeners: listeners, status: &status, metrics: &metrics)
         listeners.close()
@@ -190,6 +194,9 @@ final class Supervisor {
                         daemon.notifier.notify(failure.notification)
                         throw failure
                     }
+                case SIGHUP:
+                    // The workers start with the files as they were; read them again once all serve.
+                    reloadAgain = true
                 case SIGTERM, SIGINT:
                     logger.info("stop requested while starting", metadata: ["signal": "\(signalName(delivery.signal))"])
                     abandon()
