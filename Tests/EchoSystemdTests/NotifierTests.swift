@@ -48,6 +48,30 @@ final class NotifySocket {
 }
 
 @Suite(.serialized) struct NotifierTests {
+    /// The unit's ExecStop= hook marks a restart job with a file in $RUNTIME_DIRECTORY: a
+    /// SIGTERM with the mark is a restart (and the mark is used up); without it, and with no
+    /// system bus to ask (this machine's systemd is not PID 1), a graceful stop.
+    @Test func stopIntentReadsTheRestartHooksMark() throws {
+        let sock = try NotifySocket()
+        setenv("RUNTIME_DIRECTORY", sock.dir, 1)
+        defer { unsetenv("RUNTIME_DIRECTORY") }
+        let mark = sock.dir + "/" + SystemdNotifier.restartMarker
+        let fd = open(mark, O_CREAT | O_WRONLY | O_CLOEXEC, 0o600)
+        #expect(fd >= 0)
+        close(fd)
+        #expect(SystemdNotifier().stopIntent() == .restart)
+        #expect(access(mark, F_OK) != 0, "the mark must be used up")
+        guard case .stop = SystemdNotifier().stopIntent() else {
+            Issue.record("no mark and no bus to ask, yet not a stop")
+            return
+        }
+        // Outside systemd the mark means nothing.
+        unsetenv("NOTIFY_SOCKET")
+        close(open(mark, O_CREAT | O_WRONLY | O_CLOEXEC, 0o600))
+        #expect(SystemdNotifier().stopIntent() == .stop(reason: "not started by systemd"))
+        unlink(mark)
+    }
+
     @Test func sendsAssignmentsToNotifySocket() throws {
         let sock = try NotifySocket()
         SystemdNotifier().notify("READY=1\nSTATUS=serving")
