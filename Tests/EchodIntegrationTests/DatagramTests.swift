@@ -109,10 +109,14 @@ extension EchodIntegration {
 
         /// `[UDP] RatePerSource=` holds for a flooding source while another source is served in
         /// full: 127.0.0.1 sends 600 datagrams as fast as it can, 127.0.0.2 sends 30 at 50/s.
-        @Test func perSourceRateHoldsWhileAnotherSourceIsServed() throws {
+        /// With `Processes=3` the datagrams of one source spread over three worker processes: the
+        /// bucket is still one per source for the service (a per-process table would let three
+        /// times the rate through).
+        @Test(arguments: [1, 3]) func perSourceRateHoldsWhileAnotherSourceIsServed(processes: Int) throws {
             let (rate, burst) = (100.0, 50.0)
+            let server = processes > 1 ? "[Server]\nProcesses=\(processes)\n" : ""
             try withEchod(
-                config: Self.config(udp: ["127.0.0.1:0"], extra: "[UDP]\nRatePerSource=100\nBurstPerSource=50\n"),
+                config: Self.config(udp: ["127.0.0.1:0"], extra: server + "[UDP]\nRatePerSource=100\nBurstPerSource=50\n"),
                 activation: .listen
             ) { server in
                 let port = try #require(server.datagramEndpoints.first?.port, "\(server.describeState())")
