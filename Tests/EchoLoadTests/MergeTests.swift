@@ -10,6 +10,10 @@ import Glibc
 import Testing
 
 @Suite(.serialized) struct MergeRuns {
+    /// How far ahead the tests start their runs: time enough to start echoload and open its
+    /// connections on a loaded machine (more under a sanitizer), or the time would be past.
+    static let lead: Double = sanitizer == nil ? 3 : 12
+
     /// A wall-clock time `seconds` from now, whole milliseconds, as RFC 3339.
     static func soon(_ seconds: Double) -> (text: String, wall: Int64) {
         let wall = (WallClock.now() + Int64(seconds * 1e9)) / 1_000_000 * 1_000_000
@@ -17,11 +21,11 @@ import Testing
     }
 
     @Test("--start-at: no byte reaches the server before the time, and the window starts at it",
-          .timeLimit(.minutes(1)), arguments: [["--model", "event"], ["--model", "thread"], ["--processes", "2"]])
+          .timeLimit(.minutes(2)), arguments: [["--model", "event"], ["--model", "thread"], ["--processes", "2"]])
     func startAtHoldsTrafficBack(layout: [String]) throws {
         let server = try FaultyServer(.none)
         defer { server.stop() }
-        let at = Self.soon(1.5)
+        let at = Self.soon(Self.lead)
         let atMonotonic = WallClock.monotonic(fromWall: at.wall)
         let run = try echoload(["pingpong", server.address, "-c", "4", "--duration", "300ms", "--warmup", "0",
                                 "--start-at", at.text, "--json", "--quiet"] + layout, timeout: 30)
@@ -73,11 +77,11 @@ import Testing
     /// count is the sum, the latency histogram is the exact merge of the two (the percentiles
     /// match an in-process merge of their tallies), the window is their union.
     @Test("merge of two runs adds counts and histograms exactly, over the aligned window",
-          .timeLimit(.minutes(1)))
+          .timeLimit(.minutes(2)))
     func mergeTwoRuns() throws {
         let server = try Echod()
         let dir = try TempDir()
-        let at = Self.soon(1.5)
+        let at = Self.soon(Self.lead)
         let common = ["--duration", "1s", "--warmup", "0", "--start-at", at.text, "--json", "--quiet"]
         let a = try Child(Binaries.echoload, ["pingpong", server.address, "-c", "3", "--size", "100"] + common,
                           stdoutPath: dir.file("a.json"), stderrPath: dir.file("a.err"))
