@@ -16,8 +16,9 @@ with SendTimeoutSec= short (so that the slow readers below meet it), and at once
 - resets: connect, send, close with SO_LINGER 0 (an RST) while echod is echoing;
 - slow readers: send 4 MiB without reading, then read a kilobyte a second (progress: echod may
   keep serving them, at the pace they read);
-- stalled readers: write until the buffers are full and never read: echod must close them once
-  SendTimeoutSec= (5 s here) passed without progress;
+- stalled readers: get one echo (so echod serves the connection), then write until the buffers
+  are full and never read: echod must close them once SendTimeoutSec= (5 s here) passed without
+  progress (within 10 s more of the client's last write);
 - SIGHUP every 3 s (a reload changing a live key back and forth).
 
 Sampled every second: echod's open descriptors, threads, children and resident memory (RSS of
@@ -286,6 +287,15 @@ def stalled_reader(port, stop, tally, send_timeout):
         try:
             s = connect(port)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            # First one echo, so that the clock below starts once echod serves this connection
+            # (the fork model's parent may take a while to accept and fork on a loaded machine;
+            # until then nothing of echod's is blocked on it).
+            hello = os.urandom(512)
+            s.sendall(hello)
+            if recv_exact(s, len(hello), time.monotonic() + 30) != hello:
+                tally.fault("stalled reader: no echo of its first 512 bytes within 30 s")
+                s.close()
+                continue
             s.setblocking(False)
             block = os.urandom(65536)
             last_progress = time.monotonic()
