@@ -34,19 +34,7 @@ public struct IntervalFigures: Sendable, Equatable {
 
     /// The interval's latency histogram.
     public var histogram: Histogram<UInt64> {
-        var h = Latency.makeHistogram()
-        let total = latency.reduce(0) { $0 + $1.1 }
-        guard total > 0 else { return h }
-        // The extremes exactly (as the wire format does), the rest at their bucket's value.
-        var pairs = latency
-        for (k, extreme) in [latencyMin, latencyMax].enumerated() where UInt64(k) < total {
-            if let i = pairs.firstIndex(where: { $0.1 > 0 && h.valuesAreEquivalent($0.0, extreme) }) {
-                pairs[i].1 -= 1
-                _ = h.record(extreme)
-            }
-        }
-        for (v, c) in pairs where c > 0 { _ = h.record(min(max(v, latencyMin), latencyMax), count: c) }
-        return h
+        Latency.histogram(pairs: latency, min: latencyMin, max: latencyMax)
     }
 
     mutating func add(_ o: IntervalFigures) {

@@ -143,25 +143,14 @@ extension Tally {
         timeouts = i("timeouts")
         ioErrors = counts("io_errors")
         if let wirePairs = json["latency"]?.arrayValue {
-            var h = Latency.makeHistogram()
-            var pairs: [(value: UInt64, count: UInt64)] = wirePairs.compactMap { p in
+            let pairs: [(UInt64, UInt64)] = wirePairs.compactMap { p in
                 guard let a = p.arrayValue, a.count == 2, let v = a[0].intValue, let c = a[1].intValue, v > 0, c > 0
                 else { return nil }
                 return (UInt64(v), UInt64(c))
             }
-            let total = pairs.reduce(0) { $0 + $1.count }
-            let lo = UInt64(max(1, json["latency_min"]?.intValue ?? 1))
-            let hi = UInt64(max(1, json["latency_max"]?.intValue ?? Int64(Latency.highest)))
-            // The exact extremes once each, taken out of their buckets' counts...
-            for (k, extreme) in [lo, hi].enumerated() where k < total {
-                if let i = pairs.firstIndex(where: { $0.count > 0 && h.valuesAreEquivalent($0.value, extreme) }) {
-                    pairs[i].count -= 1
-                    _ = h.record(extreme)
-                }
-            }
-            // ...and the rest at a value of the same bucket that lies between them.
-            for p in pairs where p.count > 0 { _ = h.record(Swift.min(Swift.max(p.value, lo), hi), count: p.count) }
-            latency = h
+            latency = Latency.histogram(
+                pairs: pairs, min: UInt64(max(1, json["latency_min"]?.intValue ?? 1)),
+                max: UInt64(max(1, json["latency_max"]?.intValue ?? Int64(Latency.highest))))
         }
         firstFault = json["first_fault"]?.stringValue
         issued = u("issued")
